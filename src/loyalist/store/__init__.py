@@ -1,0 +1,5 @@
+"""The store: where ingested records live (DuckDB by default)."""
+
+from loyalist.store.duckdb_store import DEFAULT_DB, Store, open_store
+
+__all__ = ["DEFAULT_DB", "Store", "open_store"]
