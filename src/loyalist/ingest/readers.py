@@ -121,15 +121,25 @@ def read_delimited(con: duckdb.DuckDBPyConnection, path: Path, table: str, *, de
                            + (SELECT count(DISTINCT line) FROM {table}_rej)) t(l)
                 WHERE l NOT IN (SELECT line FROM {table}_rej))
             SELECT f.l AS _row, g.* EXCLUDE (idx)
-            FROM (SELECT rowid AS idx, * FROM {table}_read) g JOIN free f USING (idx)
+            FROM (SELECT {_ordinal(table + '_read')} AS idx, * FROM {table}_read) g JOIN free f USING (idx)
             ORDER BY _row""")
     else:
-        con.execute(f"CREATE TEMP TABLE {table} AS SELECT rowid + {first_data_line} AS _row, * FROM {table}_read")
+        con.execute(f"CREATE TEMP TABLE {table} AS SELECT {_ordinal(table + '_read')} + {first_data_line} AS _row, * "
+                    f"FROM {table}_read")
     con.execute(f"DROP TABLE {table}_read")
     n = con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
     seen = {r[0] for r in rejects}
     return RawSource(str(path), table, columns, n + len(seen),
                      [(r[0], r[1], r[2][:500], r[3]) for r in _first_per_line(rejects)])
+
+
+def _ordinal(table: str) -> str:
+    """0-based position of each row of a freshly created table, in the order the reader produced it.
+
+    DuckDB numbers the rows of a table created inside a still-open transaction from a large offset, so the
+    raw rowid is not a position; its distance from the smallest rowid is (one CTAS inserts contiguously).
+    """
+    return f"(rowid - (SELECT min(rowid) FROM {table}))"
 
 
 def _first_per_line(rejects: list[tuple]) -> list[tuple]:
@@ -152,10 +162,13 @@ def _read_whitespace(con: duckdb.DuckDBPyConnection, path: Path, table: str, lin
     first = 2 if header else 1
     try:
         con.execute(f"""
-            CREATE TEMP TABLE {table}_lines AS
-            SELECT rowid + 1 AS _line, regexp_split_to_array(trim(line), '\\s+') AS parts
-            FROM read_csv({_quote(path)}, columns={{'line': 'VARCHAR'}}, delim='\\x1f', quote='', escape='',
-                          header=false, auto_detect=false, skip_blank_lines=false)""")
+            CREATE TEMP TABLE {table}_text AS
+            SELECT line FROM read_csv({_quote(path)}, columns={{'line': 'VARCHAR'}}, delim='\\x1f', quote='',
+                                      escape='', header=false, auto_detect=false)""")
+        con.execute(f"""CREATE TEMP TABLE {table}_lines AS
+                        SELECT {_ordinal(table + '_text')} + 1 AS _line, regexp_split_to_array(trim(line), '\\s+') AS parts
+                        FROM {table}_text""")
+        con.execute(f"DROP TABLE {table}_text")
     except duckdb.Error as exc:
         raise SourceError(f"{path}: cannot read as whitespace-separated text ({_first_line(exc)})") from None
     con.execute(f"""CREATE TEMP TABLE {table} AS SELECT _line AS _row, {fields} FROM {table}_lines
