@@ -109,7 +109,7 @@ def ingest(store: Store, paths: Sequence[str | Path], options: Options | None = 
     progress = progress or (lambda stage, frac: None)
     con = store.con
     started = time.perf_counter()
-    ingest_id = con.execute("SELECT coalesce(max(ingest_id), 0) + 1 FROM ingests").fetchone()[0]
+    ingest_id = con.execute("SELECT coalesce(max(ingest_id), 0) + 1 FROM ingests").fetchall()[0][0]
     reports: list[FileReport] = []
     con.execute("BEGIN TRANSACTION")
     try:
@@ -183,14 +183,14 @@ def detect_date_format(con: duckdb.DuckDBPyConnection, table: str, column: str) 
     sample = f"(SELECT trim({col}) AS v FROM {table} WHERE nullif(trim({col}), '') IS NOT NULL LIMIT 20000)"
     probes = [f"count(try_cast(v AS TIMESTAMP))"] + [f"count(try_strptime(v, {duckdb_str(f)}))"
                                                      for f in DATE_FORMATS]
-    row = con.execute(f"SELECT count(*), {', '.join(probes)} FROM {sample}").fetchone()
+    row = con.execute(f"SELECT count(*), {', '.join(probes)} FROM {sample}").fetchall()[0]
     total, counts = row[0], row[1:]
     if total == 0:
         return ISO
     candidates = (ISO,) + DATE_FORMATS
     best = max(range(len(counts)), key=lambda i: (counts[i], -i))
     if counts[best] < 0.5 * total:
-        example = con.execute(f"SELECT v FROM {sample} LIMIT 1").fetchone()[0]
+        example = con.execute(f"SELECT v FROM {sample} LIMIT 1").fetchall()[0][0]
         raise SourceError(f"column {column!r}: cannot recognise the date format (e.g. {example!r}); "
                           f"give it with --date-format, e.g. --date-format '%d/%m/%Y'")
     return candidates[best]
@@ -205,8 +205,12 @@ def _typed(field_: schema.Field, column: str, date_format: str | None) -> str:
             return f"CASE WHEN {v} IN ({nulls}) THEN NULL ELSE regexp_replace({v}, '^(\\d+)\\.0+$', '\\1') END"
         return f"CASE WHEN {v} IN ({nulls}) THEN NULL ELSE {v} END"
     if field_.type is FieldType.number:
-        cleaned = f"replace(regexp_replace({v}, '[£$€¥\\s]', '', 'g'), ',', '')"
-        return f"coalesce(try_cast({v} AS DOUBLE), try_cast({cleaned} AS DOUBLE))"
+        # Currency signs and blanks go; commas only as thousands separators ('1,234.50'). Anything else
+        # with a comma ('9,50') is ambiguous and is quarantined rather than guessed.
+        bare = f"regexp_replace({v}, '[£$€¥\\s]', '', 'g')"
+        thousands = f"CASE WHEN regexp_matches({bare}, '^[-+]?\\d{{1,3}}(,\\d{{3}})+(\\.\\d+)?$') " \
+                    f"THEN replace({bare}, ',', '') ELSE {bare} END"
+        return f"coalesce(try_cast({v} AS DOUBLE), try_cast({thousands} AS DOUBLE))"
     if field_.type in (FieldType.timestamp, FieldType.date):
         if date_format in (None, ISO):
             ts = f"try_cast({v} AS TIMESTAMP)"
@@ -280,7 +284,7 @@ def _load(con: duckdb.DuckDBPyConnection, raw: RawSource, options: Options, inge
     for row, column, value, rule in raw.rejects:
         con.execute("INSERT INTO quarantine VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     [ingest_id, file_id, kind.value, raw.label, row, column, value, rule, value])
-    quarantined = con.execute(f"SELECT count(*) FROM {raw.table}_t WHERE _rule IS NOT NULL").fetchone()[0]
+    quarantined = con.execute(f"SELECT count(*) FROM {raw.table}_t WHERE _rule IS NOT NULL").fetchall()[0][0]
     report.quarantined = quarantined + len(raw.rejects)
     progress(f"de-duplicating {raw.label}", 0.6)
 
@@ -353,7 +357,7 @@ def _store_transactions(con, raw: RawSource, options: Options, mapping: dict[str
             FROM {t} WHERE _rule IS NULL),
         h AS (SELECT *, {_hash(content)} AS line_hash FROM c)
         SELECT *, row_number() OVER (PARTITION BY line_hash ORDER BY _row)::INTEGER AS occurrence FROM h""")
-    before = con.execute("SELECT count(*) FROM transactions").fetchone()[0]
+    before = con.execute("SELECT count(*) FROM transactions").fetchall()[0][0]
     con.execute(f"""
         INSERT INTO transactions
         SELECT customer_id, order_id, order_date, product_id, description, quantity, unit_price, amount,
@@ -369,8 +373,8 @@ def _store_transactions(con, raw: RawSource, options: Options, mapping: dict[str
         FROM {t}_c s
         WHERE NOT EXISTS (SELECT 1 FROM transactions x
                           WHERE x.line_hash = s.line_hash AND x.occurrence = s.occurrence)""")
-    after = con.execute("SELECT count(*) FROM transactions").fetchone()[0]
-    total = con.execute(f"SELECT count(*) FROM {t}_c").fetchone()[0]
+    after = con.execute("SELECT count(*) FROM transactions").fetchall()[0][0]
+    total = con.execute(f"SELECT count(*) FROM {t}_c").fetchall()[0][0]
     con.execute(f"DROP TABLE {t}_c")
     return after - before, total - (after - before)
 
@@ -399,18 +403,18 @@ def _store_keyed(con, raw: RawSource, kind: Kind, mapping: dict[str, str], inges
                     FROM {t}_c c JOIN {raw.table} r USING (_row)
                     WHERE c._rank > 1 AND c.line_hash <> c._last_hash""")
     superseded = con.execute(f"SELECT count(*) FROM {t}_c WHERE _rank > 1 AND line_hash <> _last_hash"
-                             ).fetchone()[0]
+                             ).fetchall()[0][0]
     in_file_dups = con.execute(f"SELECT count(*) FROM {t}_c WHERE _rank > 1 AND line_hash = _last_hash"
-                               ).fetchone()[0]
+                               ).fetchall()[0][0]
     con.execute(f"DELETE FROM {t}_c WHERE _rank > 1")
-    stored_same = con.execute(f"SELECT count(*) FROM {t}_c c JOIN {table} s USING (line_hash)").fetchone()[0]
+    stored_same = con.execute(f"SELECT count(*) FROM {t}_c c JOIN {table} s USING (line_hash)").fetchall()[0][0]
     updated = con.execute(f"""SELECT count(*) FROM {t}_c c JOIN {table} s USING ({key})
-                              WHERE s.line_hash <> c.line_hash""").fetchone()[0]
+                              WHERE s.line_hash <> c.line_hash""").fetchall()[0][0]
     con.execute(f"""DELETE FROM {table} WHERE {key} IN
                     (SELECT c.{key} FROM {t}_c c JOIN {table} s USING ({key}) WHERE s.line_hash <> c.line_hash)""")
     con.execute(f"""INSERT INTO {table}
                     SELECT {', '.join(names)}, line_hash, {ingest_id}, {file_id}, _row FROM {t}_c c
                     WHERE NOT EXISTS (SELECT 1 FROM {table} s WHERE s.line_hash = c.line_hash)""")
-    total = con.execute(f"SELECT count(*) FROM {t}_c").fetchone()[0]
+    total = con.execute(f"SELECT count(*) FROM {t}_c").fetchall()[0][0]
     con.execute(f"DROP TABLE {t}_c")
     return total - stored_same, stored_same + in_file_dups, superseded, updated

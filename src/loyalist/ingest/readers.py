@@ -127,7 +127,7 @@ def read_delimited(con: duckdb.DuckDBPyConnection, path: Path, table: str, *, de
         con.execute(f"CREATE TEMP TABLE {table} AS SELECT {_ordinal(table + '_read')} + {first_data_line} AS _row, * "
                     f"FROM {table}_read")
     con.execute(f"DROP TABLE {table}_read")
-    n = con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+    n = con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]
     seen = {r[0] for r in rejects}
     return RawSource(str(path), table, columns, n + len(seen),
                      [(r[0], r[1], r[2][:500], r[3]) for r in _first_per_line(rejects)])
@@ -179,7 +179,7 @@ def _read_whitespace(con: duckdb.DuckDBPyConnection, path: Path, table: str, lin
                                     AND NOT (len(parts) = 1 AND trim(parts[1]) = '')
                               ORDER BY _line""").fetchall()
     con.execute(f"DROP TABLE {table}_lines")
-    n = con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+    n = con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]
     return RawSource(str(path), table, names, n + len(rejects), rejects)
 
 
@@ -194,7 +194,7 @@ def read_parquet(con: duckdb.DuckDBPyConnection, path: Path, table: str) -> RawS
                         FROM read_parquet({_quote(path)}, file_row_number=true)""")
     except duckdb.Error as exc:
         raise SourceError(f"{path}: cannot read as Parquet ({_first_line(exc)})") from None
-    n = con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+    n = con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]
     return RawSource(str(path), table, cols, n)
 
 

@@ -1,0 +1,48 @@
+# Two commands do everything on a fresh machine:
+#   make demo   create the environment, install, analyse the bundled demo data, say where to look
+#   make test   install what the tests need (Python packages and Debian services) and run the suite
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+DEMO_DB = out/demo.duckdb
+
+.PHONY: demo test install install-test services bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml $(VENV)/.installed
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+install-test: $(VENV)/.installed-test
+
+services:
+	bash scripts/pg_test_server.sh
+
+demo: install
+	@mkdir -p out
+	@rm -f $(DEMO_DB) $(DEMO_DB).wal
+	$(BIN)/loyalist ingest data/demo/*.csv.gz --db $(DEMO_DB)
+	$(BIN)/loyalist status --db $(DEMO_DB)
+	$(BIN)/loyalist quality --db $(DEMO_DB) --export out/quarantine.csv
+	@echo
+	@echo "Demo store: $(DEMO_DB)   (inspect with: $(BIN)/loyalist status --db $(DEMO_DB))"
+	@echo "Quarantined rows: out/quarantine.csv"
+
+test: install-test services
+	$(BIN)/python -m pytest -n 2 --dist loadfile -q
+
+bench: install-test
+	$(BIN)/python bench/ingest.py
+
+clean:
+	rm -rf out .pytest_cache test-artifacts
