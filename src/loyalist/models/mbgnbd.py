@@ -1,0 +1,169 @@
+"""MBG/NBD model: the BG/NBD with a possible dropout right after the first purchase.
+
+Batislam, E. P., Denizel, M. & Filiztekin, A. (2007), "Empirical validation and comparison of
+models for customer base analysis", *International Journal of Research in Marketing* 24(3),
+201-209 (below: BDF 2007).  It changes one assumption of the BG/NBD (Fader, Hardie & Lee 2005):
+a customer may become inactive with probability ``p`` after *every* purchase, including the
+first one at time 0, so a customer with no repeat purchase can be inactive (in the BG/NBD such a
+customer is always alive).  Same data (``x, t_x, T``) and parameters ``r, alpha, a, b``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from scipy import special as sc
+
+from loyalist.models._base import (
+    BaseModel,
+    broadcast_float,
+    columns_from,
+    compress,
+    prediction_inputs,
+    validate_rfm,
+)
+from loyalist.models.bgnbd import expected_purchases_while_active
+
+__all__ = ["MBGNBD"]
+
+
+class MBGNBD(BaseModel):
+    """Modified BG/NBD (BDF 2007).
+
+    Parameters (``params_``): ``r``, ``alpha`` (Gamma purchase-rate heterogeneity) and ``a``,
+    ``b`` (Beta dropout-probability heterogeneity).  Same interface as :class:`~loyalist.models.BGNBD`.
+    """
+
+    _param_names = ("r", "alpha", "a", "b")
+    _model_name = "MBG/NBD"
+
+    def fit(
+        self,
+        frequency: Any,
+        recency: Any = None,
+        T: Any = None,
+        weights: Any = None,
+        initial_params: dict[str, float] | None = None,
+    ) -> "MBGNBD":
+        """Maximum-likelihood fit with analytic gradient on log-parameters."""
+        (f, rec, TT), weights = columns_from(
+            frequency, (recency, T), ("frequency", "recency", "T"), weights, self._model_name
+        )
+        x, tx, T_, w = validate_rfm(f, rec, TT, weights)
+        (ux, utx, uT), counts, _ = compress(x, tx, T_, weights=w)
+        loglik = self._make_loglik(ux, utx, uT, counts)
+        scale = max(float(np.average(T_, weights=w)), 1e-6)
+        mean_x = max(float(np.average(x, weights=w)), 0.05)
+        guesses = [
+            np.array([1.0, scale / (2.0 * mean_x), 1.0, 3.0]),
+            np.array([0.5, scale / 10.0, 0.5, 1.0]),
+            np.array([2.0, scale, 2.0, 10.0]),
+        ]
+        starts = self._initial(initial_params, guesses)
+        return self._run_mle(loglik, starts, float(counts.sum()), int(np.round(w.sum())))
+
+    @staticmethod
+    def _make_loglik(x, tx, T, w):
+        """BDF 2007 likelihood (their section 2, the MBG/NBD counterpart of FHL 2005 eq. 6):
+
+        ``L = G(r+x)/G(r) alpha^r [ B(a, b+x+1)/B(a,b) (alpha+T)^-(r+x)
+                                   + B(a+1, b+x)/B(a,b) (alpha+t_x)^-(r+x) ]``
+
+        (alive at ``T`` after surviving ``x+1`` dropout chances, or dropped out right after the
+        purchase at ``t_x``; for ``x = 0``, ``t_x = 0`` and the second term is an immediate dropout).
+        """
+        ux, ix = np.unique(x, return_inverse=True)
+        uT, iT = np.unique(T, return_inverse=True)
+        utx, itx = np.unique(tx, return_inverse=True)
+        wx = np.bincount(ix, weights=w, minlength=ux.size)
+        W = float(w.sum())
+
+        def loglik(theta):
+            r, alpha, a, b = theta
+            lg = sc.gammaln(r + ux) - sc.gammaln(r)
+            dlg = sc.digamma(r + ux) - sc.digamma(r)
+            bab = sc.betaln(a, b)
+            psi_ab = sc.digamma(a + b)
+            psi_abx1 = sc.digamma(a + b + ux + 1.0)
+            psi_b = sc.digamma(b)
+            B1 = sc.betaln(a, b + ux + 1.0) - bab
+            dB1_a = psi_ab - psi_abx1
+            dB1_b = sc.digamma(b + ux + 1.0) - psi_abx1 - psi_b + psi_ab
+            B2 = sc.betaln(a + 1.0, b + ux) - bab
+            dB2_a = 1.0 / a + psi_ab - psi_abx1
+            dB2_b = sc.digamma(b + ux) - psi_abx1 - psi_b + psi_ab
+            la = np.log(alpha)
+            lT = np.log(alpha + uT)[iT]
+            ltx = np.log(alpha + utx)[itx]
+            R = r + x
+            t1 = B1[ix] - R * lT
+            t2 = B2[ix] - R * ltx
+            d = t2 - t1
+            e = np.exp(-np.abs(d))
+            ll = float(wx @ lg) + W * r * la + float(w @ (np.maximum(t1, t2) + np.log1p(e)))
+            q2 = np.where(d > 0, 1.0 / (1.0 + e), e / (1.0 + e))
+            wq2 = w * q2
+            wq1 = w - wq2
+            g_r = float(wx @ dlg) + W * la - float(wq1 @ lT + wq2 @ ltx)
+            g_alpha = W * r / alpha - float(wq1 @ (R / (alpha + uT)[iT]) + wq2 @ (R / (alpha + utx)[itx]))
+            g_a = float(wq1 @ dB1_a[ix] + wq2 @ dB2_a[ix])
+            g_b = float(wq1 @ dB1_b[ix] + wq2 @ dB2_b[ix])
+            return ll, np.array([g_r, g_alpha, g_a, g_b])
+
+        return loglik
+
+    def log_likelihood(self, frequency: Any, recency: Any, T: Any) -> np.ndarray:
+        """Per-customer log-likelihood at the current parameters."""
+        r, alpha, a, b = self._theta()
+        x, tx, T = prediction_inputs(frequency, recency, T)
+        base = sc.gammaln(r + x) - sc.gammaln(r) + r * np.log(alpha) - sc.betaln(a, b)
+        t1 = sc.betaln(a, b + x + 1.0) - (r + x) * np.log(alpha + T)
+        t2 = sc.betaln(a + 1.0, b + x) - (r + x) * np.log(alpha + tx)
+        return base + np.logaddexp(t1, t2)
+
+    def conditional_probability_alive(self, frequency: Any, recency: Any, T: Any) -> np.ndarray:
+        """P(alive | x, t_x, T) = 1 / (1 + a/(b+x) ((alpha+T)/(alpha+t_x))^(r+x)) (BDF 2007).
+
+        Unlike the BG/NBD this is below 1 also for ``x = 0``.
+        """
+        r, alpha, a, b = self._theta()
+        x, tx, T = prediction_inputs(frequency, recency, T)
+        lo = np.log(a) - np.log(b + x) + (r + x) * (np.log(alpha + T) - np.log(alpha + tx))
+        return sc.expit(-lo)
+
+    def conditional_expected_number_of_purchases_up_to_time(
+        self, t: Any, frequency: Any, recency: Any, T: Any
+    ) -> np.ndarray:
+        """E[Y(t) | x, t_x, T] (BDF 2007):
+
+        ``(a+b+x)/(a-1) [1 - ((alpha+T)/(alpha+T+t))^(r+x) 2F1(r+x, b+x+1; a+b+x; t/(alpha+T+t))]
+        / (1 + a/(b+x) ((alpha+T)/(alpha+t_x))^(r+x))``, i.e. ``P(alive)`` times the expectation for
+        an active customer with posterior ``p ~ Beta(a, b+x+1)``, ``lambda ~ Gamma(r+x, alpha+T)``.
+        """
+        r, alpha, a, b = self._theta()
+        t = broadcast_float("t", t)
+        x, tx, T = prediction_inputs(frequency, recency, T)
+        t, x, tx, T = np.broadcast_arrays(t, x, tx, T)
+        active = expected_purchases_while_active(t, r + x, a, b + x + 1.0, alpha + T)
+        return self.conditional_probability_alive(x, tx, T) * active
+
+    def probability_of_purchase_within(self, t: Any, frequency: Any, recency: Any, T: Any) -> np.ndarray:
+        """P(at least one purchase in ``(T, T+t]``) = P(alive) [1 - ((alpha+T)/(alpha+T+t))^(r+x)].
+
+        As for the BG/NBD: an active customer's next purchase is exponential with rate
+        ``lambda ~ Gamma(r+x, alpha+T)`` a posteriori and dropout happens only after purchases.
+        """
+        r, alpha, a, b = self._theta()
+        t = broadcast_float("t", t)
+        x, tx, T = prediction_inputs(frequency, recency, T)
+        t, x, tx, T = np.broadcast_arrays(t, x, tx, T)
+        buy = -np.expm1(-(r + x) * np.log1p(t / (alpha + T)))
+        return self.conditional_probability_alive(x, tx, T) * buy
+
+    def expected_number_of_purchases_up_to_time(self, t: Any) -> np.ndarray:
+        """Population E[X(t)] = b/(a-1) [1 - (alpha/(alpha+t))^r 2F1(r, b+1; a+b; t/(alpha+t))] (BDF 2007)."""
+        r, alpha, a, b = self._theta()
+        t = broadcast_float("t", t)
+        ones = np.ones(t.shape)
+        return b / (a + b) * expected_purchases_while_active(t, r * ones, a, (b + 1.0) * ones, alpha * ones)
