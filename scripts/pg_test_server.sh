@@ -20,6 +20,7 @@ URL="postgresql://postgres@${HOST}:${PORT}/postgres"
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
 PGTEST="$REPO/.pgtest"
 ACTION="${1:-start}"
+cd /   # every path below is absolute; and the server user may not be allowed into the caller's cwd
 
 log() { printf 'pg_test_server: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -153,7 +154,7 @@ EOF
 
 do_start() {
     if ours_running; then
-        answers || die "the test server in $PGDATA is running but does not answer on $HOST:$PORT (see $PGTEST/postgres.log)"
+        answers || die "the test server in $PGDATA is running but does not answer on $HOST:$PORT (see $(dirname "$PGDATA")/postgres.log)"
         echo "PostgreSQL test server already running: $URL"
         return 0
     fi
@@ -163,16 +164,20 @@ do_start() {
         return 0
     fi
     init_cluster
-    local logfile="$PGTEST/postgres.log"
+    if [ "$(id -u)" -eq 0 ]; then chown postgres:postgres "$(dirname "$PGDATA")"; fi
+    # The server log lives beside the data directory (where the server user can write).
+    local logfile
+    logfile="$(dirname "$PGDATA")/postgres.log"
     if [ "$(id -u)" -eq 0 ]; then
         touch "$logfile"
         chown postgres:postgres "$logfile"
     fi
     # 9>&-: the server must not inherit (and so hold forever) the lock below.
     if ! as_server_user "$BINDIR/pg_ctl" start -D "$PGDATA" -l "$logfile" -w -t 60 \
-        </dev/null >/dev/null 2>&1 9>&-; then
+        </dev/null >"$PGTEST/pg_ctl.log" 2>&1 9>&-; then
+        cat "$PGTEST/pg_ctl.log" >&2 || true
         tail -n 20 "$logfile" >&2 || true
-        die "could not start PostgreSQL (log above, full log in $logfile)"
+        die "could not start PostgreSQL (output above; server log in $logfile)"
     fi
     local _
     for _ in $(seq 1 50); do
