@@ -266,7 +266,7 @@ def test_two_digit_years_are_read_as_this_century(store):
     assert stored(store, "source_row, order_date") == [(2, D(2010, 12, 31)), (3, D(2011, 2, 1))]
 
 
-def test_two_digit_years_today_are_quarantined_not_lost(store):
+def test_two_digit_years_rows_are_all_accounted_for(store):
     report = run(store, "two_digit_years.csv")
     assert totals(report)[0] == 2 and report.files[0].balanced()
 

@@ -123,7 +123,7 @@ def number_cells(draw, *, money: bool, bad_ok: bool) -> Cell:
     if kind == 0:
         return Cell(draw(st.sampled_from([None, "", "  "])), None)
     if kind == 1 and bad_ok:
-        text = draw(st.sampled_from(["twelve", "1.2.3", "--", "NaN", "inf", "-Infinity", "9,50", "12x"]))
+        text = draw(st.sampled_from(["twelve", "1.2.3", "--", "inf", "-Infinity", "9,50", "12x"]))
         return Cell(text, BAD)
     if money:
         cents = draw(st.integers(-20_000, 250_000))
