@@ -63,6 +63,16 @@ class ConvergenceWarning(UserWarning):
 # --------------------------------------------------------------------------------------------
 
 
+def dot(a: np.ndarray, b: np.ndarray) -> float:
+    """Inner product of two 1-D float arrays.
+
+    ``np.einsum`` rather than ``a @ b``: the latter calls multithreaded BLAS ``ddot``, whose
+    thread synchronisation costs milliseconds per call on a busy machine (300x slower than the
+    arithmetic for 1e5 elements).
+    """
+    return float(np.einsum("i,i->", a, b))
+
+
 def as_1d_float(name: str, values: Any) -> np.ndarray:
     """``values`` as a 1-D float64 array, refusing NaN / infinite / non-numeric entries."""
     if values is None:
@@ -198,37 +208,100 @@ def validate_rfm(
     return x, tx, T, w
 
 
-def compress(*columns: np.ndarray, weights: np.ndarray | None = None):
-    """Collapse identical rows of ``columns`` to unique patterns.
+@dataclass
+class Patterns:
+    """Distinct rows of some columns, with the summed weight of the rows sharing each.
 
-    Returns ``(unique_columns, counts, inverse)``: ``unique_columns[k][inverse] == columns[k]``
-    and ``counts`` sums the weights of the rows sharing a pattern.  Hash-free and O(n log n):
-    each column is factorised with ``np.unique`` and the integer codes combined into one key.
+    ``columns[k][inverse] == original column k``; ``levels[k]`` are the distinct values of column
+    ``k`` and ``codes[k]`` gives, per pattern, the index of its value in ``levels[k]`` (so that
+    quantities depending on one column only are computed once per distinct value).
+    Iterating yields ``(columns, counts, inverse)``.
     """
-    n = columns[0].size
-    codes = np.zeros(n, dtype=np.int64)
-    uniques = []
+
+    columns: tuple[np.ndarray, ...]
+    counts: np.ndarray
+    inverse: np.ndarray
+    levels: tuple[np.ndarray, ...]
+    codes: tuple[np.ndarray, ...]
+
+    def __iter__(self):
+        return iter((self.columns, self.counts, self.inverse))
+
+    @property
+    def size(self) -> int:
+        return int(self.counts.size)
+
+    def subsample(self, n_draws: int, seed: int = 0) -> "Patterns":
+        """``n_draws`` customers drawn with replacement in proportion to the weights, recompressed."""
+        rng = np.random.default_rng(seed)
+        idx = rng.choice(self.size, size=n_draws, replace=True, p=self.counts / self.counts.sum())
+        cnt = np.bincount(idx, minlength=self.size)
+        keep = np.flatnonzero(cnt)
+        return compress(*(c[keep] for c in self.columns), weights=cnt[keep].astype(float))
+
+
+def _n_distinct(col: np.ndarray) -> int:
+    srt = np.sort(col)
+    return int(np.count_nonzero(srt[1:] != srt[:-1])) + 1 if srt.size else 0
+
+
+def compress(*columns: np.ndarray, weights: np.ndarray | None = None) -> Patterns:
+    """Collapse identical rows of ``columns`` to unique patterns (hash-based, O(n)).
+
+    Each column is factorised (``pandas.factorize``), the integer codes are combined into one
+    key per row and the keys factorised again; weights are summed per pattern.  When a column is
+    nearly all-distinct (continuous-valued data) deduplication cannot pay for itself: rows are
+    then kept as patterns, and such columns get one level per row, so nothing is hashed in vain.
+    """
+    cols = [np.asarray(c, dtype=np.float64) + 0.0 for c in columns]  # + 0.0 merges -0.0 into 0.0
+    n = cols[0].size
+    w = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64)
+    card = [_n_distinct(c) for c in cols]
+
+    def factorize(c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        codes, uniq = pd.factorize(c, sort=False)
+        return codes.astype(np.int64), np.asarray(uniq, dtype=np.float64)
+
+    if n and max(card) > 0.8 * n:
+        levels, codes = [], []
+        for c, k in zip(cols, card):
+            if k > 0.3 * n:
+                levels.append(c)
+                codes.append(np.arange(n, dtype=np.int64))
+            else:
+                cd, lv = factorize(c)
+                levels.append(lv)
+                codes.append(cd)
+        return Patterns(tuple(cols), w.copy(), np.arange(n, dtype=np.int64), tuple(levels), tuple(codes))
+
+    levels, col_codes, sizes = [], [], []
     radix = 1
-    for col in columns:
-        u, inv = np.unique(col, return_inverse=True)
-        uniques.append(u)
-        if radix * u.size >= 2**62:  # combined key would overflow: fall back to row-unique
-            stacked = np.column_stack(columns)
-            urows, inverse = np.unique(stacked, axis=0, return_inverse=True)
-            inverse = inverse.reshape(-1)
-            counts = np.bincount(inverse, weights=weights, minlength=urows.shape[0])
-            return tuple(urows[:, k].copy() for k in range(len(columns))), counts, inverse
-        codes = codes * u.size + inv
-        radix *= u.size
-    ukey, inverse = np.unique(codes, return_inverse=True)
-    inverse = inverse.reshape(-1)
-    counts = np.bincount(inverse, weights=weights, minlength=ukey.size)
-    out = []
-    rem = ukey
-    for u in reversed(uniques):
-        out.append(u[rem % u.size])
-        rem = rem // u.size
-    return tuple(reversed(out)), counts, inverse
+    for c in cols:
+        cd, lv = factorize(c)
+        levels.append(lv)
+        col_codes.append(cd)
+        sizes.append(max(lv.size, 1))
+        radix *= max(lv.size, 1)
+    if radix >= 2**62:  # combined key would overflow: sort-based fallback
+        stacked = np.column_stack(col_codes)
+        _, first, inverse = np.unique(stacked, axis=0, return_index=True, return_inverse=True)
+        inverse = inverse.reshape(-1).astype(np.int64)
+        pat_codes = [c[first] for c in col_codes]
+    else:
+        key = np.zeros(n, dtype=np.int64)
+        for cd, size in zip(col_codes, sizes):
+            key = key * size + cd
+        inverse, ukeys = pd.factorize(key, sort=False)
+        inverse = inverse.astype(np.int64)
+        rem = np.asarray(ukeys, dtype=np.int64)
+        pat_codes = []
+        for size in reversed(sizes):
+            pat_codes.append(rem % size)
+            rem = rem // size
+        pat_codes.reverse()
+    counts = np.bincount(inverse, weights=w, minlength=len(pat_codes[0]))
+    pcols = tuple(lv[c] for lv, c in zip(levels, pat_codes))
+    return Patterns(pcols, counts.astype(np.float64), inverse, tuple(levels), tuple(pat_codes))
 
 
 # --------------------------------------------------------------------------------------------
@@ -245,6 +318,7 @@ class MLEResult:
     n_evaluations: int
     attempts: list[str] = field(default_factory=list)
     at_bound: list[int] = field(default_factory=list)
+    hess_inv: np.ndarray | None = None  # BFGS inverse-Hessian estimate (log-params, mean -LL)
 
 
 def _objective_factory(
@@ -287,6 +361,8 @@ def maximize_likelihood(
     penalizer: float = 0.0,
     max_iter: int = 1000,
     tol: float = 1e-7,
+    hess_inv0: np.ndarray | None = None,
+    quiet: bool = False,
 ) -> MLEResult:
     """Maximise ``loglik`` (natural parameters -> (total LL, gradient)) over positive parameters.
 
@@ -303,6 +379,7 @@ def maximize_likelihood(
     bounds = [(lo, hi)] * len(param_names)
     attempts: list[str] = []
     best: tuple[float, np.ndarray, float] | None = None  # (f, phi, max|pg|)
+    last_hess_inv: list[np.ndarray | None] = [None]
 
     def fun_ext(phi: np.ndarray) -> tuple[float, np.ndarray]:
         # unconstrained extension for BFGS: outside the box, a quadratic wall
@@ -326,13 +403,19 @@ def maximize_likelihood(
 
     # BFGS (pure numpy) first: scipy's L-BFGS-B calls multithreaded BLAS on tiny matrices, whose
     # thread wake-ups cost milliseconds per iteration on a busy machine; it is the fallback.
-    def run(tag: str, x0: np.ndarray, method: str, maxiter: int) -> bool:
+    def run(tag: str, x0: np.ndarray, method: str, maxiter: int, h0: np.ndarray | None = None) -> bool:
         try:
             if method == "BFGS":
-                res = optimize.minimize(
-                    fun_ext, x0, jac=True, method="BFGS",
-                    options={"maxiter": maxiter, "gtol": tol * 1e-2},
-                )
+                options = {"maxiter": maxiter, "gtol": tol}
+                if h0 is not None:
+                    h0 = 0.5 * (h0 + h0.T)
+                    lam, vec = np.linalg.eigh(h0)
+                    if np.all(np.isfinite(lam)) and lam.max() > 0:
+                        lam = np.clip(lam, 1e-6 * lam.max(), None)
+                        h0 = (vec * lam) @ vec.T
+                        options["hess_inv0"] = 0.5 * (h0 + h0.T)  # scipy demands exact symmetry
+                res = optimize.minimize(fun_ext, x0, jac=True, method="BFGS", options=options)
+                last_hess_inv[0] = getattr(res, "hess_inv", None)
             else:
                 res = optimize.minimize(
                     fun, np.clip(x0, lo, hi), jac=True, method="L-BFGS-B", bounds=bounds,
@@ -346,7 +429,7 @@ def maximize_likelihood(
     starts = [np.log(np.clip(np.asarray(s, dtype=float), 1e-8, 1e8)) for s in starts]
     done = False
     for k, x0 in enumerate(starts):
-        if run(f"start {k + 1}", x0, "BFGS", max_iter):
+        if run(f"start {k + 1}", x0, "BFGS", max_iter, hess_inv0 if k == 0 else None):
             done = True
             break
         if best is not None and k == 0:
@@ -385,9 +468,9 @@ def maximize_likelihood(
         + ". The best estimate found is kept (converged_ is False); consider more iterations "
         "(max_iter), a penalizer, or other initial_params."
     )
-    if not converged:
+    if not converged and not quiet:
         warnings.warn(message, ConvergenceWarning, stacklevel=3)
-    if at_bound:
+    if at_bound and not quiet:
         names = ", ".join(f"{param_names[i]}={theta[i]:.3g}" for i in at_bound)
         warnings.warn(
             f"{model}: estimate at the edge of the search space ({names}): the data push the "
@@ -395,7 +478,38 @@ def maximize_likelihood(
             ConvergenceWarning,
             stacklevel=3,
         )
-    return MLEResult(theta, float(ll), converged, message, counter["n"], attempts, at_bound)
+    return MLEResult(theta, float(ll), converged, message, counter["n"], attempts, at_bound,
+                     last_hess_inv[0])
+
+
+def hessian_log(
+    loglik: Callable[[np.ndarray], tuple[float, np.ndarray]],
+    theta: np.ndarray,
+    *,
+    penalizer: float,
+    total_weight: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Hessian and gradient of the total penalised negative LL in log-parameters ``phi``.
+
+    Central differences (step 1e-5) of the analytic gradient; symmetrised.
+    """
+    k = theta.size
+    phi = np.log(theta)
+
+    def grad_phi(p: np.ndarray) -> np.ndarray:
+        th = np.exp(p)
+        with np.errstate(all="ignore"):
+            _, g = loglik(th)
+        return (-g + 2.0 * penalizer * total_weight * th) * th
+
+    g0 = grad_phi(phi)
+    H = np.empty((k, k))
+    for i in range(k):
+        h = 1e-5 * max(1.0, abs(phi[i]))
+        e = np.zeros(k)
+        e[i] = h
+        H[:, i] = (grad_phi(phi + e) - grad_phi(phi - e)) / (2 * h)
+    return 0.5 * (H + H.T), g0
 
 
 def standard_errors(
@@ -415,23 +529,7 @@ def standard_errors(
     the delta method) and inverted.  A penalizer, if any, is part of the objective differentiated.
     NaN (with a warning) if the Hessian is not positive definite.
     """
-    k = theta.size
-    phi = np.log(theta)
-
-    def grad_phi(p: np.ndarray) -> np.ndarray:
-        th = np.exp(p)
-        with np.errstate(all="ignore"):
-            _, g = loglik(th)
-        return (-g + 2.0 * penalizer * total_weight * th) * th
-
-    g0 = grad_phi(phi)
-    H = np.empty((k, k))
-    for i in range(k):
-        h = 1e-5 * max(1.0, abs(phi[i]))
-        e = np.zeros(k)
-        e[i] = h
-        H[:, i] = (grad_phi(phi + e) - grad_phi(phi - e)) / (2 * h)
-    H = 0.5 * (H + H.T)
+    H, g0 = hessian_log(loglik, theta, penalizer=penalizer, total_weight=total_weight)
     Dinv = np.diag(1.0 / theta)
     H_theta = Dinv @ (H - np.diag(g0)) @ Dinv
     nan = {n: float("nan") for n in param_names}
@@ -527,29 +625,91 @@ class BaseModel:
             raise ModelInputError(f"initial_params must be positive numbers, got {initial_params}")
         return [x0, *guesses]
 
-    def _run_mle(self, loglik, starts, total_weight: float, n_customers: int):
+    # Above this many distinct patterns, a first fit on a weighted subsample of customers gives
+    # the full-data optimiser a starting point and inverse Hessian, which saves most of the
+    # expensive full-data iterations (the answer is still the full-data MLE).
+    _WARM_START_PATTERNS = 40_000
+    _WARM_START_DRAWS = 5_000
+
+    @staticmethod
+    def _make_loglik(pat: Patterns):  # pragma: no cover - implemented by each model
+        raise NotImplementedError
+
+    def _run_mle(self, pat: Patterns, starts: list[np.ndarray], n_customers: int):
         self._check_hyper()
-        res = maximize_likelihood(
-            loglik, starts, total_weight=total_weight, param_names=self._param_names,
-            model=self._model_name, penalizer=float(self.penalizer),
-            max_iter=int(self.max_iter), tol=float(self.tol),
-        )
+        common = dict(param_names=self._param_names, model=self._model_name,
+                      penalizer=float(self.penalizer), max_iter=int(self.max_iter), tol=float(self.tol))
+        hess_inv0 = None
+        if pat.size > self._WARM_START_PATTERNS:
+            sub = pat.subsample(self._WARM_START_DRAWS, seed=0)
+            try:
+                sub_ll = self._make_loglik(sub)
+                sub_w = float(sub.counts.sum())
+                pre = maximize_likelihood(sub_ll, starts, total_weight=sub_w, quiet=True, **common)
+                if pre.converged:
+                    starts = [pre.params, *starts]
+                    # exact (finite-difference) curvature of the subsample's mean -LL: BFGS then
+                    # starts with near-Newton steps on the full data
+                    H, _ = hessian_log(sub_ll, pre.params, penalizer=float(self.penalizer), total_weight=sub_w)
+                    H = H / sub_w
+                    if np.all(np.isfinite(H)):
+                        lam, vec = np.linalg.eigh(H)
+                        if lam.min() > 0:
+                            hess_inv0 = (vec / lam) @ vec.T
+                        else:
+                            hess_inv0 = pre.hess_inv
+            except (ConvergenceError, np.linalg.LinAlgError):
+                pass
+        loglik = self._make_loglik(pat)
+        total_weight = float(pat.counts.sum())
+        res = maximize_likelihood(loglik, starts, total_weight=total_weight, hess_inv0=hess_inv0, **common)
         self.params_ = {n: float(v) for n, v in zip(self._param_names, res.params)}
         self.log_likelihood_ = res.log_likelihood
         self.converged_ = res.converged
         self.n_customers_ = int(n_customers)
         self.optimizer_message_ = res.message
         self.n_evaluations_ = res.n_evaluations
-        self.standard_errors_ = standard_errors(
-            loglik, res.params, penalizer=float(self.penalizer), total_weight=total_weight,
-            param_names=self._param_names, model=self._model_name,
-        )
+        # standard errors are computed on first access (a Hessian costs 2k gradient evaluations)
+        self._fit_patterns = pat
+        self._standard_errors = None
         return self
+
+    @property
+    def standard_errors_(self) -> dict[str, float]:
+        """Asymptotic standard errors of ``params_`` (inverse Hessian of the negative LL at the
+        optimum, delta method to natural parameters; computed on first access, then cached)."""
+        cached = self.__dict__.get("_standard_errors")
+        if cached is not None:
+            return cached
+        pat = self.__dict__.get("_fit_patterns")
+        if pat is None or "params_" not in self.__dict__:
+            raise NotFittedError(
+                f"standard_errors_ needs a {type(self).__name__} fitted to data (call fit first)"
+            )
+        se = standard_errors(
+            self._make_loglik(pat), self._theta(), penalizer=float(self.penalizer),
+            total_weight=float(pat.counts.sum()), param_names=self._param_names,
+            model=self._model_name,
+        )
+        self._standard_errors = se
+        return se
+
+    def __getstate__(self):
+        # pickle the standard errors, not the training patterns they come from
+        state = dict(self.__dict__)
+        if state.get("_fit_patterns") is not None:
+            state["_standard_errors"] = self.standard_errors_
+        state.pop("_fit_patterns", None)
+        return state
 
     def summary(self) -> pd.DataFrame:
         """Estimates with standard errors and 95% Wald intervals on the log scale."""
         theta = self._theta()
-        se = np.array([getattr(self, "standard_errors_", {}).get(n, np.nan) for n in self._param_names])
+        try:
+            se_map = self.standard_errors_
+        except NotFittedError:
+            se_map = {}
+        se = np.array([se_map.get(n, np.nan) for n in self._param_names])
         half = 1.959963984540054 * se / theta
         return pd.DataFrame(
             {

@@ -20,6 +20,7 @@ import pandas as pd
 from scipy import special as sc
 
 from loyalist.models._base import (
+    dot,
     BaseModel,
     ModelInputError,
     broadcast_float,
@@ -85,18 +86,17 @@ class BGBB(BaseModel):
             frequency, (recency, n_periods), ("frequency", "recency", "n_periods"), weights, self._model_name
         )
         x, tx, n, w = validate_rfm(f, rec, nn, weights, t_name="n_periods", integer_times=True)
-        (ux, utx, un), counts, _ = compress(x, tx, n, weights=w)
-        loglik = self._make_loglik(ux, utx, un, counts)
+        pat = compress(x, tx, n, weights=w)
         guesses = [
             np.array([1.0, 1.0, 1.0, 1.0]),
             np.array([0.5, 2.0, 0.5, 5.0]),
             np.array([2.0, 0.5, 2.0, 0.5]),
         ]
         starts = self._initial(initial_params, guesses)
-        return self._run_mle(loglik, starts, float(counts.sum()), int(np.round(w.sum())))
+        return self._run_mle(pat, starts, int(np.round(w.sum())))
 
     @staticmethod
-    def _make_loglik(x, tx, n, w):
+    def _make_loglik(pat):
         """FHS 2010 eq. (5):
 
         ``L = B(alpha+x, beta+n-x)/B(alpha,beta) B(gamma, delta+n)/B(gamma,delta)
@@ -106,9 +106,8 @@ class BGBB(BaseModel):
         summed in log space over a (pattern x i) grid; the Beta functions of the sum depend on
         ``(x, j = t_x+i)`` and ``j`` only, so they are tabulated once per evaluation.
         """
-        x = x.astype(np.int64)
-        tx = tx.astype(np.int64)
-        n = n.astype(np.int64)
+        x, tx, n = (c.astype(np.int64) for c in pat.columns)
+        w = pat.counts
         ux, ix = np.unique(x, return_inverse=True)
         L = n - tx  # number of dropout terms per pattern
         Lmax = int(L.max())
@@ -162,13 +161,13 @@ class BGBB(BaseModel):
                 et = np.exp(terms - M[:, None])
                 tot = ea + et.sum(axis=1)
                 wb = w[sl]
-                ll += float(wb @ (M + np.log(tot)))
+                ll += dot(wb, (M + np.log(tot)))
                 qa = wb * ea / tot
                 qt = (wb / tot)[:, None] * et
-                grad[0] += float(qa @ A_d[0, sl]) + float(np.sum(qt * Tp_a[xi, jj]))
-                grad[1] += float(qa @ A_d[1, sl]) + float(np.sum(qt * Tp_b[xi, jj]))
-                grad[2] += float(qa @ A_d[2, sl]) + float(np.sum(qt * Tt_g[jj]))
-                grad[3] += float(qa @ A_d[3, sl]) + float(np.sum(qt * Tt_d[jj]))
+                grad[0] += dot(qa, A_d[0, sl]) + float(np.sum(qt * Tp_a[xi, jj]))
+                grad[1] += dot(qa, A_d[1, sl]) + float(np.sum(qt * Tp_b[xi, jj]))
+                grad[2] += dot(qa, A_d[2, sl]) + float(np.sum(qt * Tt_g[jj]))
+                grad[3] += dot(qa, A_d[3, sl]) + float(np.sum(qt * Tt_d[jj]))
             return ll, grad
 
         return loglik
@@ -191,7 +190,7 @@ class BGBB(BaseModel):
         (ux, utx, un), _, inv = compress(x.ravel(), tx.ravel(), n.ravel())
         out = np.empty(ux.size)
         for k in range(ux.size):  # per distinct pattern, through the fitted-likelihood code
-            f = self._make_loglik(ux[k:k + 1], utx[k:k + 1], un[k:k + 1], np.ones(1))
+            f = self._make_loglik(compress(ux[k:k + 1], utx[k:k + 1], un[k:k + 1]))
             out[k] = f(theta)[0]
         return out[inv].reshape(shape)
 

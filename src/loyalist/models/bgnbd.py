@@ -20,6 +20,7 @@ import numpy as np
 from scipy import special as sc
 
 from loyalist.models._base import (
+    dot,
     BaseModel,
     columns_from,
     compress,
@@ -153,8 +154,7 @@ class BGNBD(BaseModel):
             frequency, (recency, T), ("frequency", "recency", "T"), weights, self._model_name
         )
         x, tx, T_, w = validate_rfm(f, rec, TT, weights)
-        (ux, utx, uT), counts, _ = compress(x, tx, T_, weights=w)
-        loglik = self._make_loglik(ux, utx, uT, counts)
+        pat = compress(x, tx, T_, weights=w)
         scale = max(float(np.average(T_, weights=w)), 1e-6)
         mean_x = max(float(np.average(x, weights=w)), 0.05)
         guesses = [
@@ -163,29 +163,33 @@ class BGNBD(BaseModel):
             np.array([2.0, scale, 2.0, 10.0]),
         ]
         starts = self._initial(initial_params, guesses)
-        return self._run_mle(loglik, starts, float(counts.sum()), int(np.round(w.sum())))
+        return self._run_mle(pat, starts, int(np.round(w.sum())))
 
     @staticmethod
-    def _make_loglik(x: np.ndarray, tx: np.ndarray, T: np.ndarray, w: np.ndarray):
+    def _make_loglik(pat):
         """Total log-likelihood and gradient over compressed patterns.
 
         FHL 2005 eq. (6):
         ``L = B(a,b+x)/B(a,b) G(r+x)/G(r) alpha^r/(alpha+T)^(r+x)
               + 1{x>0} B(a+1,b+x-1)/B(a,b) G(r+x)/G(r) alpha^r/(alpha+t_x)^(r+x)``
-        evaluated as a log-sum-exp of the two log terms.  Terms depending only on ``x`` (gamma,
-        beta functions and their digamma derivatives) are computed once per distinct ``x``,
-        ``log(alpha+T)`` once per distinct ``T`` and ``log(alpha+t_x)`` once per distinct ``t_x``.
+        written as ``log L = log(first term) + 1{x>0} log(1 + exp(d))`` with ``d`` the log-ratio
+        of the second term to the first (a softplus: no overflow).  Gamma and Beta functions and
+        their digamma derivatives are computed once per distinct ``x``, logarithms once per
+        distinct ``T`` / ``t_x``; sums over customers are dot products with the pattern counts.
         """
-        ux, ix = np.unique(x, return_inverse=True)
-        uT, iT = np.unique(T, return_inverse=True)
-        pos = x > 0
-        ix0, iT0, w0 = ix[~pos], iT[~pos], w[~pos]
-        ix1, iT1, w1 = ix[pos], iT[pos], w[pos]
-        x1 = x[pos]
-        utx, itx = np.unique(tx[pos], return_inverse=True)
-        wx = np.bincount(ix, weights=w, minlength=ux.size)  # total weight per distinct x
+        x, tx, T = pat.columns
+        w = pat.counts
+        ux, uT, utx = pat.levels[0], pat.levels[2], pat.levels[1]
+        ix, itx, iT = pat.codes
         W = float(w.sum())
+        nx, nT = ux.size, uT.size
+        wx = np.bincount(ix, weights=w, minlength=nx)  # weight per distinct x
+        wT = np.bincount(iT, weights=w, minlength=nT)  # weight per distinct T
+        wxT = np.bincount(iT, weights=w * x, minlength=nT)  # sum of w*x per distinct T
+        pos = x > 0
+        ix1, iT1, itx1, w1, x1 = ix[pos], iT[pos], itx[pos], w[pos], x[pos]
         ux_pos = ux > 0
+        bx1 = np.where(ux_pos, ux - 1.0, 0.0)
 
         def loglik(theta: np.ndarray):
             r, alpha, a, b = theta
@@ -195,49 +199,39 @@ class BGNBD(BaseModel):
             bab = sc.betaln(a, b)
             psi_ab = sc.digamma(a + b)
             psi_abx = sc.digamma(a + b + ux)
+            psi_b = sc.digamma(b)
             B1 = sc.betaln(a, b + ux) - bab
             dB1_a = psi_ab - psi_abx
-            dB1_b = sc.digamma(b + ux) - psi_abx - sc.digamma(b) + psi_ab
-            bx1 = np.where(ux_pos, b + ux - 1.0, 1.0)
-            B2 = np.where(ux_pos, sc.betaln(a + 1.0, bx1) - bab, -np.inf)
-            dB2_a = 1.0 / a + psi_ab - psi_abx
-            dB2_b = sc.digamma(bx1) - psi_abx - sc.digamma(b) + psi_ab
+            dB1_b = sc.digamma(b + ux) - psi_abx - psi_b + psi_ab
+            # second term relative to the first, per distinct x > 0 (0 where x = 0: unused)
+            dB = np.where(ux_pos, sc.betaln(a + 1.0, b + bx1) - bab - B1, 0.0)
+            dB_a = 1.0 / a  # (psi(a+1) - psi(a)); the psi(a+b+x) terms cancel
+            dB_b = np.where(ux_pos, sc.digamma(b + bx1) - sc.digamma(b + ux), 0.0)
+            la = np.log(alpha)
             lT = np.log(alpha + uT)
             iaT = 1.0 / (alpha + uT)
-            la = np.log(alpha)
 
-            # x-only part: sum_x W_x [lgamma ratio] + W r log(alpha)
-            ll = float(wx @ lg) + W * r * la
-            g_r = float(wx @ dlg_r) + W * la
-            g_alpha = W * r / alpha
-            g_a = 0.0
-            g_b = 0.0
-            # x = 0 customers: only the first term
-            if ix0.size:
-                lTi = lT[iT0]
-                ll += float(w0 @ (B1[ix0] - r * lTi))
-                g_r -= float(w0 @ lTi)
-                g_alpha -= r * float(w0 @ iaT[iT0])
-                g_a += float(w0 @ dB1_a[ix0])
-                g_b += float(w0 @ dB1_b[ix0])
+            # first term, all customers
+            ll = dot(wx, (lg + B1)) + W * r * la - r * dot(wT, lT) - dot(wxT, lT)
+            g_r = dot(wx, dlg_r) + W * la - dot(wT, lT)
+            g_alpha = W * r / alpha - r * dot(wT, iaT) - dot(wxT, iaT)
+            g_a = dot(wx, dB1_a)
+            g_b = dot(wx, dB1_b)
+            # mixture with the "dropped out after t_x" term, x > 0
             if ix1.size:
                 R = r + x1
-                lTi = lT[iT1]
-                ltx = np.log(alpha + utx)[itx]
-                t1 = B1[ix1] - R * lTi
-                t2 = B2[ix1] - R * ltx
-                d = t2 - t1
+                atx = alpha + utx
+                dl = np.log(atx)[itx1] - lT[iT1]
+                d = dB[ix1] - R * dl
                 e = np.exp(-np.abs(d))
-                big = np.maximum(t1, t2)
-                ll += float(w1 @ (big + np.log1p(e)))
-                q2 = np.where(d > 0, 1.0 / (1.0 + e), e / (1.0 + e))  # weight of term 2
-                q1 = 1.0 - q2
-                wq1 = w1 * q1
+                ll += dot(w1, (np.maximum(d, 0.0) + np.log1p(e)))
+                q2 = np.where(d > 0, 1.0, e) / (1.0 + e)  # share of the second term
                 wq2 = w1 * q2
-                g_r -= float(wq1 @ lTi + wq2 @ ltx)
-                g_alpha -= float(wq1 @ (R * iaT[iT1]) + wq2 @ (R / (alpha + utx)[itx]))
-                g_a += float(wq1 @ dB1_a[ix1] + wq2 @ dB2_a[ix1])
-                g_b += float(wq1 @ dB1_b[ix1] + wq2 @ dB2_b[ix1])
+                g_r -= dot(wq2, dl)
+                g_alpha -= dot((wq2 * R), ((1.0 / atx)[itx1] - iaT[iT1]))
+                cnt = np.bincount(ix1, weights=wq2, minlength=nx)
+                g_a += dB_a * float(cnt.sum())
+                g_b += dot(cnt, dB_b)
             return ll, np.array([g_r, g_alpha, g_a, g_b])
 
         return loglik

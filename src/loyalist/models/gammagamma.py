@@ -25,6 +25,7 @@ import numpy as np
 from scipy import special as sc
 
 from loyalist.models._base import (
+    dot,
     BaseModel,
     ModelInputError,
     as_1d_float,
@@ -100,8 +101,7 @@ class GammaGamma(BaseModel):
         x, m, w = x[keep], m[keep], w[keep]
         if x.size == 0:
             raise ModelInputError("all weights are zero")
-        (ux, um), counts, _ = compress(x, m, weights=w)
-        loglik = self._make_loglik(ux, um, counts)
+        pat = compress(x, m, weights=w)
         mean_m = float(np.average(m, weights=w))
         guesses = [
             np.array([2.0, 3.0, mean_m]),  # population mean p v/(q-1) = mean_m
@@ -109,30 +109,40 @@ class GammaGamma(BaseModel):
             np.array([10.0, 5.0, 0.4 * mean_m]),
         ]
         starts = self._initial(_alias(initial_params), guesses)
-        return self._run_mle(loglik, starts, float(counts.sum()), int(np.round(w.sum())))
+        return self._run_mle(pat, starts, int(np.round(w.sum())))
 
     @staticmethod
-    def _make_loglik(x, m, w):
+    def _make_loglik(pat):
         """FH 2013 note eq. (3) / FHL 2005b: density of the mean ``m_x`` of ``x`` transactions,
 
         ``f(m_x | p, q, v; x) = G(px+q) / (G(px) G(q)) v^q m_x^(px-1) x^(px) / (v + m_x x)^(px+q)``.
+
+        Gamma functions are evaluated once per distinct ``x``; per customer only ``log(v + m_x x)``.
         """
-        lm = np.log(m)
-        lx = np.log(x)
-        lmx = np.log(m * x)
+        x, m = pat.columns
+        w = pat.counts
+        ux = pat.levels[0]
+        ix = pat.codes[0]
+        wx = np.bincount(ix, weights=w, minlength=ux.size)
+        mx = m * x
+        lmx = np.log(mx)
         W = float(w.sum())
-        const = float(w @ lm)
+        const = dot(w, np.log(m))
+        sum_wx_lmx = dot((w * x), lmx)
+        wxx = w * x
 
         def loglik(theta):
             p, q, v = theta
-            px = p * x
-            lvm = np.log(v + m * x)
-            psi_pxq = sc.digamma(px + q)
-            ll = float(w @ (sc.gammaln(px + q) - sc.gammaln(px) + px * lmx - (px + q) * lvm))
-            ll += W * (q * np.log(v) - sc.gammaln(q)) - const
-            g_p = float(w @ (x * (psi_pxq - sc.digamma(px) + lmx - lvm)))
-            g_q = float(w @ (psi_pxq - lvm)) + W * (np.log(v) - sc.digamma(q))
-            g_v = W * q / v - float(w @ ((px + q) / (v + m * x)))
+            pux = p * ux
+            lvm = np.log(v + mx)
+            psi_pxq = sc.digamma(pux + q)
+            lv = np.log(v)
+            ll = dot(wx, (sc.gammaln(pux + q) - sc.gammaln(pux)))
+            ll += p * sum_wx_lmx - p * dot(wxx, lvm) - q * dot(w, lvm)
+            ll += W * (q * lv - sc.gammaln(q)) - const
+            g_p = dot((wx * ux), (psi_pxq - sc.digamma(pux))) + sum_wx_lmx - dot(wxx, lvm)
+            g_q = dot(wx, psi_pxq) - dot(w, lvm) + W * (lv - sc.digamma(q))
+            g_v = W * q / v - dot((p * wxx + q * w), (1.0 / (v + mx)))
             return ll, np.array([g_p, g_q, g_v])
 
         return loglik

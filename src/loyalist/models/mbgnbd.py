@@ -16,6 +16,7 @@ import numpy as np
 from scipy import special as sc
 
 from loyalist.models._base import (
+    dot,
     BaseModel,
     broadcast_float,
     columns_from,
@@ -51,8 +52,7 @@ class MBGNBD(BaseModel):
             frequency, (recency, T), ("frequency", "recency", "T"), weights, self._model_name
         )
         x, tx, T_, w = validate_rfm(f, rec, TT, weights)
-        (ux, utx, uT), counts, _ = compress(x, tx, T_, weights=w)
-        loglik = self._make_loglik(ux, utx, uT, counts)
+        pat = compress(x, tx, T_, weights=w)
         scale = max(float(np.average(T_, weights=w)), 1e-6)
         mean_x = max(float(np.average(x, weights=w)), 0.05)
         guesses = [
@@ -61,23 +61,28 @@ class MBGNBD(BaseModel):
             np.array([2.0, scale, 2.0, 10.0]),
         ]
         starts = self._initial(initial_params, guesses)
-        return self._run_mle(loglik, starts, float(counts.sum()), int(np.round(w.sum())))
+        return self._run_mle(pat, starts, int(np.round(w.sum())))
 
     @staticmethod
-    def _make_loglik(x, tx, T, w):
+    def _make_loglik(pat):
         """BDF 2007 likelihood (their section 2, the MBG/NBD counterpart of FHL 2005 eq. 6):
 
         ``L = G(r+x)/G(r) alpha^r [ B(a, b+x+1)/B(a,b) (alpha+T)^-(r+x)
                                    + B(a+1, b+x)/B(a,b) (alpha+t_x)^-(r+x) ]``
 
         (alive at ``T`` after surviving ``x+1`` dropout chances, or dropped out right after the
-        purchase at ``t_x``; for ``x = 0``, ``t_x = 0`` and the second term is an immediate dropout).
+        purchase at ``t_x``; for ``x = 0``, ``t_x = 0`` and the second term is an immediate
+        dropout).  Evaluated as first term + softplus of the log-ratio, as for the BG/NBD.
         """
-        ux, ix = np.unique(x, return_inverse=True)
-        uT, iT = np.unique(T, return_inverse=True)
-        utx, itx = np.unique(tx, return_inverse=True)
-        wx = np.bincount(ix, weights=w, minlength=ux.size)
+        x, tx, T = pat.columns
+        w = pat.counts
+        ux, utx, uT = pat.levels
+        ix, itx, iT = pat.codes
         W = float(w.sum())
+        nx, nT = ux.size, uT.size
+        wx = np.bincount(ix, weights=w, minlength=nx)
+        wT = np.bincount(iT, weights=w, minlength=nT)
+        wxT = np.bincount(iT, weights=w * x, minlength=nT)
 
         def loglik(theta):
             r, alpha, a, b = theta
@@ -86,29 +91,31 @@ class MBGNBD(BaseModel):
             bab = sc.betaln(a, b)
             psi_ab = sc.digamma(a + b)
             psi_abx1 = sc.digamma(a + b + ux + 1.0)
-            psi_b = sc.digamma(b)
             B1 = sc.betaln(a, b + ux + 1.0) - bab
             dB1_a = psi_ab - psi_abx1
-            dB1_b = sc.digamma(b + ux + 1.0) - psi_abx1 - psi_b + psi_ab
-            B2 = sc.betaln(a + 1.0, b + ux) - bab
-            dB2_a = 1.0 / a + psi_ab - psi_abx1
-            dB2_b = sc.digamma(b + ux) - psi_abx1 - psi_b + psi_ab
+            dB1_b = sc.digamma(b + ux + 1.0) - psi_abx1 - sc.digamma(b) + psi_ab
+            dB = sc.betaln(a + 1.0, b + ux) - sc.betaln(a, b + ux + 1.0)  # log(term 2 / term 1) part
+            dB_b = -1.0 / (b + ux)  # psi(b+x) - psi(b+x+1); d/da is 1/a
             la = np.log(alpha)
-            lT = np.log(alpha + uT)[iT]
-            ltx = np.log(alpha + utx)[itx]
+            lT = np.log(alpha + uT)
+            iaT = 1.0 / (alpha + uT)
+            atx = alpha + utx
+            ll = dot(wx, (lg + B1)) + W * r * la - r * dot(wT, lT) - dot(wxT, lT)
+            g_r = dot(wx, dlg) + W * la - dot(wT, lT)
+            g_alpha = W * r / alpha - r * dot(wT, iaT) - dot(wxT, iaT)
+            g_a = dot(wx, dB1_a)
+            g_b = dot(wx, dB1_b)
             R = r + x
-            t1 = B1[ix] - R * lT
-            t2 = B2[ix] - R * ltx
-            d = t2 - t1
+            dl = np.log(atx)[itx] - lT[iT]
+            d = dB[ix] - R * dl
             e = np.exp(-np.abs(d))
-            ll = float(wx @ lg) + W * r * la + float(w @ (np.maximum(t1, t2) + np.log1p(e)))
-            q2 = np.where(d > 0, 1.0 / (1.0 + e), e / (1.0 + e))
-            wq2 = w * q2
-            wq1 = w - wq2
-            g_r = float(wx @ dlg) + W * la - float(wq1 @ lT + wq2 @ ltx)
-            g_alpha = W * r / alpha - float(wq1 @ (R / (alpha + uT)[iT]) + wq2 @ (R / (alpha + utx)[itx]))
-            g_a = float(wq1 @ dB1_a[ix] + wq2 @ dB2_a[ix])
-            g_b = float(wq1 @ dB1_b[ix] + wq2 @ dB2_b[ix])
+            ll += dot(w, (np.maximum(d, 0.0) + np.log1p(e)))
+            wq2 = w * (np.where(d > 0, 1.0, e) / (1.0 + e))
+            g_r -= dot(wq2, dl)
+            g_alpha -= dot((wq2 * R), ((1.0 / atx)[itx] - iaT[iT]))
+            cnt = np.bincount(ix, weights=wq2, minlength=nx)
+            g_a += float(cnt.sum()) / a
+            g_b += dot(cnt, dB_b)
             return ll, np.array([g_r, g_alpha, g_a, g_b])
 
         return loglik

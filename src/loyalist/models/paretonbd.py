@@ -36,6 +36,7 @@ import numpy as np
 from scipy import special as sc
 
 from loyalist.models._base import (
+    dot,
     BaseModel,
     broadcast_float,
     columns_from,
@@ -49,73 +50,98 @@ __all__ = ["ParetoNBD", "log_J"]
 _MAX_TERMS = 200_000
 
 
+_CHUNK = 8192  # elements per block: keeps the series' working arrays in cache
+
+
 def _hyp_series(b: np.ndarray, c: np.ndarray, v: np.ndarray, grad: bool):
     """``G = 2F1(1, b; c; v) = sum_n (b)_n/(c)_n v^n`` for ``0 <= v < 1``, ``0 < b < c``.
 
-    Returns ``log G`` and, with ``grad``, ``dG/db / G``, ``dG/dc / G``, ``dG/dv / G``.  All terms
-    are positive with ratio ``(b+n)/(c+n) v < v``, so summation is stable; each element stops on
-    its own once the remaining tail (bounded geometrically) is below 1e-17 of the sum.  The sum is
-    carried in scaled form (terms relative to the running sum) so nothing overflows.
+    Returns ``log G`` and, with ``grad``, ``dG/db / G``, ``dG/dc / G``, ``dG/dv / G`` (term-wise
+    derivatives: ``d log t_n/db = sum_{k<n} 1/(b+k)``, ``d log t_n/dc = -sum_{k<n} 1/(c+k)``,
+    ``d t_n/dv = n t_n / v``).  All terms are positive, start at 1 and decrease with ratio
+    ``(b+n)/(c+n) v < v``, so the summation is stable and cannot overflow.  Elements leave the
+    (shrinking) active set once the remaining tail, bounded geometrically, is below 1e-16 of the
+    sum (derivative tails included).  Processed in cache-sized blocks.
     """
     n_el = v.size
     logG = np.zeros(n_el)
     gb = np.zeros(n_el)
     gc = np.zeros(n_el)
     gv = np.zeros(n_el)
-    idx = np.flatnonzero(v > 0)
-    if idx.size == 0:
-        if grad:
-            gv[:] = b / c
-        return logG, gb, gc, gv
-    bb, cc, vv = b[idx], c[idx], v[idx]
-    t = np.ones(idx.size)  # current term
-    tv = np.zeros(idx.size)  # d term / dv
-    P = np.zeros(idx.size)  # d log term / db
-    Q = np.zeros(idx.size)  # d log term / dc
-    G = np.ones(idx.size)
-    Gb = np.zeros(idx.size)
-    Gc = np.zeros(idx.size)
-    Gv = np.zeros(idx.size)
-    one_m_v = 1.0 - vv
-    n = 0
-    while True:
-        rho = (bb + n) / (cc + n)
-        if grad:
-            tv = rho * (tv * vv + t)
-            P = P + 1.0 / (bb + n)
-            Q = Q - 1.0 / (cc + n)
-        t = t * rho * vv
-        G += t
-        if grad:
-            Gb += t * P
-            Gc += t * Q
-            Gv += tv
-        n += 1
-        done = t * (n + 1.0) <= 1e-17 * G * one_m_v * one_m_v
-        if n >= _MAX_TERMS:  # pathological v ~ 1: add the geometric tail estimate and stop
-            tail = t * rho * vv / np.maximum(1.0 - rho * vv, 1e-300)
-            G += tail
-            if grad:
-                Gb += tail * P
-                Gc += tail * Q
-                Gv += tv * rho * vv / np.maximum(1.0 - rho * vv, 1e-300)
-            done[:] = True
-        if done.all() or (n % 8 == 0 and done.any()):
-            fin = idx[done]
-            logG[fin] = np.log(G[done])
-            if grad:
-                gb[fin] = Gb[done] / G[done]
-                gc[fin] = Gc[done] / G[done]
-                gv[fin] = Gv[done] / G[done]
-            if done.all():
-                break
-            keep = ~done
-            idx, bb, cc, vv, one_m_v = idx[keep], bb[keep], cc[keep], vv[keep], one_m_v[keep]
-            t, tv, P, Q, G, Gb, Gc, Gv = t[keep], tv[keep], P[keep], Q[keep], G[keep], Gb[keep], Gc[keep], Gv[keep]
     if grad:
         zero = v <= 0
         gv[zero] = (b / c)[zero]
+    todo = np.flatnonzero(v > 0)
+    for s0 in range(0, todo.size, _CHUNK):
+        _hyp_block(todo[s0:s0 + _CHUNK], b, c, v, grad, logG, gb, gc, gv)
     return logG, gb, gc, gv
+
+
+def _hyp_block(idx, b, c, v, grad, logG, gb, gc, gv) -> None:
+    bb, cc, vv = b[idx], c[idx], v[idx]
+    m = idx.size
+    t = np.ones(m)  # current term
+    G = np.ones(m)
+    tol = 1e-16 * (1.0 - vv) ** 2
+    if grad:
+        P = np.zeros(m)  # d log term / db
+        Q = np.zeros(m)  # d log term / dc
+        Gb = np.zeros(m)
+        Gc = np.zeros(m)
+        Gn = np.zeros(m)  # sum n t_n
+    ib = np.empty(m)
+    ic = np.empty(m)
+    rho = np.empty(m)
+    tmp = np.empty(m)
+    n = 0
+    while True:
+        np.add(bb, n, out=ib)
+        np.add(cc, n, out=ic)
+        np.divide(ib, ic, out=rho)
+        rho *= vv
+        t *= rho
+        G += t
+        n += 1
+        if grad:
+            np.reciprocal(ib, out=ib)
+            P += ib
+            np.reciprocal(ic, out=ic)
+            Q -= ic
+            np.multiply(t, P, out=tmp)
+            Gb += tmp
+            np.multiply(t, Q, out=tmp)
+            Gc += tmp
+            np.multiply(t, n, out=tmp)
+            Gn += tmp
+        if n % 2 and n < _MAX_TERMS:
+            continue
+        np.multiply(G, tol, out=tmp)
+        done = t * (n + 1.0) <= tmp
+        if n >= _MAX_TERMS:  # pathological v ~ 1: add the geometric tail estimate and stop
+            geo = rho / np.maximum(1.0 - rho, 1e-300)
+            G += t * geo
+            if grad:
+                Gb += t * geo * P
+                Gc += t * geo * Q
+                Gn += t * geo * (n + 1.0 / np.maximum(1.0 - rho, 1e-300))
+            done[:] = True
+        if not done.any():
+            continue
+        fin = idx[done]
+        Gd = G[done]
+        logG[fin] = np.log(Gd)
+        if grad:
+            gb[fin] = Gb[done] / Gd
+            gc[fin] = Gc[done] / Gd
+            gv[fin] = Gn[done] / (Gd * vv[done])
+        if done.all():
+            return
+        keep = ~done
+        idx, bb, cc, vv, tol, t, G = idx[keep], bb[keep], cc[keep], vv[keep], tol[keep], t[keep], G[keep]
+        if grad:
+            P, Q, Gb, Gc, Gn = P[keep], Q[keep], Gb[keep], Gc[keep], Gn[keep]
+        m = idx.size
+        ib, ic, rho, tmp = np.empty(m), np.empty(m), np.empty(m), np.empty(m)
 
 
 def log_J(y, p, q, alpha: float, beta: float, grad: bool = True):
@@ -197,8 +223,7 @@ class ParetoNBD(BaseModel):
             frequency, (recency, T), ("frequency", "recency", "T"), weights, self._model_name
         )
         x, tx, T_, w = validate_rfm(f, rec, TT, weights)
-        (ux, utx, uT), counts, _ = compress(x, tx, T_, weights=w)
-        loglik = self._make_loglik(ux, utx, uT, counts)
+        pat = compress(x, tx, T_, weights=w)
         scale = max(float(np.average(T_, weights=w)), 1e-6)
         mean_x = max(float(np.average(x, weights=w)), 0.05)
         guesses = [
@@ -207,13 +232,15 @@ class ParetoNBD(BaseModel):
             np.array([2.0, scale, 2.0, scale / 10.0]),
         ]
         starts = self._initial(initial_params, guesses)
-        return self._run_mle(loglik, starts, float(counts.sum()), int(np.round(w.sum())))
+        return self._run_mle(pat, starts, int(np.round(w.sum())))
 
     @staticmethod
-    def _make_loglik(x, tx, T, w):
+    def _make_loglik(pat):
         """Log-likelihood (FH 2005 note eq. 18, integral form of eq. 19) and analytic gradient."""
-        ux, ix = np.unique(x, return_inverse=True)
-        uT, iT = np.unique(T, return_inverse=True)
+        x, tx, T = pat.columns
+        w = pat.counts
+        ux, uT = pat.levels[0], pat.levels[2]
+        ix, iT = pat.codes[0], pat.codes[2]
         wx = np.bincount(ix, weights=w, minlength=ux.size)
         (pxT, pT), _, iPT = compress(x, T)  # distinct (x, T) pairs
         (pxt, ptx), _, iPt = compress(x, tx)  # distinct (x, t_x) pairs
@@ -225,34 +252,47 @@ class ParetoNBD(BaseModel):
             lg = sc.gammaln(r + ux) - sc.gammaln(r)
             dlg = sc.digamma(r + ux) - sc.digamma(r)
             la_, lb_ = np.log(alpha), np.log(beta)
-            ll = float(wx @ lg) + W * (r * la_ + s * lb_)
-            g = np.array([float(wx @ dlg) + W * la_, W * r / alpha, W * lb_, W * s / beta])
+            ll = dot(wx, lg) + W * (r * la_ + s * lb_)
+            g = np.array([dot(wx, dlg) + W * la_, W * r / alpha, W * lb_, W * s / beta])
 
-            lAT = np.log(alpha + uT)[iT]
-            lBT = np.log(beta + uT)[iT]
-            R = r + x
-            la = -R * lAT - s * lBT
+            lAu = np.log(alpha + uT)
+            lBu = np.log(beta + uT)
+            lAT = lAu[iT]
+            lBT = lBu[iT]
+            la = -(r + x) * lAT - s * lBT
             J2, J2p, J2q, J2a, J2b = log_J(pT, r + pxT, s + 1.0, alpha, beta)
             J1, J1p, J1q, J1a, J1b = log_J(ptx, r + pxt, s + 1.0, alpha, beta)
             ls = np.log(s)
-            lj2 = ls + J2[iPT]
-            lj1 = ls + J1[iPt]
-            M = np.maximum(la, lj1)
+            lj2 = J2[iPT]
+            lj1 = J1[iPt]
+            # bracket of eq. 18 relative to exp(M): A_T + s (J(t_x) - J(T))
+            M = np.maximum(la, ls + lj1)
             ea = np.exp(la - M)
-            diff = np.exp(lj1 - M) - np.exp(lj2 - M)
-            diff = np.where(same | (diff < 0), 0.0, diff)
+            e1 = np.exp(ls + lj1 - M)
+            e2 = np.exp(ls + lj2 - M)
+            diff = e1 - e2
+            off = same | (diff <= 0)
+            diff[off] = 0.0
             Bk = ea + diff
-            ll += float(w @ (M + np.log(Bk)))
-            on = diff > 0
-            wa = w * ea / Bk
-            w1 = np.where(on, w * np.exp(lj1 - M) / Bk, 0.0)
-            w2 = np.where(on, w * np.exp(lj2 - M) / Bk, 0.0)
-            iAT = 1.0 / (alpha + uT)
-            iBT = 1.0 / (beta + uT)
-            g[0] += float(wa @ (-lAT) + w1 @ J1p[iPt] - w2 @ J2p[iPT])
-            g[1] += float(wa @ (-R * iAT[iT]) + w1 @ J1a[iPt] - w2 @ J2a[iPT])
-            g[2] += float(wa @ (-lBT) + w1 @ (1.0 / s + J1q[iPt]) - w2 @ (1.0 / s + J2q[iPT]))
-            g[3] += float(wa @ (-s * iBT[iT]) + w1 @ J1b[iPt] - w2 @ J2b[iPT])
+            ll += dot(w, (M + np.log(Bk)))
+            wB = w / Bk
+            wa = wB * ea
+            w1 = wB * e1
+            w2 = wB * e2
+            w1[off] = 0.0
+            w2[off] = 0.0
+            # sum over customers of w * dJ[pair] = dJ @ (weights aggregated per pair)
+            c1 = np.bincount(iPt, weights=w1, minlength=ptx.size)
+            c2 = np.bincount(iPT, weights=w2, minlength=pT.size)
+            cA = np.bincount(iT, weights=wa, minlength=uT.size)
+            cAx = np.bincount(iT, weights=wa * x, minlength=uT.size)
+            iAu = 1.0 / (alpha + uT)
+            iBu = 1.0 / (beta + uT)
+            s12 = float(c1.sum() - c2.sum())
+            g[0] += -dot(cA, lAu) + (dot(c1, J1p) - dot(c2, J2p))
+            g[1] += -dot((r * cA + cAx), iAu) + (dot(c1, J1a) - dot(c2, J2a))
+            g[2] += -dot(cA, lBu) + s12 / s + (dot(c1, J1q) - dot(c2, J2q))
+            g[3] += -s * dot(cA, iBu) + (dot(c1, J1b) - dot(c2, J2b))
             return ll, g
 
         return loglik
