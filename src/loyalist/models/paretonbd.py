@@ -71,10 +71,91 @@ def _hyp_series(b: np.ndarray, c: np.ndarray, v: np.ndarray, grad: bool):
     if grad:
         zero = v <= 0
         gv[zero] = (b / c)[zero]
-    todo = np.flatnonzero(v > 0)
+    # v close to 1 with a small c - b: the series needs up to 1e5+ terms, the expansion around
+    # v = 1 converges fast instead
+    near1 = (v > 0.95) & (c - b <= 30.0) & (b * (1.0 - v) <= 2.0)
+    todo = np.flatnonzero((v > 0) & ~near1)
     for s0 in range(0, todo.size, _CHUNK):
         _hyp_block(todo[s0:s0 + _CHUNK], b, c, v, grad, logG, gb, gc, gv)
+    if near1.any():
+        k = np.flatnonzero(near1)
+        lg, db, dc, dv = _hyp_near_one(b[k], c[k], v[k])
+        logG[k] = lg
+        if grad:
+            gb[k], gc[k], gv[k] = db, dc, dv
     return logG, gb, gc, gv
+
+
+def _connection(b, c, v):
+    """``2F1(1, b; c; v)`` and its derivatives in ``b, c, v`` by the connection formula at 1.
+
+    Abramowitz & Stegun 15.3.6 with ``a = 1`` (the second hypergeometric collapses to a power):
+    ``G = (c-1)/d 2F1(1, b; 1-d; 1-v) + G(c) G(-d)/G(b) (1-v)^d v^(1-c)``, ``d = c-1-b``
+    (``d`` not an integer; see :func:`_hyp_near_one`).  Returns ``(G, dG/db, dG/dc, dG/dv)``.
+    """
+    d = c - 1.0 - b
+    w = 1.0 - v
+    # S1 = sum_n (b)_n / (1-d)_n w^n with term-wise derivatives
+    t = np.ones_like(v)
+    S, Sb, Sd, Sw = t.copy(), np.zeros_like(v), np.zeros_like(v), np.zeros_like(v)
+    P = np.zeros_like(v)
+    Q = np.zeros_like(v)
+    for n in range(400):
+        ratio = (b + n) / (1.0 - d + n)
+        P = P + 1.0 / (b + n)
+        Q = Q + 1.0 / (1.0 - d + n)
+        t = t * ratio * w
+        S += t
+        Sb += t * P
+        Sd += t * Q
+        Sw += t * (n + 1)
+        if np.all(np.abs(t) * (n + 2) <= 1e-17 * np.abs(S)):
+            break
+    Sw = Sw / w
+    A = (c - 1.0) / d * S
+    # dA: S depends on b and d = c-1-b
+    A_b = (c - 1.0) * ((Sb - Sd) / d + S / d**2)
+    A_c = S / d + (c - 1.0) * (Sd / d - S / d**2)
+    A_v = -(c - 1.0) / d * Sw
+    lnB = sc.gammaln(c) + sc.gammaln(-d) - sc.gammaln(b) + d * np.log(w) + (1.0 - c) * np.log(v)
+    Bv = sc.gammasgn(-d) * np.exp(lnB)
+    psi_md = sc.digamma(-d)
+    B_b = Bv * (psi_md - sc.digamma(b) - np.log(w))
+    B_c = Bv * (sc.digamma(c) - psi_md + np.log(w) - np.log(v))
+    B_v = Bv * (-d / w + (1.0 - c) / v)
+    return A + Bv, A_b + B_b, A_c + B_c, A_v + B_v
+
+
+def _hyp_near_one(b, c, v):
+    """``log 2F1(1, b; c; v)`` and relative derivatives for ``v`` near 1 (:func:`_connection`).
+
+    Where ``d = c-1-b`` is within 5e-4 of a non-negative integer the two terms have cancelling
+    poles: the function (analytic in ``c``) is then interpolated by a quintic through ``d``
+    values 1e-3, 2e-3 and 3e-3 either side of the integer.
+    """
+    d = c - 1.0 - b
+    k = np.round(d)
+    near = (np.abs(d - k) < 5e-4) & (k >= 0)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        G, Gb, Gc, Gv = _connection(b, c, v)  # entries near a pole are replaced below
+    if near.any():
+        i = np.flatnonzero(near)
+        nodes = np.array([-3e-3, -2e-3, -1e-3, 1e-3, 2e-3, 3e-3])
+        x0 = (d - k)[i]
+        vals = [ _connection(b[i], (c - (d - k))[i] + h, v[i]) for h in nodes ]
+        # Lagrange weights at x0 for the four nodes
+        wts = []
+        for j, hj in enumerate(nodes):
+            wj = np.ones_like(x0)
+            for m_, hm in enumerate(nodes):
+                if m_ != j:
+                    wj = wj * (x0 - hm) / (hj - hm)
+            wts.append(wj)
+        G[i] = sum(wj * val[0] for wj, val in zip(wts, vals))
+        Gb[i] = sum(wj * val[1] for wj, val in zip(wts, vals))
+        Gc[i] = sum(wj * val[2] for wj, val in zip(wts, vals))
+        Gv[i] = sum(wj * val[3] for wj, val in zip(wts, vals))
+    return np.log(G), Gb / G, Gc / G, Gv / G
 
 
 def _hyp_block(idx, b, c, v, grad, logG, gb, gc, gv) -> None:
