@@ -37,6 +37,20 @@ from loyalist.models._base import (
 __all__ = ["GammaGamma"]
 
 
+def _digamma_diff(z: np.ndarray, q: float) -> np.ndarray:
+    """``psi(z + q) - psi(z)`` without cancellation for large ``z`` (asymptotic series of psi)."""
+    z = np.asarray(z, dtype=float)
+    out = sc.digamma(z + q) - sc.digamma(z)
+    big = z > 1e4
+    if np.any(big):
+        zb = z[big]
+        zq = zb + q
+        # psi(z) ~ log z - 1/(2z) - 1/(12 z^2) + 1/(120 z^4) - 1/(252 z^6)
+        out[big] = (np.log1p(q / zb) + q / (2.0 * zb * zq) + q * (2.0 * zb + q) / (12.0 * zb**2 * zq**2)
+                    + (1.0 / zq**4 - 1.0 / zb**4) / 120.0 - (1.0 / zq**6 - 1.0 / zb**6) / 252.0)
+    return out
+
+
 def _alias(params: dict[str, float] | None) -> dict[str, float] | None:
     if params is None or "gamma" not in params:
         return params
@@ -125,24 +139,25 @@ class GammaGamma(BaseModel):
         ix = pat.codes[0]
         wx = np.bincount(ix, weights=w, minlength=ux.size)
         mx = m * x
-        lmx = np.log(mx)
         W = float(w.sum())
         const = dot(w, np.log(m))
-        sum_wx_lmx = dot((w * x), lmx)
         wxx = w * x
 
         def loglik(theta):
+            # log f = [lnG(px+q) - lnG(px)] - lnG(q) - px log1p(v/(x m)) - q log1p(x m/v) - log m,
+            # the same density with the large logarithms cancelled analytically
             p, q, v = theta
             pux = p * ux
-            lvm = np.log(v + mx)
-            psi_pxq = sc.digamma(pux + q)
-            lv = np.log(v)
-            ll = dot(wx, (sc.gammaln(pux + q) - sc.gammaln(pux)))
-            ll += p * sum_wx_lmx - p * dot(wxx, lvm) - q * dot(w, lvm)
-            ll += W * (q * lv - sc.gammaln(q)) - const
-            g_p = dot((wx * ux), (psi_pxq - sc.digamma(pux))) + sum_wx_lmx - dot(wxx, lvm)
-            g_q = dot(wx, psi_pxq) - dot(w, lvm) + W * (lv - sc.digamma(q))
-            g_v = W * q / v - dot((p * wxx + q * w), (1.0 / (v + mx)))
+            l1 = np.log1p(v / mx)
+            l2 = np.log1p(mx / v)
+            gratio = sc.gammaln(q) - sc.betaln(pux, q)  # lnG(px+q) - lnG(px), accurate for large px
+            ll = dot(wx, gratio) - p * dot(wxx, l1) - q * dot(w, l2) - W * sc.gammaln(q) - const
+            dpsi = _digamma_diff(pux, q)  # psi(px+q) - psi(px)
+            g_p = dot(wx * ux, dpsi) - dot(wxx, l1)
+            g_q = dot(wx, sc.digamma(pux + q)) - W * sc.digamma(q) - dot(w, l2)
+            # d/dv: -p x/(v + x m) ... written as below to avoid forming v + x m twice
+            inv = 1.0 / (v + mx)
+            g_v = -p * dot(wxx, inv) + q * dot(w, mx * inv) / v
             return ll, np.array([g_p, g_q, g_v])
 
         return loglik
