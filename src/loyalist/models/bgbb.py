@@ -38,7 +38,7 @@ _CHUNK = 2_000_000  # grid cells per block in the likelihood and in predictions
 def _sum_survival(gamma: float, D: np.ndarray, N: np.ndarray) -> np.ndarray:
     """``S = E[sum_{k=1}^N (1-theta)^k]`` for ``theta ~ Beta(gamma, D)``.
 
-    Telescoping the Beta functions (FHS 2010, derivation of eqs. 7 and 13):
+    Telescoping the Beta functions (as in FHS 2010's expressions for E[X(n)] and E[X(n, n+n*)]):
     ``S = D/(gamma-1) [1 - G(gamma+D) G(D+N+1) / (G(D+1) G(gamma+D+N))]``, computed as
     ``-D expm1(Delta)/(gamma-1)`` with ``Delta`` a log-ratio that vanishes at ``gamma = 1``, where
     the limit ``D (psi(D+N+1) - psi(D+1))`` is used.
@@ -79,7 +79,7 @@ class BGBB(BaseModel):
         weights: Any = None,
         initial_params: dict[str, float] | None = None,
     ) -> "BGBB":
-        """Maximum-likelihood fit (FHS 2010 eq. 5) with analytic gradient on log-parameters."""
+        """Maximum-likelihood fit (FHS 2010 likelihood) with analytic gradient on log-parameters."""
         if isinstance(frequency, pd.DataFrame) and "n_periods" not in frequency.columns and "periods" in frequency.columns:
             frequency = frequency.rename(columns={"periods": "n_periods"})
         (f, rec, nn), weights = columns_from(
@@ -97,7 +97,7 @@ class BGBB(BaseModel):
 
     @staticmethod
     def _make_loglik(pat):
-        """FHS 2010 eq. (5):
+        """FHS 2010, likelihood of a randomly chosen customer with history ``(x, t_x, n)``:
 
         ``L = B(alpha+x, beta+n-x)/B(alpha,beta) B(gamma, delta+n)/B(gamma,delta)
               + sum_{i=0}^{n-t_x-1} B(alpha+x, beta+t_x-x+i)/B(alpha,beta)
@@ -183,7 +183,7 @@ class BGBB(BaseModel):
         return x, tx, n
 
     def log_likelihood(self, frequency: Any, recency: Any, n_periods: Any) -> np.ndarray:
-        """Per-customer log-likelihood (FHS 2010 eq. 5) at the current parameters."""
+        """Per-customer log-likelihood (FHS 2010) at the current parameters."""
         theta = self._theta()
         x, tx, n = self._inputs(frequency, recency, n_periods)
         shape = x.shape
@@ -200,7 +200,7 @@ class BGBB(BaseModel):
         return num - self.log_likelihood(x, tx, n)
 
     def conditional_probability_alive(self, frequency: Any, recency: Any, n_periods: Any) -> np.ndarray:
-        """P(alive at opportunity n+1 | x, t_x, n) (FHS 2010 eq. 11):
+        """P(alive at opportunity n+1 | x, t_x, n) (FHS 2010, P(alive) expression):
 
         ``B(alpha+x, beta+n-x)/B(alpha,beta) B(gamma, delta+n+1)/B(gamma,delta) / L``.
         """
@@ -212,7 +212,7 @@ class BGBB(BaseModel):
     ) -> np.ndarray:
         """E[X(n, n+t) | x, t_x, n]: expected transactions in the next ``t`` opportunities.
 
-        FHS 2010 eq. (13), in the equivalent form ``P(alive at n+1) (alpha+x)/(alpha+beta+n)
+        FHS 2010's conditional expectation, in the equivalent form ``P(alive at n+1) (alpha+x)/(alpha+beta+n)
         E[sum_{k=1}^t (1-theta)^(k-1)]`` with posterior ``theta ~ Beta(gamma, delta+n+1)``.
         """
         al, be, ga, de = self._theta()
@@ -228,7 +228,7 @@ class BGBB(BaseModel):
     def probability_of_purchase_within(self, t: Any, frequency: Any, recency: Any, n_periods: Any) -> np.ndarray:
         """P(at least one transaction in opportunities n+1 .. n+t | x, t_x, n).
 
-        Derived from the FHS 2010 assumptions (cf. their eq. 12 for ``P(X(n, n+n*) = 0)``): a
+        Derived from the FHS 2010 assumptions (cf. their conditional PMF at ``x* = 0``): a
         customer alive at ``n+1`` makes a first transaction at opportunity ``n+k`` with
         probability ``(1-p)^(k-1) p (1-theta)^(k-1)``; under the posterior
         ``p ~ Beta(alpha+x, beta+n-x)``, ``theta ~ Beta(gamma, delta+n+1)`` (independent) this is
@@ -261,7 +261,7 @@ class BGBB(BaseModel):
         return self.conditional_probability_alive(x, tx, n) * buy
 
     def expected_number_of_purchases_up_to_time(self, t: Any) -> np.ndarray:
-        """Population E[X(t)] over ``t`` opportunities (FHS 2010 eq. 7):
+        """Population E[X(t)] over ``t`` opportunities (FHS 2010, mean of the BG/BB PMF):
 
         ``alpha/(alpha+beta) delta/(gamma-1) [1 - G(gamma+delta) G(1+delta+t) / (G(gamma+delta+t) G(1+delta))]``.
         """

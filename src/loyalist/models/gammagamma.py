@@ -127,7 +127,7 @@ class GammaGamma(BaseModel):
 
     @staticmethod
     def _make_loglik(pat):
-        """FH 2013 note eq. (3) / FHL 2005b: density of the mean ``m_x`` of ``x`` transactions,
+        """FH 2013 note / FHL 2005b: density of the mean ``m_x`` of ``x`` transactions,
 
         ``f(m_x | p, q, v; x) = G(px+q) / (G(px) G(q)) v^q m_x^(px-1) x^(px) / (v + m_x x)^(px+q)``.
 

@@ -65,7 +65,7 @@ class MBGNBD(BaseModel):
 
     @staticmethod
     def _make_loglik(pat):
-        """BDF 2007 likelihood (their section 2, the MBG/NBD counterpart of FHL 2005 eq. 6):
+        """BDF 2007 likelihood (the MBG/NBD counterpart of FHL 2005 eq. 6):
 
         ``L = G(r+x)/G(r) alpha^r [ B(a, b+x+1)/B(a,b) (alpha+T)^-(r+x)
                                    + B(a+1, b+x)/B(a,b) (alpha+t_x)^-(r+x) ]``

@@ -11,12 +11,13 @@ are independent.  Data: ``x`` repeat purchases, recency ``t_x``, age ``T`` (one 
 
 Numerics
 --------
-The likelihood (FH 2005 note, eq. 19 with ``A_0`` of eqs. 20-21) contains Gauss hypergeometric
+The likelihood (FH 2005 note, with its ``A_0`` term for the cases alpha >= beta and
+alpha < beta) contains Gauss hypergeometric
 functions ``2F1(r+s+x, s+1 | r+x; r+s+x+1; .)`` whose parameter derivatives have no closed form.
 They are handled here through the integral they come from,
 
     ``L = G(r+x)/G(r) alpha^r beta^s [ (alpha+T)^-(r+x) (beta+T)^-s + s * int_{t_x}^T
-          (alpha+y)^-(r+x) (beta+y)^-(s+1) dy ]``        (FH 2005 note, eq. 18)
+          (alpha+y)^-(r+x) (beta+y)^-(s+1) dy ]``   (FH 2005 note, before integrating out the dropout time)
 
 written as ``s (J(t_x) - J(T))`` with ``J(y) = int_y^inf (alpha+u)^-p (beta+u)^-q du``.  By Euler's
 transformation of the ``A_0`` hypergeometric, ``J(y) = (alpha+u)^-p (beta+u)^-q (m+y)/(p+q-1)
@@ -228,7 +229,7 @@ def _hyp_block(idx, b, c, v, grad, logG, gb, gc, gv) -> None:
 def log_J(y, p, q, alpha: float, beta: float, grad: bool = True):
     """``log J`` with ``J(y) = int_y^inf (alpha+u)^(-p) (beta+u)^(-q) du`` (``p, q > 0``, ``p+q > 1``).
 
-    Closed form (FH 2005 note, eqs. 20-21 for ``A_0``, after Euler's transformation
+    Closed form (FH 2005 note, the ``A_0`` expressions, after Euler's transformation
     ``2F1(a, b; c; z) = (1-z)^(c-a-b) 2F1(c-a, c-b; c; z)``):
 
     * ``alpha >= beta``: ``J = (alpha+y)^-p (beta+y)^(1-q) / (p+q-1) * 2F1(1, p; p+q; v)``,
@@ -299,7 +300,7 @@ class ParetoNBD(BaseModel):
         weights: Any = None,
         initial_params: dict[str, float] | None = None,
     ) -> "ParetoNBD":
-        """Maximum-likelihood fit (FH 2005 note eq. 18-21) with analytic gradient."""
+        """Maximum-likelihood fit (FH 2005 note likelihood) with analytic gradient."""
         (f, rec, TT), weights = columns_from(
             frequency, (recency, T), ("frequency", "recency", "T"), weights, self._model_name
         )
@@ -317,7 +318,7 @@ class ParetoNBD(BaseModel):
 
     @staticmethod
     def _make_loglik(pat):
-        """Log-likelihood (FH 2005 note eq. 18, integral form of eq. 19) and analytic gradient."""
+        """Log-likelihood (FH 2005 note, integral form of the likelihood) and analytic gradient."""
         x, tx, T = pat.columns
         w = pat.counts
         ux, uT = pat.levels[0], pat.levels[2]
@@ -346,7 +347,7 @@ class ParetoNBD(BaseModel):
             ls = np.log(s)
             lj2 = J2[iPT]
             lj1 = J1[iPt]
-            # bracket of eq. 18 relative to exp(M): A_T + s (J(t_x) - J(T))
+            # likelihood bracket relative to exp(M): A_T + s (J(t_x) - J(T))
             M = np.maximum(la, ls + lj1)
             ea = np.exp(la - M)
             e1 = np.exp(ls + lj1 - M)
@@ -380,7 +381,7 @@ class ParetoNBD(BaseModel):
 
     # ------------------------------------------------------------------ per-customer pieces
     def _log_parts(self, x, tx, T):
-        """``log`` of the alive-at-T term, and of the bracket of FH 2005 note eq. 18."""
+        """``log`` of the alive-at-T term, and of the likelihood bracket (FH 2005 note)."""
         r, alpha, s, beta = self._theta()
         la = -(r + x) * np.log(alpha + T) - s * np.log(beta + T)
         (ux, ut), _, inv1 = compress(x.ravel(), tx.ravel())
@@ -393,16 +394,16 @@ class ParetoNBD(BaseModel):
         return la, M + np.log(np.exp(la - M) + diff)
 
     def log_likelihood(self, frequency: Any, recency: Any, T: Any) -> np.ndarray:
-        """Per-customer log-likelihood (FH 2005 note eq. 18-19) at the current parameters."""
+        """Per-customer log-likelihood (FH 2005 note) at the current parameters."""
         r, alpha, s, beta = self._theta()
         x, tx, T = prediction_inputs(frequency, recency, T)
         _, lbr = self._log_parts(x, tx, T)
         return sc.gammaln(r + x) - sc.gammaln(r) + r * np.log(alpha) + s * np.log(beta) + lbr
 
     def conditional_probability_alive(self, frequency: Any, recency: Any, T: Any) -> np.ndarray:
-        """P(alive at T | x, t_x, T) (SMC 1987 eq. 11; FH 2005 note eq. 22).
+        """P(alive at T | x, t_x, T) (SMC 1987; FH 2005 note, P(alive) expression).
 
-        ``(alpha+T)^-(r+x) (beta+T)^-s / [bracket of eq. 18]`` = ``1 / (1 + s/(r+s+x) (alpha+T)^(r+x)
+        ``(alpha+T)^-(r+x) (beta+T)^-s / [likelihood bracket]`` = ``1 / (1 + s/(r+s+x) (alpha+T)^(r+x)
         (beta+T)^s A_0)``, computed as a difference of logs.
         """
         x, tx, T = prediction_inputs(frequency, recency, T)
@@ -412,7 +413,7 @@ class ParetoNBD(BaseModel):
     def conditional_expected_number_of_purchases_up_to_time(
         self, t: Any, frequency: Any, recency: Any, T: Any
     ) -> np.ndarray:
-        """E[Y(t) | x, t_x, T] (SMC 1987 eq. 22; FH 2005 note eq. 27).
+        """E[Y(t) | x, t_x, T] (SMC 1987; FH 2005 note, conditional expectation).
 
         ``(r+x)(beta+T) / ((alpha+T)(s-1)) [1 - ((beta+T)/(beta+T+t))^(s-1)] P(alive)``; the
         ``s = 1`` limit ``(r+x)(beta+T)/(alpha+T) log(1 + t/(beta+T))`` is handled continuously.
@@ -451,7 +452,7 @@ class ParetoNBD(BaseModel):
         return self.conditional_probability_alive(x, tx, T) * buy
 
     def expected_number_of_purchases_up_to_time(self, t: Any) -> np.ndarray:
-        """Population E[X(t)] (SMC 1987 eq. 17; FH 2005 note eq. 9).
+        """Population E[X(t)] (SMC 1987; FH 2005 note, expected number of transactions).
 
         ``r beta / (alpha (s-1)) [1 - (beta/(beta+t))^(s-1)]`` (continuous at ``s = 1``).
         """
