@@ -362,7 +362,11 @@ def test_every_row_is_stored_exactly_or_quarantined_at_its_line(tmp_path, table)
         for line, (column, text, field) in bad.items():
             got_column, got_value, got_rule = got_q[line]
             assert got_column == column, (line, got_q[line], bad[line])
-            assert (got_value or "").strip() == (text or "").strip()
+            if (text or "").strip().lower().lstrip("+-") in ("inf", "infinity", "nan"):
+                # A non-finite number typed by the CSV reader comes back in its canonical spelling.
+                assert float(got_value) == float(text.strip())
+            else:
+                assert (got_value or "").strip() == (text or "").strip()
             rules = expected_rule(field, text)
             assert got_rule in rules or any(got_rule.startswith(r) for r in rules if r.endswith(" ")), got_rule
 
@@ -453,7 +457,7 @@ def detect(values: list[str | None]) -> tuple[str, list]:
     CON.execute(f"CREATE TEMP TABLE {table} AS SELECT unnest(?::VARCHAR[]) AS v", [values])
     try:
         fmt = detect_date_format(CON, table, "v")
-        sql = _typed(schema.field(Kind.transactions, "order_date"), "v", fmt)
+        sql = _typed(schema.field(Kind.transactions, "order_date"), "v", "VARCHAR", fmt, False, False)
         parsed = [r[0] for r in CON.execute(f"SELECT {sql} FROM {table}").fetchall()]
         return fmt, parsed
     finally:
@@ -495,8 +499,6 @@ def test_ambiguous_day_month_dates_are_read_day_first(fmt, ds):
 
 
 @pytest.mark.parametrize("fmt", TWO_DIGIT_YEAR)
-@pytest.mark.xfail(strict=True, reason="detect_date_format: '%d/%m/%Y' / '%m/%d/%Y' and the ISO cast also parse "
-                                       "two-digit years (as years 1-99) and win the tie, so '%y' is never chosen")
 def test_two_digit_year_formats_are_detected(fmt):
     ds = [dt.datetime(2010, 12, 31), dt.datetime(2011, 1, 13), dt.datetime(2009, 6, 15)]
     got, parsed = detect([d.strftime(fmt) for d in ds])
@@ -504,8 +506,6 @@ def test_two_digit_year_formats_are_detected(fmt):
 
 
 @pytest.mark.parametrize("fmt", WITH_OFFSET)
-@pytest.mark.xfail(strict=True, reason="detect_date_format: the ISO cast wins the tie with the '%z' formats and "
-                                       "drops the UTC offset, so times are stored as written, not in UTC")
 def test_offset_formats_are_read_in_utc(fmt):
     tz = dt.timezone(dt.timedelta(hours=2))
     ds = [dt.datetime(2010, 12, 31, 10, 0, tzinfo=tz), dt.datetime(2011, 1, 13, 23, 30, tzinfo=tz)]

@@ -126,9 +126,9 @@ def quality(store: Store, examples: int = 5) -> list[Finding]:
     matched_keys = cancels.join(
         s,
         [cancels.customer_id == s.c_customer, cancels.product_id == s.c_product, s.c_date <= cancels.order_date],
-    ).select(cancels.line_hash, cancels.occurrence).distinct()
-    matched = cancels.semi_join(matched_keys, ["line_hash", "occurrence"])
-    unmatched = cancels.anti_join(matched_keys, ["line_hash", "occurrence"])
+    ).select(cancels.line_hash).distinct()
+    matched = cancels.semi_join(matched_keys, "line_hash")
+    unmatched = cancels.anti_join(matched_keys, "line_hash")
     add("returns / cancellations with a matching earlier purchase", matched,
         "stored, linked to the customer; used for return-share and dissatisfaction signals")
     add("returns / cancellations without a matching original (bought before the data starts)", unmatched,

@@ -1,21 +1,26 @@
 """Ingest: map, type, validate, de-duplicate and store source rows, with every row accounted for.
 
 The rule for duplicates (README, "Duplicates and overlapping exports"):
-- transactions have no key: an order line is identified by its normalised content. Within one source,
-  the n-th copy of a line is kept as the source has it; a line whose content and copy number are already
-  stored (from an earlier source or the same file ingested again) is counted as a duplicate. So two exports
-  that overlap in time count the shared lines once, and repeated lines inside one export stay.
+- transactions have no key: an order line is identified by its normalised content. A source adds, for each
+  distinct line, only the copies beyond those already stored: if the store holds a line twice and the
+  source has it three times, one is loaded and two are duplicates. So two exports that overlap in time
+  count the shared lines once, the same file ingested again adds nothing, and lines repeated inside one
+  export are kept as the source has them.
 - invoices, customers and products have a key: a row identical to the stored one is a duplicate, a changed
   row updates the stored one (an invoice that has since been paid), and within one source the last row
   with a key wins while earlier, different rows with that key are quarantined with the reason.
 
 Everything runs inside one DuckDB transaction, so an ingest that fails or is killed leaves the store as it
-was. The heavy lifting is SQL in the engine; Python only builds the statements.
+was. The heavy lifting is SQL in the engine; Python only builds the statements. A large CSV is never
+copied: it is scanned twice, once to set aside the exceptions (rows that break a rule, and rows whose
+content is already stored) and once to insert everything else, with the same typed expressions, so the
+two scans partition the rows exactly; an independent count of the rows read checks the sum.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -27,21 +32,22 @@ import duckdb
 from loyalist import schema
 from loyalist.errors import LoyalistError, SourceError
 from loyalist.ingest import readers
-from loyalist.ingest.readers import RawSource, duckdb_ident, duckdb_str
+from loyalist.ingest.readers import NULL_TEXT, Source, duckdb_ident, duckdb_str
 from loyalist.schema import FieldType, Kind
-from loyalist.store import Store
+from loyalist.store import Store, content_hash_sql
 
-DATE_FORMATS = (
+ZONED_FORMATS = ("%Y-%m-%d %H:%M:%S %z", "%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%d %H:%M:%S%z")
+"""Tried before the ISO cast, which would silently drop a UTC offset; stored converted to UTC."""
+DATE_FORMATS = ZONED_FORMATS + (
     "%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y%m%d", "%Y/%m/%d",
     "%d/%m/%Y %H:%M:%S", "%d/%m/%Y %H:%M", "%d/%m/%Y", "%m/%d/%Y %H:%M:%S", "%m/%d/%Y %H:%M", "%m/%d/%Y",
-    "%d.%m.%Y %H:%M", "%d.%m.%Y", "%d-%m-%Y %H:%M", "%d-%m-%Y", "%d/%m/%y", "%m/%d/%y",
-    "%Y-%m-%d %H:%M:%S %z", "%Y-%m-%dT%H:%M:%S%z",
+    "%d.%m.%Y %H:%M", "%d.%m.%Y", "%d-%m-%Y %H:%M", "%d-%m-%Y", "%d/%m/%y %H:%M", "%d/%m/%y",
+    "%m/%d/%y %H:%M", "%m/%d/%y",
 )
 ISO = "iso"
 """DuckDB's own ISO-8601 cast (fractions, 'T' separator); tried first."""
 
 ID_FIELDS = {"customer_id", "order_id", "product_id", "invoice_id"}
-NULL_TEXT = ("", "nan", "NaN", "None", "NULL", "null", "N/A", "#N/A")
 TRUE_TEXT = ("1", "true", "t", "yes", "y", "x")
 FALSE_TEXT = ("0", "false", "f", "no", "n", "", "nan", "none", "null")
 
@@ -114,23 +120,26 @@ def ingest(store: Store, paths: Sequence[str | Path], options: Options | None = 
     con.execute("BEGIN TRANSACTION")
     try:
         file_id = 0
-        for path in paths:
-            for raw in _read(con, str(path), options, f"src{ingest_id}_{len(reports)}", progress):
-                file_id += 1
-                t0 = time.perf_counter()
-                report = _load(con, raw, options, ingest_id, file_id, progress)
-                report.seconds = time.perf_counter() - t0
-                if not report.balanced():  # an internal invariant: never store a run that loses rows
-                    raise LoyalistError(f"{raw.label}: row accounting does not add up ({report}); nothing stored")
-                con.execute(
-                    "INSERT INTO ingests VALUES (?, ?, now(), now(), ?, ?, ?, ?, ?, ?, ?)",
-                    [ingest_id, file_id, options.kind.value, raw.label, report.rows_read, report.loaded,
-                     report.duplicates, report.quarantined,
-                     json.dumps({"mapping": report.mapping, "date_format": report.date_format,
-                                 "guests": options.guests})])
-                reports.append(report)
-                for t in (raw.table,):
-                    con.execute(f"DROP TABLE IF EXISTS {t}")
+        with tempfile.TemporaryDirectory(prefix="loyalist-ingest-") as tmp:
+            for path in paths:
+                for src in _read(con, str(path), options, f"src{ingest_id}_{len(reports)}", progress, Path(tmp)):
+                    file_id += 1
+                    t0 = time.perf_counter()
+                    report = _load(con, src, options, ingest_id, file_id, progress)
+                    report.seconds = time.perf_counter() - t0
+                    if not report.balanced():  # an internal invariant: never store a run that loses rows
+                        raise LoyalistError(f"{src.label}: row accounting does not add up ({report}); "
+                                            "nothing stored")
+                    con.execute(
+                        "INSERT INTO ingests VALUES (?, ?, now(), now(), ?, ?, ?, ?, ?, ?, ?)",
+                        [ingest_id, file_id, options.kind.value, src.label, report.rows_read, report.loaded,
+                         report.duplicates, report.quarantined,
+                         json.dumps({"mapping": report.mapping, "date_format": report.date_format,
+                                     "guests": options.guests})])
+                    reports.append(report)
+                    for t in (src.table, src.sample):
+                        if t:
+                            con.execute(f"DROP TABLE IF EXISTS {t}")
         progress("committing", 1.0)
         con.execute("COMMIT")
     except BaseException:
@@ -140,20 +149,20 @@ def ingest(store: Store, paths: Sequence[str | Path], options: Options | None = 
 
 
 def _read(con: duckdb.DuckDBPyConnection, source: str, options: Options, table: str,
-          progress: ProgressFn) -> list[RawSource]:
-    progress(f"reading {source}", 0.0)
+          progress: ProgressFn, tmp: Path) -> list[Source]:
     if source.startswith(("postgresql://", "postgres://")):
-        from loyalist.ingest.postgres import export_to_csv
+        from loyalist.ingest.postgres import export_to_csv, mask_url
 
+        label = mask_url(source)
+        progress(f"reading {label}", 0.0)
         if not options.query:
-            raise SourceError(f"{_mask(source)}: give the table or query to read with --query")
-        tmp = Path(tempfile.mkdtemp(prefix="loyalist-pg-")) / "export.csv"
-        export_to_csv(source, options.query, tmp)
-        raw = readers.read_delimited(con, tmp, table, delimiter=",", header=True)
-        raw.label = f"{_mask(source)} ({options.query})"
-        tmp.unlink()
-        tmp.parent.rmdir()
-        return [raw]
+            raise SourceError(f"{label}: give the table or query to read with --query")
+        csv_path = tmp / f"{table}.csv"
+        export_to_csv(source, options.query, csv_path)
+        src = readers.read_delimited(con, csv_path, table, delimiter=",", header=True)
+        src.label = f"{label} ({options.query})"
+        return [src]
+    progress(f"reading {source}", 0.0)
     path = Path(source)
     suffixes = [s.lower() for s in path.suffixes]
     if not path.exists():
@@ -170,24 +179,21 @@ def _read(con: duckdb.DuckDBPyConnection, source: str, options: Options, table: 
     return [readers.read_delimited(con, path, table, delimiter=delimiter, encoding=options.encoding)]
 
 
-def _mask(url: str) -> str:
-    import re
-
-    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
-
-
 def detect_date_format(con: duckdb.DuckDBPyConnection, table: str, column: str) -> str:
     """The format that parses the most of a sample of values (ISO first; day-first wins a tie with
     month-first, as most of the world writes dates that way); raises when none parses most values."""
     col = duckdb_ident(column)
-    sample = f"(SELECT trim({col}) AS v FROM {table} WHERE nullif(trim({col}), '') IS NOT NULL LIMIT 20000)"
-    probes = [f"count(try_cast(v AS TIMESTAMP))"] + [f"count(try_strptime(v, {duckdb_str(f)}))"
-                                                     for f in DATE_FORMATS]
+    sample = f"(SELECT trim({col}) AS v FROM {table} WHERE nullif(trim({col}), '') IS NOT NULL)"
+    def plausible(ts: str) -> str:  # a year outside 1900-2200 means the format misread the text ('31/12/10')
+        return f"count(CASE WHEN year({ts}) BETWEEN 1900 AND 2200 THEN 1 END)"
+
+    candidates = ZONED_FORMATS + (ISO,) + DATE_FORMATS[len(ZONED_FORMATS):]
+    probes = [plausible("try_cast(v AS TIMESTAMP)" if f == ISO else f"try_strptime(v, {duckdb_str(f)})")
+              for f in candidates]
     row = con.execute(f"SELECT count(*), {', '.join(probes)} FROM {sample}").fetchall()[0]
     total, counts = row[0], row[1:]
     if total == 0:
         return ISO
-    candidates = (ISO,) + DATE_FORMATS
     best = max(range(len(counts)), key=lambda i: (counts[i], -i))
     if counts[best] < 0.5 * total:
         example = con.execute(f"SELECT v FROM {sample} LIMIT 1").fetchall()[0][0]
@@ -196,20 +202,57 @@ def detect_date_format(con: duckdb.DuckDBPyConnection, table: str, column: str) 
     return candidates[best]
 
 
-def _typed(field_: schema.Field, column: str, date_format: str | None) -> str:
+def _column_types(con, src: Source, kind: Kind, fields: list[schema.Field], mapping: dict[str, str],
+                  formats: dict[str, str]) -> tuple[dict[str, str], str | None]:
+    """For a scanned CSV: which mapped columns DuckDB's reader can type itself (the fast path).
+
+    Numbers whose sample values are all plain become DOUBLE; date columns become TIMESTAMP when they share
+    one strptime format (or ISO). Everything else stays text and is typed in SQL, more slowly but able to
+    clean '£1,234.50' or mixed formats. A value the reader cannot type is rejected with its line and
+    column and quarantined like any other bad value.
+    """
+    if src.csv is None or kind is not Kind.transactions:  # small keyed kinds keep their source text
+        return {}, None
+    types: dict[str, str] = {}
+    date_formats = {formats[f.name] for f in fields if f.name in formats}
+    shared = date_formats.pop() if len(date_formats) == 1 else None
+    if shared is not None and "%z" not in shared:
+        for f in fields:
+            if f.name in formats:
+                types[mapping[f.name]] = "TIMESTAMP"
+    for f in fields:
+        if f.type is FieldType.number:
+            col = duckdb_ident(mapping[f.name])
+            bad = con.execute(f"SELECT count(*) FROM {src.sample} WHERE {col} IS NOT NULL "
+                              f"AND try_cast({col} AS DOUBLE) IS NULL").fetchall()[0][0]
+            if not bad:
+                types[mapping[f.name]] = "DOUBLE"
+    timestamp_format = shared if shared not in (None, ISO) and any(t == "TIMESTAMP" for t in types.values()) else None
+    return types, timestamp_format
+
+
+def _typed(field_: schema.Field, column: str, sql_type: str, date_format: str | None, float_id: bool,
+           scanned: bool) -> str:
     """SQL for the canonical value of a source column (NULL when blank or unparseable)."""
-    v = f"nullif(trim({duckdb_ident(column)}), '')"
+    c = duckdb_ident(column)
+    if sql_type == "DOUBLE" or sql_type == "TIMESTAMP":
+        return c if field_.type is not FieldType.date else f"CAST({c} AS DATE)"
+    v = f"nullif(trim({c}), '')"
     if field_.type is FieldType.text:
-        nulls = ", ".join(duckdb_str(x) for x in NULL_TEXT)
-        if field_.name in ID_FIELDS:  # '13085.0' (an id that went through a float) is '13085'
-            return f"CASE WHEN {v} IN ({nulls}) THEN NULL ELSE regexp_replace({v}, '^(\\d+)\\.0+$', '\\1') END"
-        return f"CASE WHEN {v} IN ({nulls}) THEN NULL ELSE {v} END"
+        if scanned:  # the CSV reader already turned the NULL_TEXT spellings into NULL
+            value = v if field_.name in ID_FIELDS else c
+        else:
+            nulls = ", ".join(duckdb_str(x) for x in NULL_TEXT)
+            value = f"CASE WHEN {v} IN ({nulls}) THEN NULL ELSE {v} END"
+        if float_id:  # '13085.0' (an id that went through a float) is '13085'
+            return f"regexp_replace({value}, '^(\\d+)\\.0+$', '\\1')"
+        return value
     if field_.type is FieldType.number:
         # Currency signs and blanks go; commas only as thousands separators ('1,234.50'). Anything else
         # with a comma ('9,50') is ambiguous and is quarantined rather than guessed.
         bare = f"regexp_replace({v}, '[£$€¥\\s]', '', 'g')"
-        thousands = f"CASE WHEN regexp_matches({bare}, '^[-+]?\\d{{1,3}}(,\\d{{3}})+(\\.\\d+)?$') " \
-                    f"THEN replace({bare}, ',', '') ELSE {bare} END"
+        thousands = (f"CASE WHEN regexp_matches({bare}, '^[-+]?\\d{{1,3}}(,\\d{{3}})+(\\.\\d+)?$') "
+                     f"THEN replace({bare}, ',', '') ELSE {bare} END")
         return f"coalesce(try_cast({v} AS DOUBLE), try_cast({thousands} AS DOUBLE))"
     if field_.type in (FieldType.timestamp, FieldType.date):
         if date_format in (None, ISO):
@@ -225,196 +268,312 @@ def _typed(field_: schema.Field, column: str, date_format: str | None) -> str:
             f"WHEN lower({v}) IN ({trues}) THEN true ELSE true END")
 
 
-def _load(con: duckdb.DuckDBPyConnection, raw: RawSource, options: Options, ingest_id: int, file_id: int,
-          progress: ProgressFn) -> FileReport:
-    kind = options.kind
-    report = FileReport(raw.label, kind.value, rows_read=raw.rows_read)
-    try:
-        mapping = schema.recognise_columns(kind, raw.columns, options.mapping)
-    except ValueError as exc:
-        raise SourceError(f"{raw.label}: {exc}") from None
-    missing = [f.name for f in schema.FIELDS[kind] if f.required and f.name not in mapping]
-    if missing:
-        f = schema.field(kind, missing[0])
-        raise SourceError(
-            f"{raw.label}: no column for required field {f.name!r} (columns: {', '.join(raw.columns)}; "
-            f"recognised names include {', '.join(f.synonyms[:5])}); set it with --map {f.name}=COLUMN")
-    report.mapping = mapping
-    fields = [f for f in schema.FIELDS[kind] if f.name in mapping]
-    date_fields = [f for f in fields if f.type in (FieldType.timestamp, FieldType.date)]
-    formats: dict[str, str] = {}
-    for f in date_fields:
-        try:
-            formats[f.name] = options.date_format or detect_date_format(con, raw.table, mapping[f.name])
-        except SourceError as exc:
-            raise SourceError(f"{raw.label}: {exc}") from None
-    report.date_format = formats.get(date_fields[0].name) if date_fields else None
-    progress(f"validating {raw.label}", 0.3)
+@dataclass
+class _Plan:
+    """The SQL pieces for one source: typed canonical columns and the rules a row may break."""
 
-    # 1. Typed values, and the first rule each row breaks (NULL when it breaks none).
-    typed = [f"{_typed(f, mapping[f.name], formats.get(f.name))} AS c__{f.name}" for f in fields]
-    rules: list[tuple[str, str, str]] = []  # (condition, column, rule text)
+    typed: list[str]
+    rules: list[tuple[str, str, str]]  # (condition on c__ columns, source column, rule text)
+    rule_text: dict[str, str]          # source column -> rule text when the CSV reader cannot type it
+
+    def rule_case(self) -> str:
+        if not self.rules:
+            return "NULL::INTEGER"
+        return "CASE " + " ".join(f"WHEN {c} THEN {i}" for i, (c, _, _) in enumerate(self.rules)) + " END"
+
+
+def _plan(kind: Kind, fields: list[schema.Field], mapping: dict[str, str], formats: dict[str, str],
+          types: dict[str, str], options: Options, float_ids: set[str], scanned: bool) -> _Plan:
+    typed, rules, rule_text = [], [], {}
     for f in fields:
         src = mapping[f.name]
-        raw_v = f"nullif(trim({duckdb_ident(src)}), '')"
+        sql_type = types.get(src, "VARCHAR")
+        typed.append(f"{_typed(f, src, sql_type, formats.get(f.name), f.name in float_ids, scanned)} AS c__{f.name}")
+        raw_v = f"nullif(trim(CAST({duckdb_ident(src)} AS VARCHAR)), '')" if sql_type == "VARCHAR" else None
         c = f"c__{f.name}"
         if f.required and not (kind is Kind.transactions and f.name == "customer_id" and options.guests == "keep"):
-            what = "blank customer id (guest order)" if f.name == "customer_id" else f"missing {f.name}"
+            guest = kind is Kind.transactions and f.name == "customer_id"
+            what = "blank customer id (guest order)" if guest else f"missing {f.name}"
             rules.append((f"{c} IS NULL", src, what))
         if f.type is FieldType.number:
-            rules.append((f"{raw_v} IS NOT NULL AND {c} IS NULL", src, f"not a number ({f.name})"))
+            rule_text[src] = f"not a number ({f.name})"
+            if raw_v:
+                rules.append((f"{raw_v} IS NOT NULL AND {c} IS NULL", src, rule_text[src]))
             rules.append((f"isinf({c}) OR isnan({c})", src, f"not a finite number ({f.name})"))
         if f.type in (FieldType.timestamp, FieldType.date):
             fmt = formats[f.name]
-            rules.append((f"{raw_v} IS NOT NULL AND {c} IS NULL", src,
-                          f"unparseable date ({f.name}; expected {'ISO 8601' if fmt == ISO else fmt})"))
+            rule_text[src] = f"unparseable date ({f.name}; expected {'ISO 8601' if fmt == ISO else fmt})"
+            if raw_v:
+                rules.append((f"{raw_v} IS NOT NULL AND {c} IS NULL", src, rule_text[src]))
             rules.append((f"year({c}) < 1900 OR year({c}) > 2200", src, f"date out of range ({f.name})"))
     if kind is Kind.invoices:
         if "due_date" in mapping:
             rules.append(("c__due_date < c__invoice_date", mapping["due_date"], "due date before invoice date"))
         if "paid_date" in mapping:
             rules.append(("c__paid_date < c__invoice_date", mapping["paid_date"], "paid before invoiced"))
-    rule_sql = ("CASE " + " ".join(f"WHEN {c} THEN {i}" for i, (c, _, _) in enumerate(rules)) + " END"
-                if rules else "NULL")
-    raw_cols = ", ".join(duckdb_ident(c) for c in raw.columns)
-    con.execute(f"""CREATE TEMP TABLE {raw.table}_t AS
-                    SELECT _row, {', '.join('c__' + f.name for f in fields)}, {rule_sql} AS _rule
-                    FROM (SELECT _row, {raw_cols}, {', '.join(typed)} FROM {raw.table})""")
-    _quarantine_rules(con, raw, rules, ingest_id, file_id, kind)
-    for row, column, value, rule in raw.rejects:
-        con.execute("INSERT INTO quarantine VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [ingest_id, file_id, kind.value, raw.label, row, column, value, rule, value])
-    quarantined = con.execute(f"SELECT count(*) FROM {raw.table}_t WHERE _rule IS NOT NULL").fetchall()[0][0]
-    report.quarantined = quarantined + len(raw.rejects)
-    progress(f"de-duplicating {raw.label}", 0.6)
+    return _Plan(typed, rules, rule_text)
 
-    # 2. Canonical rows, hashed on their content.
-    if kind is Kind.transactions:
-        loaded, dups = _store_transactions(con, raw, options, mapping, ingest_id, file_id)
+
+def _load(con: duckdb.DuckDBPyConnection, src: Source, options: Options, ingest_id: int, file_id: int,
+          progress: ProgressFn) -> FileReport:
+    kind = options.kind
+    report = FileReport(src.label, kind.value)
+    try:
+        mapping = schema.recognise_columns(kind, src.columns, options.mapping)
+    except ValueError as exc:
+        raise SourceError(f"{src.label}: {exc}") from None
+    missing = [f.name for f in schema.FIELDS[kind] if f.required and f.name not in mapping]
+    if missing:
+        f = schema.field(kind, missing[0])
+        raise SourceError(
+            f"{src.label}: no column for required field {f.name!r} (columns: {', '.join(src.columns)}; "
+            f"recognised names include {', '.join(f.synonyms[:5])}); set it with --map {f.name}=COLUMN")
+    report.mapping = mapping
+    fields = [f for f in schema.FIELDS[kind] if f.name in mapping]
+    formats: dict[str, str] = {}
+    for f in fields:
+        if f.type in (FieldType.timestamp, FieldType.date):
+            try:
+                formats[f.name] = options.date_format or detect_date_format(con, src.sample, mapping[f.name])
+            except SourceError as exc:
+                raise SourceError(f"{src.label}: {exc}") from None
+    report.date_format = next(iter(formats.values()), None)
+    types, timestamp_format = _column_types(con, src, kind, fields, mapping, formats)
+    float_ids = {f for f in ID_FIELDS if f in mapping and types.get(mapping[f], "VARCHAR") == "VARCHAR"
+                 and con.execute(f"SELECT count(*) FROM {src.sample} "
+                                 f"WHERE regexp_matches({duckdb_ident(mapping[f])}, '^\\d+\\.0+$')").fetchall()[0][0]}
+    plan = _plan(kind, fields, mapping, formats, types, options, float_ids, scanned=src.csv is not None)
+    progress(f"checking {src.label}", 0.2)
+
+    exc, rejects_table = f"{src.table or src.sample}_exc", f"{src.sample}_rej"
+    row_sql = "_row" if src.csv is None else "row_number() OVER ()"
+    raw_cols = ", ".join(duckdb_ident(c) for c in src.columns)
+    content = _content_sql(kind, mapping)
+    keyed = kind is not Kind.transactions
+    # Scan 1: the exceptions (every row, for the small keyed kinds).
+    exception_filter = "true" if keyed else (
+        "_rule IS NOT NULL OR EXISTS (SELECT 1 FROM transactions x WHERE x.line_hash = s.line_hash)")
+    con.execute(f"""
+        CREATE TEMP TABLE {exc} AS
+        SELECT * FROM (
+            SELECT *, {content_hash_sql(content)} AS line_hash,
+                   {plan.rule_case()} AS _rule
+            FROM (SELECT {row_sql} AS _row, {raw_cols}, {', '.join(plan.typed)}
+                  FROM {src.relation(types, timestamp_format, rejects_table)})) s
+        WHERE {exception_filter}""")
+    rejects = list(src.rejects)
+    if src.csv is not None:
+        rejects += _csv_rejects(con, src, rejects_table, exc, plan)
+        report.rows_read = _count_rows(con, src)
     else:
-        loaded, dups, superseded, updated = _store_keyed(con, raw, kind, mapping, ingest_id, file_id)
+        report.rows_read = con.execute(f"SELECT count(*) FROM {src.table}").fetchall()[0][0] + len(src.rejects)
+    _quarantine(con, src, exc, plan, rejects, ingest_id, file_id, kind)
+    report.quarantined = con.execute(f"SELECT count(*) FROM {exc} WHERE _rule IS NOT NULL").fetchall()[0][0] \
+        + len(rejects)
+    progress(f"storing {src.label}", 0.5)
+    if keyed:
+        loaded, dups, superseded, updated = _store_keyed(con, src, exc, kind, mapping, ingest_id, file_id)
         report.quarantined += superseded
         report.updated = updated
+    else:
+        loaded, dups = _store_transactions(con, src, exc, plan, types, timestamp_format, mapping, options,
+                                           ingest_id, file_id)
     report.loaded, report.duplicates = loaded, dups
-    con.execute(f"DROP TABLE {raw.table}_t")
-    progress(f"stored {raw.label}", 1.0)
+    con.execute(f"DROP TABLE {exc}")
+    con.execute(f"DROP TABLE IF EXISTS {src.sample}_at")
+    progress(f"stored {src.label}", 1.0)
     return report
 
 
-def _record_json(raw: RawSource, alias: str = "r") -> str:
+SQL_TYPES = {FieldType.text: "VARCHAR", FieldType.timestamp: "TIMESTAMP", FieldType.date: "DATE",
+             FieldType.number: "DOUBLE", FieldType.boolean: "BOOLEAN"}
+
+
+def _content_sql(kind: Kind, mapping: dict[str, str]) -> list[str]:
+    """Typed canonical values that identify a row's content; an unmapped field is a NULL of its type, so
+    the same row hashes alike whichever source (and whichever columns) it came from."""
+    return [f"c__{f.name}" if f.name in mapping else f"NULL::{SQL_TYPES[f.type]}"
+            for f in schema.FIELDS[kind] if f.name != "cancelled"]
+
+
+def _count_rows(con, src: Source) -> int:
+    """Rows in a CSV counted independently of the two scans: records DuckDB can split into the header's
+    columns (typing is not checked by a bare count) plus lines it could not split."""
+    assert src.csv is not None
+    bare = src.relation({}, None, f"{src.sample}_cnt")
+    good = con.execute(f"SELECT count(*) FROM {bare}").fetchall()[0][0]
+    structural = con.execute(f"SELECT count(DISTINCT line) FROM {src.sample}_cnt").fetchall()[0][0]
+    con.execute(f"DROP TABLE {src.sample}_cnt")
+    con.execute(f"DROP TABLE {src.sample}_cnt_scan")
+    return good + structural
+
+
+def _csv_rejects(con, src: Source, rejects_table: str, exc: str, plan: _Plan) -> list[tuple[int, str, str, str]]:
+    """Lines the CSV reader rejected (malformed, or a value it could not type), as quarantine rows; and the
+    line numbers of the exception rows, which the scan numbered among the good rows only."""
+    assert src.csv is not None
+    first = src.csv.first_line
+    rows = con.execute(f"""
+        SELECT line, coalesce(column_name, ''), coalesce(csv_line, ''), error_type, error_message
+        FROM {rejects_table} ORDER BY line, error_type = 'CAST'""").fetchall()  # per line, the root cause first
+    out: list[tuple[int, str, str, str]] = []
+    seen: set[int] = set()
+    for line, column, csv_line, etype, message in rows:
+        if line in seen:
+            continue
+        seen.add(line)
+        if etype == "CAST" and column in plan.rule_text:
+            m = re.search(r'Could not convert string "(.*)" to', message)
+            out.append((line, column, m.group(1) if m else csv_line[:500], plan.rule_text[column] + "|" + csv_line))
+        else:
+            out.append((line, column, csv_line[:500], f"{etype}: {message}"))
+    # Good row k (0-based) sits on line first + k + (number of rejected lines before it).
+    con.execute(f"""CREATE TEMP TABLE {src.sample}_at AS
+                    SELECT line - {first} - (row_number() OVER (ORDER BY line) - 1) AS good_before
+                    FROM (SELECT DISTINCT line FROM {rejects_table})""")
+    con.execute(f"UPDATE {exc} SET _row = {_line_sql(src, '_row', bool(seen))}")
+    con.execute(f"DROP TABLE {rejects_table}")
+    con.execute(f"DROP TABLE {rejects_table}_scan")
+    return out
+
+
+def _line_sql(src: Source, ordinal: str, any_rejects: bool) -> str:
+    """The file line of the good row numbered `ordinal` (1-based) by a scan of a CSV source."""
+    assert src.csv is not None
+    first = src.csv.first_line
+    if not any_rejects:
+        return f"({ordinal} - 1 + {first})"
+    return (f"({first} + ({ordinal} - 1) + (SELECT count(*) FROM {src.sample}_at "
+            f"WHERE good_before <= {ordinal} - 1))")
+
+
+def _record_json(src: Source, alias: str = "r") -> str:
     """The source row as JSON text, kept with a quarantined row so nothing is lost."""
     return "to_json(struct_pack(" + ", ".join(
-        f"{duckdb_ident(c)} := {alias}.{duckdb_ident(c)}" for c in raw.columns) + "))::VARCHAR"
+        f"{duckdb_ident(c)} := CAST({alias}.{duckdb_ident(c)} AS VARCHAR)" for c in src.columns) + "))::VARCHAR"
 
 
-def _quarantine_rules(con, raw: RawSource, rules, ingest_id: int, file_id: int, kind: Kind) -> None:
-    if not rules:
-        return
-    columns = "CASE _rule " + " ".join(f"WHEN {i} THEN {duckdb_str(c)}" for i, (_, c, _) in enumerate(rules)) + " END"
-    texts = "CASE _rule " + " ".join(f"WHEN {i} THEN {duckdb_str(r)}" for i, (_, _, r) in enumerate(rules)) + " END"
-    values = "CASE _rule " + " ".join(f"WHEN {i} THEN CAST(r.{duckdb_ident(c)} AS VARCHAR)"
-                                      for i, (_, c, _) in enumerate(rules)) + " END"
-    con.execute(f"""INSERT INTO quarantine
-                    SELECT {ingest_id}, {file_id}, {duckdb_str(kind.value)}, {duckdb_str(raw.label)}, _row,
-                           {columns}, {values}, {texts}, {_record_json(raw)}
-                    FROM {raw.table}_t q JOIN {raw.table} r USING (_row) WHERE _rule IS NOT NULL""")
+def _quarantine(con, src: Source, exc: str, plan: _Plan, rejects, ingest_id: int, file_id: int, kind: Kind) -> None:
+    if plan.rules:
+        rules = plan.rules
+        columns = "CASE _rule " + " ".join(f"WHEN {i} THEN {duckdb_str(c)}" for i, (_, c, _) in enumerate(rules)) + " END"
+        texts = "CASE _rule " + " ".join(f"WHEN {i} THEN {duckdb_str(r)}" for i, (_, _, r) in enumerate(rules)) + " END"
+        values = "CASE _rule " + " ".join(f"WHEN {i} THEN CAST(r.{duckdb_ident(c)} AS VARCHAR)"
+                                          for i, (_, c, _) in enumerate(rules)) + " END"
+        con.execute(f"""INSERT INTO quarantine
+                        SELECT {ingest_id}, {file_id}, {duckdb_str(kind.value)}, {duckdb_str(src.label)}, _row,
+                               {columns}, {values}, {texts}, {_record_json(src)}
+                        FROM {exc} r WHERE _rule IS NOT NULL""")
+    for row, column, value, rule in rejects:
+        rule, _, record = rule.partition("|")
+        con.execute("INSERT INTO quarantine VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [ingest_id, file_id, kind.value, src.label, row, column, value, rule, record or value])
 
 
-def _hash(cols: Sequence[str]) -> str:
-    parts = ", ".join(f"coalesce(CAST({c} AS VARCHAR), chr(0))" for c in cols)
-    return f"md5_number(concat_ws(chr(31), {parts}))"
-
-
-def _store_transactions(con, raw: RawSource, options: Options, mapping: dict[str, str], ingest_id: int,
-                        file_id: int) -> tuple[int, int]:
-    t = f"{raw.table}_t"
-
+def _store_transactions(con, src: Source, exc: str, plan: _Plan, types: dict[str, str], timestamp_format,
+                        mapping: dict[str, str], options: Options, ingest_id: int, file_id: int) -> tuple[int, int]:
     def col(name: str) -> str:
         return f"c__{name}" if name in mapping else "NULL"
 
     qty, price, amount = col("quantity"), col("unit_price"), col("amount")
-    amount_sql = f"coalesce({amount}, {qty} * {price})" if amount != "NULL" and qty != "NULL" and price != "NULL" \
-        else (amount if amount != "NULL" else (f"{qty} * {price}" if qty != "NULL" and price != "NULL" else "NULL"))
-    price_sql = f"coalesce({price}, CASE WHEN {qty} <> 0 THEN {amount} / {qty} END)" \
-        if price != "NULL" and amount != "NULL" and qty != "NULL" else \
-        (price if price != "NULL" else (f"CASE WHEN {qty} <> 0 THEN {amount} / {qty} END"
-                                        if qty != "NULL" and amount != "NULL" else "NULL"))
+    has = {n: n in mapping for n in ("quantity", "unit_price", "amount")}
+    if has["amount"]:
+        amount_sql = f"coalesce({amount}, {qty} * {price})" if has["quantity"] and has["unit_price"] else amount
+    else:
+        amount_sql = f"{qty} * {price}" if has["quantity"] and has["unit_price"] else "NULL"
+    if has["unit_price"]:
+        price_sql = f"coalesce({price}, CASE WHEN {qty} <> 0 THEN {amount} / {qty} END)" \
+            if has["quantity"] and has["amount"] else price
+    else:
+        price_sql = f"CASE WHEN {qty} <> 0 THEN {amount} / {qty} END" if has["quantity"] and has["amount"] else "NULL"
     codes = ", ".join(duckdb_str(c.upper()) for c in options.non_product_codes) or "NULL"
     prefixes = " OR ".join(f"starts_with(upper(product_id), {duckdb_str(p.upper())})"
                            for p in options.non_product_prefixes) or "false"
-    non_product = (f"(upper(product_id) IN ({codes}) OR {prefixes} OR "
-                   f"coalesce(regexp_matches(description, {duckdb_str(options.non_product_description)}), false))")
+    non_product = (f"coalesce(upper(product_id) IN ({codes}) OR {prefixes} OR "
+                   f"regexp_matches(description, {duckdb_str(options.non_product_description)}), false)")
     cancelled = f"coalesce({col('cancelled')}, false)" if "cancelled" in mapping else "false"
-    content = ["customer_id", "order_id", "order_date", "product_id", "description", "quantity", "unit_price",
-               "amount", "currency", "country", "channel"]
-    con.execute(f"""
-        CREATE TEMP TABLE {t}_c AS
-        WITH c AS (
-            SELECT _row, c__customer_id AS customer_id, {col('order_id')} AS order_id, c__order_date AS order_date, {col('product_id')} AS product_id,
-                   {col('description')} AS description, {qty} AS quantity, {price_sql} AS unit_price,
-                   {amount_sql} AS amount, {col('currency')} AS currency, {col('country')} AS country,
-                   {col('channel')} AS channel, {cancelled} AS _cancelled
-            FROM {t} WHERE _rule IS NULL),
-        h AS (SELECT *, {_hash(content)} AS line_hash FROM c)
-        SELECT *, row_number() OVER (PARTITION BY line_hash ORDER BY _row)::INTEGER AS occurrence FROM h""")
-    before = con.execute("SELECT count(*) FROM transactions").fetchall()[0][0]
-    con.execute(f"""
-        INSERT INTO transactions
-        SELECT customer_id, order_id, order_date, product_id, description, quantity, unit_price, amount,
-               currency, country, channel,
-               customer_id IS NULL AS is_guest,
-               (_cancelled OR coalesce(regexp_matches(order_id, {duckdb_str(schema.CANCELLED_ORDER_ID)}), false))
-                   AS is_cancellation,
-               (coalesce(quantity, 0) < 0 OR coalesce(amount, 0) < 0) AS is_return,
-               {non_product} AS is_non_product,
-               CASE WHEN unit_price < 0 THEN 'negative' WHEN unit_price = 0 THEN 'zero' END AS price_issue,
-               order_date > now()::TIMESTAMP + INTERVAL 1 DAY AS is_future,
-               line_hash, occurrence, {ingest_id}, {file_id}, _row
-        FROM {t}_c s
-        WHERE NOT EXISTS (SELECT 1 FROM transactions x
-                          WHERE x.line_hash = s.line_hash AND x.occurrence = s.occurrence)""")
-    after = con.execute("SELECT count(*) FROM transactions").fetchall()[0][0]
-    total = con.execute(f"SELECT count(*) FROM {t}_c").fetchall()[0][0]
-    con.execute(f"DROP TABLE {t}_c")
-    return after - before, total - (after - before)
+
+    def canonical(rel: str, extra_where: str) -> str:
+        return f"""
+            SELECT customer_id, order_id, order_date, product_id, description, quantity, unit_price, amount,
+                   currency, country, channel,
+                   customer_id IS NULL AS is_guest,
+                   (_cancelled OR coalesce(regexp_matches(order_id, {duckdb_str(schema.CANCELLED_ORDER_ID)}), false))
+                       AS is_cancellation,
+                   (coalesce(quantity, 0) < 0 OR coalesce(amount, 0) < 0) AS is_return,
+                   {non_product} AS is_non_product,
+                   CASE WHEN unit_price < 0 THEN 'negative' WHEN unit_price = 0 THEN 'zero' END AS price_issue,
+                   order_date > now()::TIMESTAMP + INTERVAL 1 DAY AS is_future,
+                   line_hash, {ingest_id} AS ingest_id, {file_id} AS file_id, _row AS source_row
+            FROM (SELECT c__customer_id AS customer_id, {col('order_id')} AS order_id, c__order_date AS order_date,
+                         {col('product_id')} AS product_id, {col('description')} AS description,
+                         {qty} AS quantity, {price_sql} AS unit_price, {amount_sql} AS amount,
+                         {col('currency')} AS currency, {col('country')} AS country, {col('channel')} AS channel,
+                         {cancelled} AS _cancelled, line_hash, _row
+                  FROM {rel} WHERE {extra_where})"""
+
+    content = _content_sql(Kind.transactions, mapping)
+    # Scan 2: every valid row whose content is not stored yet (all its copies in this source).
+    if src.csv is None:
+        row_sql = "_row"
+    else:
+        any_rejects = con.execute(f"SELECT count(*) FROM {src.sample}_at").fetchall()[0][0] > 0
+        row_sql = _line_sql(src, "_k", any_rejects)
+    relation = src.relation(types, timestamp_format, None)
+    if src.csv is not None:
+        relation = f"(SELECT row_number() OVER () AS _k, * FROM {relation})"
+    scan = f"""(SELECT *, {content_hash_sql(content)} AS line_hash, {plan.rule_case()} AS _rule
+                FROM (SELECT {row_sql} AS _row, {', '.join(duckdb_ident(c) for c in src.columns)},
+                             {', '.join(plan.typed)}
+                      FROM {relation}))"""
+    fresh = con.execute(f"""
+        INSERT INTO transactions {canonical(scan + ' s', '_rule IS NULL AND NOT EXISTS (SELECT 1 FROM transactions x '
+                                                         'WHERE x.line_hash = s.line_hash)')}""").fetchall()[0][0]
+    # Lines already stored: load only the copies beyond those the store holds.
+    known = con.execute(f"SELECT count(*) FROM {exc} WHERE _rule IS NULL").fetchall()[0][0]
+    extra = 0
+    if known:
+        ranked = f"""(SELECT e.*, row_number() OVER (PARTITION BY e.line_hash ORDER BY e._row) AS _copy, n.n_stored
+                      FROM {exc} e JOIN (SELECT line_hash, count(*) AS n_stored FROM transactions
+                                         WHERE line_hash IN (SELECT line_hash FROM {exc})
+                                         GROUP BY line_hash) n USING (line_hash)
+                      WHERE e._rule IS NULL)"""
+        extra = con.execute(f"INSERT INTO transactions {canonical(ranked + ' k', '_copy > n_stored')}").fetchall()[0][0]
+    return fresh + extra, known - extra
 
 
-def _store_keyed(con, raw: RawSource, kind: Kind, mapping: dict[str, str], ingest_id: int,
+def _store_keyed(con, src: Source, exc: str, kind: Kind, mapping: dict[str, str], ingest_id: int,
                  file_id: int) -> tuple[int, int, int, int]:
     """Returns (loaded, duplicates, quarantined as superseded, of loaded: updates of stored rows)."""
-    t = f"{raw.table}_t"
     table = kind.value
     key = schema.KEYS[kind][0]
     names = [f.name for f in schema.FIELDS[kind]]
     select = ", ".join(f"{'c__' + n if n in mapping else 'NULL'} AS {n}" for n in names)
-    con.execute(f"""CREATE TEMP TABLE {t}_c AS
-                    WITH c AS (SELECT _row, {select} FROM {t} WHERE _rule IS NULL)
-                    SELECT *, {_hash(names)} AS line_hash,
-                           row_number() OVER (PARTITION BY {key} ORDER BY _row DESC) AS _rank,
+    c = f"{exc}_c"
+    con.execute(f"""CREATE TEMP TABLE {c} AS
+                    SELECT *, row_number() OVER (PARTITION BY {key} ORDER BY _row DESC) AS _rank,
                            first_value(_row) OVER (PARTITION BY {key} ORDER BY _row DESC) AS _last_row,
-                           first_value({_hash(names)}) OVER (PARTITION BY {key} ORDER BY _row DESC) AS _last_hash
-                    FROM c""")
+                           first_value(line_hash) OVER (PARTITION BY {key} ORDER BY _row DESC) AS _last_hash
+                    FROM (SELECT _row, {select}, line_hash FROM {exc} WHERE _rule IS NULL)""")
     # Earlier rows with the same key: identical to the last one -> duplicate; different -> quarantined.
     con.execute(f"""INSERT INTO quarantine
-                    SELECT {ingest_id}, {file_id}, {duckdb_str(kind.value)}, {duckdb_str(raw.label)}, c._row,
+                    SELECT {ingest_id}, {file_id}, {duckdb_str(kind.value)}, {duckdb_str(src.label)}, c._row,
                            {duckdb_str(mapping[key])}, c.{key},
                            'superseded by a later row with the same {key} (row ' || c._last_row || ')',
-                           {_record_json(raw)}
-                    FROM {t}_c c JOIN {raw.table} r USING (_row)
+                           {_record_json(src)}
+                    FROM {c} c JOIN {exc} r USING (_row)
                     WHERE c._rank > 1 AND c.line_hash <> c._last_hash""")
-    superseded = con.execute(f"SELECT count(*) FROM {t}_c WHERE _rank > 1 AND line_hash <> _last_hash"
-                             ).fetchall()[0][0]
-    in_file_dups = con.execute(f"SELECT count(*) FROM {t}_c WHERE _rank > 1 AND line_hash = _last_hash"
-                               ).fetchall()[0][0]
-    con.execute(f"DELETE FROM {t}_c WHERE _rank > 1")
-    stored_same = con.execute(f"SELECT count(*) FROM {t}_c c JOIN {table} s USING (line_hash)").fetchall()[0][0]
-    updated = con.execute(f"""SELECT count(*) FROM {t}_c c JOIN {table} s USING ({key})
+    superseded = con.execute(f"SELECT count(*) FROM {c} WHERE _rank > 1 AND line_hash <> _last_hash").fetchall()[0][0]
+    in_file_dups = con.execute(f"SELECT count(*) FROM {c} WHERE _rank > 1 AND line_hash = _last_hash").fetchall()[0][0]
+    con.execute(f"DELETE FROM {c} WHERE _rank > 1")
+    stored_same = con.execute(f"SELECT count(*) FROM {c} JOIN {table} s USING (line_hash)").fetchall()[0][0]
+    updated = con.execute(f"""SELECT count(*) FROM {c} c JOIN {table} s USING ({key})
                               WHERE s.line_hash <> c.line_hash""").fetchall()[0][0]
     con.execute(f"""DELETE FROM {table} WHERE {key} IN
-                    (SELECT c.{key} FROM {t}_c c JOIN {table} s USING ({key}) WHERE s.line_hash <> c.line_hash)""")
+                    (SELECT c.{key} FROM {c} c JOIN {table} s USING ({key}) WHERE s.line_hash <> c.line_hash)""")
     con.execute(f"""INSERT INTO {table}
-                    SELECT {', '.join(names)}, line_hash, {ingest_id}, {file_id}, _row FROM {t}_c c
+                    SELECT {', '.join(names)}, line_hash, {ingest_id}, {file_id}, _row FROM {c} c
                     WHERE NOT EXISTS (SELECT 1 FROM {table} s WHERE s.line_hash = c.line_hash)""")
-    total = con.execute(f"SELECT count(*) FROM {t}_c").fetchall()[0][0]
-    con.execute(f"DROP TABLE {t}_c")
+    total = con.execute(f"SELECT count(*) FROM {c}").fetchall()[0][0]
+    con.execute(f"DROP TABLE {c}")
     return total - stored_same, stored_same + in_file_dups, superseded, updated

@@ -1,16 +1,15 @@
-"""Reading sources into DuckDB as raw text columns, with each row's line number in its source.
+"""Sources as DuckDB relations: the one module that knows how each file format is read.
 
-Engine-specific by design (DuckDB's CSV and Parquet readers are the fastest here). Everything is read as
-text first so that a bad value becomes a quarantined row with its reason instead of a failed load; the
-typing and validation happen afterwards, in SQL (see `loyalist.ingest.pipeline`).
-
-- CSV / TSV / other delimiters (gzip too): DuckDB's `read_csv`, with malformed lines captured by its
-  rejects tables (line number, column, reason) rather than aborting the load.
+Engine-specific by design (DuckDB's CSV and Parquet readers are the fastest here):
+- CSV / TSV / other delimiters (gzip too) are never copied: the pipeline scans the file with `read_csv`
+  (twice: once for exceptions, once to insert), typed by DuckDB where a sample shows clean values, with
+  malformed lines captured by DuckDB's rejects tables (line number, column, reason) instead of aborting.
 - Whitespace-aligned text (CDNOW): read as single lines and split on runs of blanks in SQL.
 - Parquet: `read_parquet` with the file's row number.
-- Excel (.xlsx/.xlsm/.xls/.ods): python-calamine (DuckDB's excel extension downloads at run time, which
-  is not possible here), every sheet or a named one, converted to Arrow.
-- PostgreSQL: streamed to a temporary CSV with COPY (see `loyalist.ingest.postgres`) and then read as CSV.
+- Excel (.xlsx/.xlsm/.xls/.ods): python-calamine (DuckDB's excel extension downloads at run time, which is
+  not possible here), every sheet or a named one, via Arrow.
+- PostgreSQL: streamed to a temporary CSV with COPY (see `loyalist.ingest.postgres`), then read as CSV.
+The small sources (whitespace, Parquet, Excel) are materialised as a temp table of text plus `_row`.
 """
 
 from __future__ import annotations
@@ -28,23 +27,55 @@ import pyarrow as pa
 from loyalist.errors import SourceError
 
 EXCEL_SUFFIXES = {".xlsx", ".xlsm", ".xls", ".xlsb", ".ods"}
+SAMPLE_ROWS = 20_000
+NULL_TEXT = ("", "nan", "NaN", "None", "NULL", "null", "N/A", "#N/A")
 
 
 @dataclass
-class RawSource:
-    """A source read into a DuckDB temp table `table` of text columns plus `_row` (line/row number)."""
+class CsvDialect:
+    path: Path
+    delimiter: str
+    header: bool
+    encoding: str
+
+    @property
+    def first_line(self) -> int:
+        return 2 if self.header else 1
+
+
+@dataclass
+class Source:
+    """One readable input. Either `table` (materialised: text columns plus `_row`) or `csv` (scanned)."""
 
     label: str
-    table: str
     columns: list[str]
-    rows_read: int
+    sample: str
+    """Temp table with up to SAMPLE_ROWS rows of the source as text, for recognition and format detection."""
+    table: str | None = None
+    csv: CsvDialect | None = None
     rejects: list[tuple[int, str, str, str]] = field(default_factory=list)
-    """Rows the reader itself could not split into fields: (row, column, value, rule)."""
+    """Rows the reader could not split into fields, known before the scan: (row, column, value, rule)."""
+
+    def relation(self, types: dict[str, str], timestamp_format: str | None, rejects_table: str | None) -> str:
+        """A FROM item with the source's columns (CSV: typed as `types`; others: text)."""
+        if self.csv is None:
+            return self.table  # type: ignore[return-value]
+        d = self.csv
+        cols = "{" + ", ".join(f"{duckdb_str(c)}: {duckdb_str(types.get(c, 'VARCHAR'))}" for c in self.columns) + "}"
+        opts = [f"delim={duckdb_str(d.delimiter)}", f"header={str(d.header).lower()}", f"columns={cols}",
+                "quote='\"'", "escape='\"'", "strict_mode=true", "ignore_errors=true", "auto_detect=false",
+                f"encoding={duckdb_str(d.encoding)}", "max_line_size=10000000",
+                "nullstr=[" + ", ".join(duckdb_str(x) for x in NULL_TEXT) + "]"]
+        if timestamp_format:
+            opts.append(f"timestampformat={duckdb_str(timestamp_format)}")
+        if rejects_table:
+            opts += ["store_rejects=true", f"rejects_table='{rejects_table}'", f"rejects_scan='{rejects_table}_scan'"]
+        return f"read_csv({duckdb_str(str(d.path))}, {', '.join(opts)})"
 
 
 def _open_text(path: Path) -> io.TextIOBase:
     raw = gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
-    return io.TextIOWrapper(raw, encoding="utf-8", errors="replace", newline="")
+    return io.TextIOWrapper(raw, encoding="utf-8-sig", errors="replace", newline="")
 
 
 def _sample_lines(path: Path, n: int = 50) -> list[str]:
@@ -61,6 +92,27 @@ def _sample_lines(path: Path, n: int = 50) -> list[str]:
         raise SourceError(f"{path}: cannot read the file ({exc})") from None
 
 
+def _check_utf8(path: Path, size: int = 1 << 20) -> None:
+    """Refuse a file whose first MiB is not UTF-8, naming the line, rather than quarantine most of it."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as fh:
+            head = fh.read(size)
+    except (OSError, EOFError) as exc:
+        what = "the gzip file (truncated or corrupt)" if path.suffix == ".gz" else "the file"
+        raise SourceError(f"{path}: cannot read {what}: {exc}") from None
+    if b"\x00" in head[:4096] and not head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise SourceError(f"{path}: not a text file (it contains NUL bytes); give a CSV, Parquet or Excel file")
+    if len(head) == size:
+        head = head[: head.rfind(b"\n") + 1]  # do not judge a character cut by the read
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = head.count(b"\n", 0, exc.start) + 1
+        raise SourceError(f"{path}: line {line} is not valid UTF-8 (byte 0x{head[exc.start]:02x}); the file is "
+                          "probably in another encoding: try --encoding latin-1 (or utf-16)") from None
+
+
 def _looks_whitespace_aligned(lines: list[str]) -> bool:
     """True for files like CDNOW: no usual delimiter, columns separated by runs of blanks."""
     if not lines or any(d in lines[0] for d in (",", ";", "\t", "|")):
@@ -74,13 +126,9 @@ def _header_is_data(first: list[str]) -> bool:
     return all(re.fullmatch(r"[-+]?[\d.,/:\- ]+", f.strip()) for f in first if f.strip())
 
 
-def _quote(path: Path) -> str:
-    return "'" + str(path).replace("'", "''") + "'"
-
-
 def read_delimited(con: duckdb.DuckDBPyConnection, path: Path, table: str, *, delimiter: str | None = None,
-                   header: bool | None = None, encoding: str = "utf-8") -> RawSource:
-    """Read CSV/TSV (optionally gzip) as text; malformed lines are returned as rejects with their line."""
+                   header: bool | None = None, encoding: str = "utf-8") -> Source:
+    """Sniff the dialect and sample a delimited text file; the pipeline scans the file itself."""
     if not path.exists():
         raise SourceError(f"{path}: no such file")
     if path.stat().st_size == 0:
@@ -88,6 +136,8 @@ def read_delimited(con: duckdb.DuckDBPyConnection, path: Path, table: str, *, de
     lines = _sample_lines(path)
     if not lines:
         raise SourceError(f"{path}: the file has no rows (only blank lines)")
+    if encoding.lower().replace("-", "").replace("_", "") in ("utf8", "utf8sig"):
+        _check_utf8(path)
     if delimiter is None and _looks_whitespace_aligned(lines):
         return _read_whitespace(con, path, table, lines, header)
     if delimiter is None:
@@ -95,42 +145,23 @@ def read_delimited(con: duckdb.DuckDBPyConnection, path: Path, table: str, *, de
             delimiter = csv.Sniffer().sniff("\n".join(lines[:20]), delimiters=",;\t|").delimiter
         except csv.Error:
             delimiter = ","
+    first = next(csv.reader([lines[0]], delimiter=delimiter))
     if header is None:
-        header = not _header_is_data(next(csv.reader([lines[0]], delimiter=delimiter)))
-    opts = (f"delim={duckdb_str(delimiter)}, header={str(header).lower()}, all_varchar=true, "
-            f"quote='\"', escape='\"', strict_mode=false, null_padding=false, ignore_errors=true, "
-            f"store_rejects=true, rejects_table='{table}_rej', rejects_scan='{table}_scan', "
-            f"encoding={duckdb_str(encoding)}, sample_size=-1, max_line_size=10000000")
+        header = not _header_is_data(first)
+    columns = [c.strip() or f"column{i}" for i, c in enumerate(first)] if header else \
+        [f"column{i}" for i in range(len(first))]
+    if len(set(columns)) != len(columns):
+        dup = next(c for c in columns if columns.count(c) > 1)
+        raise SourceError(f"{path}: the header names column {dup!r} more than once")
+    dialect = CsvDialect(path, delimiter, header, encoding)
+    src = Source(str(path), columns, f"{table}_sample", csv=dialect)
     try:
-        con.execute(f"CREATE TEMP TABLE {table}_read AS SELECT * FROM read_csv({_quote(path)}, {opts})")
+        con.execute(f"CREATE TEMP TABLE {table}_sample AS SELECT * FROM {src.relation({}, None, None)} "
+                    f"LIMIT {SAMPLE_ROWS}")
     except duckdb.Error as exc:
         raise SourceError(f"{path}: cannot read as {'tab' if delimiter == chr(9) else repr(delimiter)}-delimited "
                           f"text ({_first_line(exc)})") from None
-    columns = [c[0] for c in con.execute(f"SELECT * FROM {table}_read LIMIT 0").description]
-    rejects = con.execute(
-        f"SELECT line, coalesce(column_name, ''), coalesce(csv_line, ''), error_type || ': ' || error_message "
-        f"FROM {table}_rej ORDER BY line").fetchall()
-    first_data_line = 2 if header else 1
-    if rejects:
-        # Good rows take the line numbers not used by rejected lines, in order (one line per record).
-        con.execute(f"""
-            CREATE TEMP TABLE {table} AS
-            WITH free AS (
-                SELECT l, row_number() OVER (ORDER BY l) - 1 AS idx
-                FROM range({first_data_line}, {first_data_line} + (SELECT count(*) FROM {table}_read)
-                           + (SELECT count(DISTINCT line) FROM {table}_rej)) t(l)
-                WHERE l NOT IN (SELECT line FROM {table}_rej))
-            SELECT f.l AS _row, g.* EXCLUDE (idx)
-            FROM (SELECT {_ordinal(table + '_read')} AS idx, * FROM {table}_read) g JOIN free f USING (idx)
-            ORDER BY _row""")
-    else:
-        con.execute(f"CREATE TEMP TABLE {table} AS SELECT {_ordinal(table + '_read')} + {first_data_line} AS _row, * "
-                    f"FROM {table}_read")
-    con.execute(f"DROP TABLE {table}_read")
-    n = con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]
-    seen = {r[0] for r in rejects}
-    return RawSource(str(path), table, columns, n + len(seen),
-                     [(r[0], r[1], r[2][:500], r[3]) for r in _first_per_line(rejects)])
+    return src
 
 
 def _ordinal(table: str) -> str:
@@ -142,18 +173,14 @@ def _ordinal(table: str) -> str:
     return f"(rowid - (SELECT min(rowid) FROM {table}))"
 
 
-def _first_per_line(rejects: list[tuple]) -> list[tuple]:
-    seen: set[int] = set()
-    out = []
-    for r in rejects:
-        if r[0] not in seen:
-            seen.add(r[0])
-            out.append(r)
-    return out
+def _materialised(con: duckdb.DuckDBPyConnection, label: str, table: str, columns: list[str],
+                  rejects: list | None = None) -> Source:
+    con.execute(f"CREATE TEMP TABLE {table}_sample AS SELECT * EXCLUDE (_row) FROM {table} LIMIT {SAMPLE_ROWS}")
+    return Source(label, columns, f"{table}_sample", table=table, rejects=rejects or [])
 
 
 def _read_whitespace(con: duckdb.DuckDBPyConnection, path: Path, table: str, lines: list[str],
-                     header: bool | None) -> RawSource:
+                     header: bool | None) -> Source:
     width = len(lines[0].split())
     if header is None:
         header = not _header_is_data(lines[0].split())
@@ -163,10 +190,11 @@ def _read_whitespace(con: duckdb.DuckDBPyConnection, path: Path, table: str, lin
     try:
         con.execute(f"""
             CREATE TEMP TABLE {table}_text AS
-            SELECT line FROM read_csv({_quote(path)}, columns={{'line': 'VARCHAR'}}, delim='\\x1f', quote='',
-                                      escape='', header=false, auto_detect=false)""")
+            SELECT line FROM read_csv({duckdb_str(str(path))}, columns={{'line': 'VARCHAR'}}, delim='\\x1f',
+                                      quote='', escape='', header=false, auto_detect=false)""")
         con.execute(f"""CREATE TEMP TABLE {table}_lines AS
-                        SELECT {_ordinal(table + '_text')} + 1 AS _line, regexp_split_to_array(trim(line), '\\s+') AS parts
+                        SELECT {_ordinal(table + '_text')} + 1 AS _line,
+                               regexp_split_to_array(trim(line), '\\s+') AS parts
                         FROM {table}_text""")
         con.execute(f"DROP TABLE {table}_text")
     except duckdb.Error as exc:
@@ -179,26 +207,24 @@ def _read_whitespace(con: duckdb.DuckDBPyConnection, path: Path, table: str, lin
                                     AND NOT (len(parts) = 1 AND trim(parts[1]) = '')
                               ORDER BY _line""").fetchall()
     con.execute(f"DROP TABLE {table}_lines")
-    n = con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]
-    return RawSource(str(path), table, names, n + len(rejects), rejects)
+    return _materialised(con, str(path), table, names, rejects)
 
 
-def read_parquet(con: duckdb.DuckDBPyConnection, path: Path, table: str) -> RawSource:
+def read_parquet(con: duckdb.DuckDBPyConnection, path: Path, table: str) -> Source:
     if not path.exists():
         raise SourceError(f"{path}: no such file")
     try:
-        cols = [c[0] for c in con.execute(f"SELECT * FROM read_parquet({_quote(path)}) LIMIT 0").description]
+        cols = [c[0] for c in con.execute(f"SELECT * FROM read_parquet({duckdb_str(str(path))}) LIMIT 0").description]
         casts = ", ".join(f"CAST({duckdb_ident(c)} AS VARCHAR) AS {duckdb_ident(c)}" for c in cols)
         con.execute(f"""CREATE TEMP TABLE {table} AS
                         SELECT file_row_number + 1 AS _row, {casts}
-                        FROM read_parquet({_quote(path)}, file_row_number=true)""")
+                        FROM read_parquet({duckdb_str(str(path))}, file_row_number=true)""")
     except duckdb.Error as exc:
         raise SourceError(f"{path}: cannot read as Parquet ({_first_line(exc)})") from None
-    n = con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]
-    return RawSource(str(path), table, cols, n)
+    return _materialised(con, str(path), table, cols)
 
 
-def read_excel(con: duckdb.DuckDBPyConnection, path: Path, table: str, sheet: str | None) -> list[RawSource]:
+def read_excel(con: duckdb.DuckDBPyConnection, path: Path, table: str, sheet: str | None) -> list[Source]:
     """Every sheet (or the named one) as its own source; row numbers are the spreadsheet's row numbers."""
     from python_calamine import CalamineWorkbook
 
@@ -216,28 +242,23 @@ def read_excel(con: duckdb.DuckDBPyConnection, path: Path, table: str, sheet: st
     sources = []
     for i, name in enumerate(names):
         rows = wb.get_sheet_by_name(name).to_python(skip_empty_area=False)
-        rows = [r for r in rows]
-        # Header: the first non-empty row.
         start = next((k for k, r in enumerate(rows) if any(str(v).strip() for v in r)), None)
         if start is None:
             continue
         header = [str(v).strip() or f"column{j}" for j, v in enumerate(rows[start])]
-        body = rows[start + 1:]
         cols: dict[str, list] = {"_row": [], **{h: [] for h in header}}
-        for k, r in enumerate(body):
+        for k, r in enumerate(rows[start + 1:]):
             if not any(str(v).strip() for v in r):
                 continue
             cols["_row"].append(start + k + 2)
             for j, h in enumerate(header):
-                v = r[j] if j < len(r) else ""
-                cols[h].append(_cell_text(v))
-        arrow = pa.table({k: pa.array(v, type=pa.int64() if k == "_row" else pa.string())
-                          for k, v in cols.items()})
+                cols[h].append(_cell_text(r[j] if j < len(r) else ""))
+        arrow = pa.table({k: pa.array(v, type=pa.int64() if k == "_row" else pa.string()) for k, v in cols.items()})
         name_t = f"{table}_{i}"
         con.register(f"{name_t}_arrow", arrow)
         con.execute(f"CREATE TEMP TABLE {name_t} AS SELECT * FROM {name_t}_arrow")
         con.unregister(f"{name_t}_arrow")
-        sources.append(RawSource(f"{path}[{name}]", name_t, header, arrow.num_rows))
+        sources.append(_materialised(con, f"{path}[{name}]", name_t, header))
     if not sources:
         raise SourceError(f"{path}: the workbook has no rows")
     return sources

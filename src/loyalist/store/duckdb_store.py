@@ -27,20 +27,20 @@ CREATE TABLE IF NOT EXISTS transactions (
     quantity DOUBLE, unit_price DOUBLE, amount DOUBLE, currency VARCHAR, country VARCHAR, channel VARCHAR,
     is_guest BOOLEAN, is_cancellation BOOLEAN, is_return BOOLEAN, is_non_product BOOLEAN,
     price_issue VARCHAR, is_future BOOLEAN,
-    line_hash UHUGEINT, occurrence INTEGER, ingest_id INTEGER, file_id INTEGER, source_row BIGINT
+    line_hash UBIGINT, ingest_id INTEGER, file_id INTEGER, source_row BIGINT
 );
 CREATE TABLE IF NOT EXISTS invoices (
     invoice_id VARCHAR, customer_id VARCHAR, invoice_date DATE, due_date DATE, amount DOUBLE,
     paid_date DATE, disputed BOOLEAN,
-    line_hash UHUGEINT, ingest_id INTEGER, file_id INTEGER, source_row BIGINT
+    line_hash UBIGINT, ingest_id INTEGER, file_id INTEGER, source_row BIGINT
 );
 CREATE TABLE IF NOT EXISTS customers (
     customer_id VARCHAR, industry VARCHAR, region VARCHAR, size VARCHAR, signup_date DATE,
-    line_hash UHUGEINT, ingest_id INTEGER, file_id INTEGER, source_row BIGINT
+    line_hash UBIGINT, ingest_id INTEGER, file_id INTEGER, source_row BIGINT
 );
 CREATE TABLE IF NOT EXISTS products (
     product_id VARCHAR, description VARCHAR, category VARCHAR, unit_cost DOUBLE, margin DOUBLE,
-    line_hash UHUGEINT, ingest_id INTEGER, file_id INTEGER, source_row BIGINT
+    line_hash UBIGINT, ingest_id INTEGER, file_id INTEGER, source_row BIGINT
 );
 CREATE TABLE IF NOT EXISTS quarantine (
     ingest_id INTEGER, file_id INTEGER, kind VARCHAR, source VARCHAR, "row" BIGINT, "column" VARCHAR,
@@ -49,6 +49,34 @@ CREATE TABLE IF NOT EXISTS quarantine (
 """
 
 DEFAULT_DB = "loyalist.duckdb"
+
+CONTENT_COLUMNS = {
+    "transactions": ("customer_id", "order_id", "order_date", "product_id", "description", "quantity",
+                     "unit_price", "amount", "currency", "country", "channel"),
+    "invoices": ("invoice_id", "customer_id", "invoice_date", "due_date", "amount", "paid_date", "disputed"),
+    "customers": ("customer_id", "industry", "region", "size", "signup_date"),
+    "products": ("product_id", "description", "category", "unit_cost", "margin"),
+}
+"""The columns whose values identify a stored row's content (see loyalist.ingest.pipeline)."""
+
+
+def content_hash_sql(columns: list[str]) -> str:
+    """64-bit hash of a row's typed values, used to recognise content already stored.
+
+    DuckDB's hash() is fast but may change between DuckDB releases, so the store records the version that
+    made its hashes and `open_store` recomputes them after an upgrade. With 64 bits, the chance that two
+    different lines collide is about n^2 / 3.7e19: 3e-6 for ten million lines.
+    """
+    return f"hash({', '.join(columns)})"
+
+
+def _rehash_if_needed(con: duckdb.DuckDBPyConnection) -> None:
+    made_by = con.execute("SELECT value FROM meta WHERE key = 'hash_version'").fetchall()
+    if made_by and made_by[0][0] == duckdb.__version__:
+        return
+    for table, cols in CONTENT_COLUMNS.items():
+        con.execute(f"UPDATE {table} SET line_hash = {content_hash_sql(list(cols))}")
+    con.execute("INSERT OR REPLACE INTO meta VALUES ('hash_version', ?)", [duckdb.__version__])
 
 
 @dataclass
@@ -66,7 +94,8 @@ class Store:
         self.con.close()
 
 
-def open_store(path: str | Path = DEFAULT_DB, *, read_only: bool = False, create: bool = True) -> Store:
+def open_store(path: str | Path = DEFAULT_DB, *, read_only: bool = False, create: bool = True,
+               memory_limit: str = "1GB") -> Store:
     """Open (and when writable, create or upgrade) the store at `path`."""
     path = Path(path)
     if read_only or not create:
@@ -79,7 +108,11 @@ def open_store(path: str | Path = DEFAULT_DB, *, read_only: bool = False, create
     except duckdb.Error as exc:
         raise LoyalistError(f"{path}: not a loyalist store ({str(exc).splitlines()[0]})") from None
     con.execute("SET TimeZone = 'UTC'")
+    con.execute("SET enable_progress_bar = true")  # tracked for the CLI bar ...
+    con.execute("SET enable_progress_bar_print = false")  # ... but never printed by DuckDB itself
+    con.execute(f"SET memory_limit = '{memory_limit}'")
     if not read_only:
         con.execute(DDL)
         con.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
+        _rehash_if_needed(con)
     return Store(path=path, con=con, ibis=ibis.duckdb.from_connection(con))
