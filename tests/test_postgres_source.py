@@ -271,3 +271,28 @@ def test_query_must_be_one_statement(tmp_path: Path, query: str, problem: str) -
 def test_unterminated_quotes_are_reported_plainly(tmp_path: Path, query: str, problem: str) -> None:
     with pytest.raises(SourceError, match=rf": {problem}$"):
         export_to_csv("postgresql://u:pw@127.0.0.1:1/db", query, tmp_path / "x.csv")
+
+
+@pytest.mark.postgres
+def test_cli_ingest_from_postgres_accounts_for_every_row(orders, tmp_path: Path) -> None:
+    """End to end: `loyalist ingest postgresql://... --query TABLE` stores the rows, and again adds nothing."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from loyalist.cli import app
+
+    url, rows = orders
+    db = str(tmp_path / "pg.duckdb")
+    runner = CliRunner()
+    first = runner.invoke(app, ["ingest", url, "--query", "sales.orders", "--db", db, "--json"])
+    assert first.exit_code == 0, first.output
+    doc = json.loads(first.stdout)
+    assert doc["rows_read"] == len(rows) == doc["loaded"] + doc["duplicates"] + doc["quarantined"]
+    no_date = [r for r in rows if r[2] is None]
+    guests = sum(1 for r in rows if r[0] is None and r[2] is not None)
+    assert (doc["loaded"], doc["quarantined"]) == (len(rows) - len(no_date), len(no_date))
+    again = json.loads(runner.invoke(app, ["ingest", url, "--query", "sales.orders", "--db", db, "--json"]).stdout)
+    assert (again["loaded"], again["duplicates"], again["quarantined"]) == (0, len(rows) - len(no_date), len(no_date))
+    status = json.loads(runner.invoke(app, ["status", "--db", db, "--json"]).stdout)
+    assert status["lines"] == len(rows) - len(no_date) and status["guest_lines"] == guests
