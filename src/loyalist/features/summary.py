@@ -1,0 +1,53 @@
+"""Per-customer sufficient statistics for the customer-base models (frequency, recency, T, spend).
+
+A purchase occasion is a calendar day on which the customer bought at least one product line with a
+positive amount (same-day orders merged, as in the BTYD literature). Guest lines, non-product lines
+(postage, fees), cancellations and returns are left out here; returns are features of their own.
+Time is measured in days from the customer's first purchase occasion.
+
+Written once as Ibis expressions: the DuckDB store runs them embedded, the PySpark backend on a cluster.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import ibis
+import ibis.expr.types as ir
+
+
+def purchases(transactions: ir.Table, as_of: dt.datetime | None = None) -> ir.Table:
+    """Purchase occasions: one row per customer and day with that day's spend (NULL amounts count as 0)."""
+    t = transactions
+    keep = ~t.is_guest & ~t.is_non_product & ~t.is_cancellation & ~t.is_return & t.customer_id.notnull()
+    if as_of is not None:
+        keep &= t.order_date < ibis.timestamp(as_of)
+    lines = t.filter(keep)
+    occasions = lines.group_by(customer_id=lines.customer_id, day=lines.order_date.date()).aggregate(
+        spend=lines.amount.sum().fill_null(0.0), lines=lines.count())
+    return occasions.filter(occasions.spend >= 0)
+
+
+def rfm_summary(transactions: ir.Table, as_of: dt.datetime | dt.date) -> ir.Table:
+    """One row per customer with a purchase before `as_of`: the models' sufficient statistics in days.
+
+    Columns: customer_id, first_order, last_order, orders (occasions), frequency (repeat occasions),
+    recency (days first -> last), T (days first -> as_of), revenue (all occasions), monetary_value
+    (mean spend of the repeat occasions, NULL without repeats), first_spend.
+    """
+    as_of_ts = dt.datetime.combine(as_of, dt.time()) if not isinstance(as_of, dt.datetime) else as_of
+    occ = purchases(transactions, as_of_ts)
+    per = occ.group_by("customer_id").aggregate(
+        first_order=occ.day.min(), last_order=occ.day.max(), orders=occ.count(),
+        revenue=occ.spend.sum(), first_spend=occ.spend.argmin(occ.day))
+    end = ibis.date(as_of_ts.date())
+    repeat_revenue = per.revenue - per.first_spend
+    return per.select(
+        "customer_id", "first_order", "last_order", "orders",
+        frequency=per.orders - 1,
+        recency=per.last_order.delta(per.first_order, unit="day"),
+        T=end.delta(per.first_order, unit="day"),
+        revenue=per.revenue,
+        monetary_value=ibis.ifelse(per.orders > 1, repeat_revenue / (per.orders - 1), ibis.null("float64")),
+        first_spend=per.first_spend,
+    )
