@@ -165,3 +165,18 @@ def test_no_warnings_on_published_fits():
         for model in (BGNBD(), ParetoNBD(), MBGNBD()):
             model.fit(s)
             model.standard_errors_
+
+
+def test_no_repeat_purchases_is_flagged():
+    with pytest.warns(ConvergenceWarning, match="no customer has a repeat purchase"):
+        BGNBD().fit([0, 0, 0], [0, 0, 0], [10, 20, 30])
+
+
+def test_sklearn_style_hyperparameters():
+    m = ParetoNBD(penalizer=0.01)
+    assert m.get_params() == {"penalizer": 0.01, "max_iter": 1000, "tol": 1e-7}
+    assert m.set_params(max_iter=5) is m and m.max_iter == 5
+    with pytest.raises(ValueError, match="unknown hyperparameter"):
+        m.set_params(alpha=1.0)
+    assert "ParetoNBD(penalizer=0.01)" == repr(m)
+    assert repr(BGNBD.from_params(r=1, alpha=2, a=3, b=4)) == "BGNBD(r=1, alpha=2, a=3, b=4)"

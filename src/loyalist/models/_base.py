@@ -569,6 +569,11 @@ class BaseModel:
     tol : float, default 1e-7
         Convergence test: largest gradient component of the mean log-likelihood with respect to
         the log-parameters.
+
+    Fitted attributes: ``params_`` (dict of floats), ``log_likelihood_`` (total weighted
+    log-likelihood at the estimate, without the penalty), ``standard_errors_`` (dict; computed
+    from the Hessian on first access), ``converged_``, ``n_customers_`` (sum of weights),
+    ``optimizer_message_`` and ``n_evaluations_`` (full-data likelihood evaluations).
     """
 
     _param_names: tuple[str, ...] = ()
@@ -578,6 +583,18 @@ class BaseModel:
         self.penalizer = penalizer
         self.max_iter = max_iter
         self.tol = tol
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """Hyperparameters (sklearn convention)."""
+        return {"penalizer": self.penalizer, "max_iter": self.max_iter, "tol": self.tol}
+
+    def set_params(self, **params: Any):
+        """Set hyperparameters (sklearn convention); returns the model."""
+        for k, v in params.items():
+            if k not in ("penalizer", "max_iter", "tol"):
+                raise ModelInputError(f"unknown hyperparameter {k!r}")
+            setattr(self, k, v)
+        return self
 
     # -- construction from known parameters ------------------------------------------------
     @classmethod
@@ -630,6 +647,7 @@ class BaseModel:
     # expensive full-data iterations (the answer is still the full-data MLE).
     _WARM_START_PATTERNS = 40_000
     _WARM_START_DRAWS = 5_000
+    _WARM_START_GROWTH = 5
 
     @staticmethod
     def _make_loglik(pat: Patterns):  # pragma: no cover - implemented by each model
@@ -640,26 +658,30 @@ class BaseModel:
         common = dict(param_names=self._param_names, model=self._model_name,
                       penalizer=float(self.penalizer), max_iter=int(self.max_iter), tol=float(self.tol))
         hess_inv0 = None
-        if pat.size > self._WARM_START_PATTERNS:
-            sub = pat.subsample(self._WARM_START_DRAWS, seed=0)
+        # stages of growing subsamples (5k, 25k, ... customers), each warm-started by the last
+        draws = self._WARM_START_DRAWS
+        while pat.size > self._WARM_START_PATTERNS and 2 * draws <= pat.size:
+            sub = pat.subsample(draws, seed=0)
             try:
                 sub_ll = self._make_loglik(sub)
                 sub_w = float(sub.counts.sum())
-                pre = maximize_likelihood(sub_ll, starts, total_weight=sub_w, quiet=True, **common)
-                if pre.converged:
-                    starts = [pre.params, *starts]
-                    # exact (finite-difference) curvature of the subsample's mean -LL: BFGS then
-                    # starts with near-Newton steps on the full data
-                    H, _ = hessian_log(sub_ll, pre.params, penalizer=float(self.penalizer), total_weight=sub_w)
-                    H = H / sub_w
-                    if np.all(np.isfinite(H)):
-                        lam, vec = np.linalg.eigh(H)
-                        if lam.min() > 0:
-                            hess_inv0 = (vec / lam) @ vec.T
-                        else:
-                            hess_inv0 = pre.hess_inv
+                pre = maximize_likelihood(sub_ll, starts, total_weight=sub_w, quiet=True,
+                                          hess_inv0=hess_inv0, **common)
             except (ConvergenceError, np.linalg.LinAlgError):
-                pass
+                break
+            if not pre.converged:
+                break
+            starts = [pre.params, *starts[-3:]]
+            hess_inv0 = pre.hess_inv
+            # exact (finite-difference) curvature of the subsample's mean -LL: BFGS then starts
+            # with near-Newton steps on the next stage
+            H, _ = hessian_log(sub_ll, pre.params, penalizer=float(self.penalizer), total_weight=sub_w)
+            H = H / sub_w
+            if np.all(np.isfinite(H)):
+                lam, vec = np.linalg.eigh(H)
+                if lam.min() > 0:
+                    hess_inv0 = (vec / lam) @ vec.T
+            draws *= self._WARM_START_GROWTH
         loglik = self._make_loglik(pat)
         total_weight = float(pat.counts.sum())
         res = maximize_likelihood(loglik, starts, total_weight=total_weight, hess_inv0=hess_inv0, **common)
@@ -727,6 +749,17 @@ class BaseModel:
             return f"{type(self).__name__}(penalizer={self.penalizer!r})"
         inner = ", ".join(f"{k}={v:.4g}" for k, v in params.items())
         return f"{type(self).__name__}({inner})"
+
+
+def warn_if_no_repeat_purchases(x: np.ndarray, w: np.ndarray, model: str) -> None:
+    """The purchase-rate parameters are not identified when nobody bought twice."""
+    if not np.any((x > 0) & (w > 0)):
+        warnings.warn(
+            f"{model}: no customer has a repeat purchase (all frequency = 0); the purchase-rate "
+            "parameters are not identified and the estimates are a degenerate limit",
+            ConvergenceWarning,
+            stacklevel=3,
+        )
 
 
 def broadcast_float(name: str, value: Any) -> np.ndarray:

@@ -28,6 +28,7 @@ from loyalist.models._base import (
     compress,
     prediction_inputs,
     validate_rfm,
+    warn_if_no_repeat_purchases,
 )
 
 __all__ = ["BGBB"]
@@ -86,6 +87,7 @@ class BGBB(BaseModel):
             frequency, (recency, n_periods), ("frequency", "recency", "n_periods"), weights, self._model_name
         )
         x, tx, n, w = validate_rfm(f, rec, nn, weights, t_name="n_periods", integer_times=True)
+        warn_if_no_repeat_purchases(x, w, self._model_name)
         pat = compress(x, tx, n, weights=w)
         guesses = [
             np.array([1.0, 1.0, 1.0, 1.0]),

@@ -27,6 +27,7 @@ from loyalist.models._base import (
     prediction_inputs,
     broadcast_float,
     validate_rfm,
+    warn_if_no_repeat_purchases,
 )
 
 __all__ = ["BGNBD", "expected_purchases_while_active"]
@@ -154,6 +155,7 @@ class BGNBD(BaseModel):
             frequency, (recency, T), ("frequency", "recency", "T"), weights, self._model_name
         )
         x, tx, T_, w = validate_rfm(f, rec, TT, weights)
+        warn_if_no_repeat_purchases(x, w, self._model_name)
         pat = compress(x, tx, T_, weights=w)
         scale = max(float(np.average(T_, weights=w)), 1e-6)
         mean_x = max(float(np.average(x, weights=w)), 0.05)
