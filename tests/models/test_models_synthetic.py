@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from loyalist.models import BGNBD, GammaGamma, ParetoNBD
-from loyalist.synthetic import simulate_bgnbd, simulate_paretonbd, simulate_spend
+from loyalist.synthetic import DEFAULT_SPEND, simulate_bgnbd, simulate_paretonbd, simulate_spend
 
 BG = {"r": 0.243, "alpha": 4.414, "a": 0.793, "b": 2.426}
 PN = {"r": 0.553, "alpha": 10.578, "s": 0.606, "beta": 11.669}
@@ -64,6 +64,13 @@ def test_transactions_table_is_consistent_with_the_summary():
     rep = tx[tx["order_date"] > tx["customer_id"].map(first)]
     mean_rep = rep.groupby("customer_id")["amount"].mean().reindex(range(sim.n_customers)).fillna(0.0)
     assert np.allclose(mean_rep.to_numpy(), sim.monetary_value)
+
+
+def test_transactions_without_spend_use_the_default_spend_model():
+    sim = simulate_bgnbd(500, **BG, T=30.0, seed=4, transactions=True, time_unit="D", end_date="2024-12-31")
+    assert sim.spend_params == DEFAULT_SPEND
+    assert (sim.transactions["amount"] > 0).all()
+    assert sim.transactions["order_date"].min() >= pd.Timestamp("2024-12-01")
 
 
 def test_resolution_rounds_to_a_grid():

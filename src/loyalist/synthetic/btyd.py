@@ -18,6 +18,8 @@ Gamma-Gamma spend (Fader, Hardie & Lee 2005, "RFM and CLV"): ``nu ~ Gamma(q, rat
 Times are in an abstract unit (say weeks).  ``transactions=True`` also returns the long table
 ``customer_id, order_date, amount`` (first purchase included) for end-to-end tests: the repeat
 purchases other than the last are, given ``t_x``, uniform on ``(0, t_x)`` under both processes.
+Amounts follow the Gamma-Gamma model with the ``spend`` parameters, by default the published
+CDNOW estimates :data:`DEFAULT_SPEND` when transactions are requested without ``spend``.
 """
 
 from __future__ import annotations
@@ -29,11 +31,16 @@ import numpy as np
 import pandas as pd
 
 __all__ = [
+    "DEFAULT_SPEND",
     "SyntheticCustomers",
     "simulate_bgnbd",
     "simulate_paretonbd",
     "simulate_spend",
 ]
+
+
+#: Gamma-Gamma spend parameters of the CDNOW sample (Fader, Hardie & Lee 2005, "RFM and CLV").
+DEFAULT_SPEND = {"p": 6.25, "q": 3.74, "v": 15.44}
 
 
 @dataclass
@@ -43,8 +50,8 @@ class SyntheticCustomers:
     ``frequency, recency, T`` (float arrays), ``monetary_value`` (mean repeat spend, 0 for
     customers without repeat purchases; ``None`` without a spend model), ``frequency_holdout``
     (purchases in ``(T, T + holdout]``, if requested), ``alive`` (active at ``T``), ``params``
-    (the true parameters), ``latent`` (per-customer traits) and ``transactions`` (long table or
-    ``None``).
+    (the true parameters of the purchase process), ``spend_params`` (Gamma-Gamma ``p, q, v`` or
+    ``None``), ``latent`` (per-customer traits) and ``transactions`` (long table or ``None``).
     """
 
     model: str
@@ -55,6 +62,7 @@ class SyntheticCustomers:
     alive: np.ndarray
     monetary_value: np.ndarray | None = None
     frequency_holdout: np.ndarray | None = None
+    spend_params: dict[str, float] | None = None
     latent: dict[str, np.ndarray] = field(default_factory=dict)
     transactions: pd.DataFrame | None = None
 
@@ -169,6 +177,8 @@ def _finish(
 ) -> SyntheticCustomers:
     monetary = None
     nu = None
+    if spend is None and transactions:
+        spend = DEFAULT_SPEND
     if spend is not None:
         spend = _check_positive(**{k: spend[k] for k in ("p", "q", "v")})
         monetary, nu = simulate_spend(x, spend["p"], spend["q"], spend["v"], rng)
@@ -182,7 +192,8 @@ def _finish(
         tx = np.floor(tx / resolution) * resolution
     return SyntheticCustomers(
         model=model, params=params, frequency=x.astype(float), recency=tx, T=T, alive=alive,
-        monetary_value=monetary, frequency_holdout=holdout_counts, latent=latent, transactions=table,
+        monetary_value=monetary, frequency_holdout=holdout_counts, spend_params=spend, latent=latent,
+        transactions=table,
     )
 
 
