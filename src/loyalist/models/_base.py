@@ -234,10 +234,17 @@ class Patterns:
     def subsample(self, n_draws: int, seed: int = 0) -> "Patterns":
         """``n_draws`` customers drawn with replacement in proportion to the weights, recompressed."""
         rng = np.random.default_rng(seed)
-        idx = rng.choice(self.size, size=n_draws, replace=True, p=self.counts / self.counts.sum())
-        cnt = np.bincount(idx, minlength=self.size)
-        keep = np.flatnonzero(cnt)
-        return compress(*(c[keep] for c in self.columns), weights=cnt[keep].astype(float))
+        cum = self.__dict__.get("_cumulative")
+        if cum is None:
+            cum = np.cumsum(self.counts)
+            self.__dict__["_cumulative"] = cum
+        if np.all(self.counts == self.counts[0]):  # equal weights: uniform pattern draws
+            idx = rng.integers(0, self.size, n_draws)
+        else:  # sorted needles keep the binary searches cache-friendly
+            idx = np.searchsorted(cum, np.sort(rng.random(n_draws)) * cum[-1], side="right")
+        idx = np.minimum(idx, self.size - 1)
+        idx, cnt = np.unique(idx, return_counts=True)
+        return compress(*(c[idx] for c in self.columns), weights=cnt.astype(float))
 
 
 def _n_distinct(col: np.ndarray) -> int:
