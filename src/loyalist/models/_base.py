@@ -377,9 +377,11 @@ def maximize_likelihood(
     gradient, minimising the mean negative log-likelihood per customer (so ``tol`` does not depend
     on the sample size).  Convergence means: finite optimum and largest projected gradient
     component <= ``tol``.  Failing that, BFGS is restarted from where it stopped, then bounded
-    L-BFGS-B is tried, then the other starting points, then Nelder-Mead polished by BFGS.  If nothing converges, the best finite estimate is returned
-    with ``converged=False`` and a :class:`ConvergenceWarning` saying what was tried; if nothing
-    finite was ever found, :class:`ConvergenceError` is raised.
+    L-BFGS-B is tried, then the other starting points, then Nelder-Mead polished by BFGS.  If
+    nothing converges, the best finite estimate is returned with ``converged=False`` and a
+    :class:`ConvergenceWarning` saying what was tried; if nothing finite was ever found,
+    :class:`ConvergenceError` is raised.  ``hess_inv0`` seeds BFGS's inverse Hessian for the
+    first start (warm starts); ``quiet`` suppresses the warnings (used for warm-start stages).
     """
     fun, counter = _objective_factory(loglik, total_weight, penalizer)
     lo, hi = -LOG_BOUND, LOG_BOUND

@@ -2,10 +2,10 @@
 
 Fader, P. S., Hardie, B. G. S. & Lee, K. L. (2005), "'Counting Your Customers' the Easy Way: An
 Alternative to the Pareto/NBD Model", *Marketing Science* 24(2), 275-284 (below: FHL 2005), and
-the companion notes by Fader & Hardie on hardiebruce.com, "Computing P(alive) Using the BG/NBD
+the companion notes by Fader & Hardie on brucehardie.com, "Computing P(alive) Using the BG/NBD
 Model" (2008) and "Implementing the BG/NBD Model for Customer Base Analysis in Excel" (2005).
 
-Assumptions (FHL 2005 section 3): while active a customer buys as a Poisson process of rate
+Assumptions (FHL 2005, model development): while active a customer buys as a Poisson process of rate
 ``lambda ~ Gamma(r, alpha)``; after each *repeat* purchase they become inactive with probability
 ``p ~ Beta(a, b)``.  Data per customer: ``x`` repeat purchases (frequency), ``t_x`` the time of the
 last one measured from the first purchase (recency; 0 when ``x = 0``) and ``T`` the time between
@@ -99,8 +99,8 @@ def expected_purchases_while_active(
 
     This is the expected number of purchases in the next ``t`` time units of a customer known to
     be active, whose purchase rate and dropout probability have the given (posterior) laws:
-    ``(1 - exp(-lambda p t))/p`` is the BG/NBD expectation for fixed ``lambda, p`` (FHL 2005
-    section 4), and integrating gives the hypergeometric form of FHL 2005 eq. (7) / eq. (10):
+    ``(1 - exp(-lambda p t))/p`` is the BG/NBD expectation for fixed ``lambda, p`` (FHL 2005,
+    derivation of eq. 7); integrating gives the hypergeometric form of FHL 2005 eqs. (7), (10):
     ``(a+B-1)/(a-1) * [1 - (alpha_T/(alpha_T+t))^R 2F1(R, B; a+B-1; t/(alpha_T+t))]``.
 
     * ``R = r, B = b, alpha_T = alpha``: population ``E[X(t)]`` of eq. (7);
@@ -288,7 +288,7 @@ class BGNBD(BaseModel):
 
         A customer inactive at ``T`` never buys again; one still active buys in the window unless
         the exponential waiting time to the next purchase exceeds ``t`` (dropout in the BG/NBD
-        happens only right after a purchase, FHL 2005 section 3, assumption iv).  Given activity
+        happens only right after a purchase, FHL 2005 model assumptions).  Given activity
         at T the data multiply the Gamma prior of ``lambda`` by ``lambda^x exp(-lambda T)``, so
         ``lambda | active ~ Gamma(r+x, alpha+T)`` independently of ``p`` and:
         ``P = P(alive) * [1 - ((alpha+T)/(alpha+T+t))^(r+x)]``.

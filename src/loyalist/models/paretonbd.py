@@ -433,10 +433,10 @@ class ParetoNBD(BaseModel):
         Derivation (from the SMC 1987 assumptions): given alive at ``T`` with rates ``lambda, mu``
         the next purchase, at an exponential(``lambda``) time ``w``, falls in the window if it
         precedes both ``t`` and death: probability ``int_0^t lambda e^{-(lambda+mu) w} dw``.  Under
-        the posterior ``lambda ~ Gamma(r+x, alpha+T)``, ``mu ~ Gamma(s, beta+T)`` (independent,
-        FH 2005 note section 5) this is ``(r+x) (alpha+T)^(r+x) (beta+T)^s int_T^(T+t)
-        (alpha+u)^-(r+x+1) (beta+u)^-s du``, evaluated as ``J(T) - J(T+t)`` with
-        :func:`log_J`; the result is multiplied by P(alive).
+        the posterior ``lambda ~ Gamma(r+x, alpha+T)``, ``mu ~ Gamma(s, beta+T)`` (independent, as
+        in the FH 2005 note's derivation of the conditional expectation) this is
+        ``(r+x) (alpha+T)^(r+x) (beta+T)^s int_T^(T+t) (alpha+u)^-(r+x+1) (beta+u)^-s du``,
+        evaluated as ``J(T) - J(T+t)`` with :func:`log_J`; the result is multiplied by P(alive).
         """
         r, alpha, s, beta = self._theta()
         t = broadcast_float("t", t)
