@@ -51,3 +51,18 @@ def rfm_summary(transactions: ir.Table, as_of: dt.datetime | dt.date) -> ir.Tabl
         monetary_value=ibis.ifelse(per.orders > 1, repeat_revenue / (per.orders - 1), ibis.null("float64")),
         first_spend=per.first_spend,
     )
+
+
+def rhythm(transactions: ir.Table, as_of: dt.datetime | dt.date, recent_days: int = 90) -> ir.Table:
+    """Per customer: the rhythm of repeat purchases before `as_of` — mean and standard deviation of the gaps
+    between purchase occasions (days), the last gap, and the occasions and spend in the last `recent_days`."""
+    as_of_ts = dt.datetime.combine(as_of, dt.time()) if not isinstance(as_of, dt.datetime) else as_of
+    occ = purchases(transactions, as_of_ts)
+    w = ibis.window(group_by=occ.customer_id, order_by=occ.day)
+    gaps = occ.mutate(gap=occ.day.delta(occ.day.lag().over(w), unit="day"))
+    since = ibis.date((as_of_ts - dt.timedelta(days=recent_days)).date())
+    per = gaps.group_by("customer_id").aggregate(
+        gap_mean=gaps.gap.mean(), gap_std=gaps.gap.std(how="pop"), last_gap=gaps.gap.argmax(gaps.day),
+        recent_orders=(gaps.day >= since).sum(),
+        recent_spend=ibis.ifelse(gaps.day >= since, gaps.spend, 0.0).sum())
+    return per
