@@ -37,6 +37,8 @@ class BacktestResult:
     tracking: pd.DataFrame
     chosen: str
     customers: int
+    per_customer: pd.DataFrame
+    """customer_id, frequency (calibration), actual holdout orders, and each model's expected orders."""
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -122,6 +124,7 @@ def backtest(transactions: ir.Table, cutoff: dt.date | str, horizon_days: int = 
     spend_obs = (act["holdout_spend"] / act["holdout_orders"]).to_numpy(float)
     f, r, T = (calib[c].to_numpy(float) for c in ("frequency", "recency", "T"))
     rows, predicted = [], {}
+    per_customer = pd.DataFrame({"customer_id": calib["customer_id"], "frequency": f, "actual": y})
     spend_pred = None
     for name in models:
         if name == GBM:
@@ -142,6 +145,7 @@ def backtest(transactions: ir.Table, cutoff: dt.date | str, horizon_days: int = 
             if fitted.spend is not None and spend_pred is None:
                 mv = np.nan_to_num(calib["monetary_value"].to_numpy(float), nan=0.0)
                 spend_pred = fitted.spend.conditional_expected_average_profit(f, mv)
+        per_customer[name] = expected
         has_both = 0 < (y > 0).sum() < len(y)
         rows.append({
             "model": name,
@@ -160,7 +164,7 @@ def backtest(transactions: ir.Table, cutoff: dt.date | str, horizon_days: int = 
         metrics["spend_customers"] = int(ok.sum())
     best = metrics.sort_values(["mae", "auc"], ascending=[True, False]).iloc[0]["model"]
     tracking = tracking_curve(transactions, calib, predicted, cutoff, horizon_days)
-    return BacktestResult(cutoff, horizon_days, metrics, tracking, str(best), len(calib), notes)
+    return BacktestResult(cutoff, horizon_days, metrics, tracking, str(best), len(calib), per_customer, notes)
 
 
 def tracking_curve(transactions: ir.Table, calib: pd.DataFrame, models: dict, cutoff: dt.date,

@@ -269,6 +269,164 @@ def quality(
         out.print(f"quarantined rows written to {export}")
 
 
+def _as_date(value: str | None, option: str) -> "dt.date | None":
+    import datetime as dt
+
+    if value is None:
+        return None
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError:
+        raise LoyalistError(f"{option} {value!r}: give a date as YYYY-MM-DD") from None
+
+
+def _settings(cfg: config.Config, horizon: int):
+    from loyalist.customer_base import Settings
+
+    v = cfg.value
+    return Settings(horizon_days=horizon, annual_discount_rate=float(v.get("discount_rate_annual", 0.10)),
+                    gross_margin=float(v.get("gross_margin", 1.0)))
+
+
+@app.command()
+def backtest(
+    cutoff: Annotated[str, typer.Option("--cutoff", help="Fit on orders before this date (YYYY-MM-DD), score after it.")],
+    horizon: Annotated[int, typer.Option("--horizon", help="Holdout length in days.")] = 90,
+    db: DbOption = None,
+    plots: Annotated[Optional[Path], typer.Option("--plots", help="Folder for the tracking and calibration plots "
+                                                                "(PNG and HTML; default: out/ beside the store).")] = None,
+    json_: JsonOption = False,
+    config_path: ConfigOption = None,
+) -> None:
+    """Backtest every model on held-out time and choose the one `loyalist analyze` uses.
+
+    Shows, per model: repeat orders predicted vs actual, per-customer MAE and RMSE, AUC and Brier score of
+    P(order in the holdout), and the error of the expected order value."""
+    from loyalist import plots as charts
+    from loyalist.analysis import run_backtest
+    from loyalist.store import open_store
+
+    with _errors():
+        cfg = config.load(config_path)
+        cut = _as_date(cutoff, "--cutoff")
+        if horizon < 1:
+            raise LoyalistError("--horizon must be at least 1 day")
+        store = open_store(_db(db, cfg))
+        with err.status(f"backtesting at {cut} over {horizon} days"):
+            try:
+                result = run_backtest(store, cut, horizon)
+            except ValueError as exc:
+                raise LoyalistError(str(exc)) from None
+        store.close()
+        folder = plots or _db(db, cfg).parent / "out" / f"backtest_{cut}_{horizon}d"
+        files = charts.tracking_plot(result.tracking, cut, folder)
+        best = result.per_customer[["frequency", "actual", result.chosen]].rename(columns={result.chosen: "predicted"})
+        files += charts.calibration_holdout_plot(best, folder)
+    if json_:
+        out.print_json(json.dumps({**result.to_dict(), "plots": [str(f) for f in files]}))
+        return
+    table = Table(title=f"backtest: fit before {cut}, holdout {horizon} days, {result.customers:,} customers",
+                  title_justify="left")
+    cols = ["model", "predicted_orders", "actual_orders", "total_error_pct", "mae", "rmse", "auc", "brier"]
+    if "spend_mae" in result.metrics:
+        cols.append("spend_mae")
+    for c in cols:
+        table.add_column(c.replace("_", " "), justify="left" if c == "model" else "right")
+    for _, row in result.metrics.iterrows():
+        mark = " *" if row["model"] == result.chosen else ""
+        fmt = {"predicted_orders": ",.0f", "actual_orders": ",.0f", "total_error_pct": "+.1f", "spend_mae": ",.1f"}
+        table.add_row(row["model"] + mark, *[format(row[c], fmt.get(c, ".3f")) for c in cols[1:]])
+    out.print(table)
+    out.print(f"* chosen (lowest per-customer MAE). Plots: {folder}")
+    for note in result.notes:
+        out.print(f"  note: {note}", highlight=False)
+
+
+@app.command()
+def analyze(
+    db: DbOption = None,
+    as_of: Annotated[Optional[str], typer.Option("--as-of", help="Use only data before this date (YYYY-MM-DD); "
+                                                                 "default: the day after the last order.")] = None,
+    model: Annotated[str, typer.Option("--model", help="auto (the backtest's choice), bgnbd, paretonbd or mbgnbd.")] = "auto",
+    horizon: Annotated[int, typer.Option("--horizon", help="Days ahead for expected orders and P(order).")] = 90,
+    json_: JsonOption = False,
+    config_path: ConfigOption = None,
+) -> None:
+    """Score every customer: P(alive), expected orders and P(order) in the next days, expected order value,
+    12-month CLV. The per-customer table is stored; `loyalist customers` prints or exports it."""
+    from loyalist.analysis import analyze as run_analysis
+    from loyalist.store import open_store
+
+    with _errors():
+        cfg = config.load(config_path)
+        if model not in ("auto", "bgnbd", "paretonbd", "mbgnbd"):
+            raise LoyalistError(f"--model {model!r}: choose auto, bgnbd, paretonbd or mbgnbd")
+        store = open_store(_db(db, cfg))
+        with err.status("fitting the customer-base models and scoring every customer"):
+            try:
+                report, table = run_analysis(store, _as_date(as_of, "--as-of"), model, _settings(cfg, horizon))
+            except ValueError as exc:
+                raise LoyalistError(str(exc)) from None
+            folder = _db(db, cfg).parent / "out" / f"analysis_{report.as_of}"
+            from loyalist import plots as charts
+            from loyalist.customer_base import TRANSACTION_MODELS
+
+            fitted = TRANSACTION_MODELS[report.model].from_params(**report.params)
+            files = charts.p_alive_matrix(fitted, int(min(table["frequency"].quantile(0.99), 60)),
+                                          float(table["tenure_days"].max()), folder)
+        store.close()
+    if json_:
+        out.print_json(json.dumps({**report.to_dict(), "plots": [str(f) for f in files]}, default=str))
+        return
+    out.print(f"as of {report.as_of}: {report.customers:,} customers scored with {report.model} "
+              f"({report.chosen_by})", highlight=False)
+    out.print("  parameters: " + ", ".join(f"{k}={v:.4g}" for k, v in report.params.items()), highlight=False)
+    repeaters = table[table["frequency"] > 0]
+    active = (repeaters["p_alive"] >= 0.5).mean() if len(repeaters) else float("nan")
+    clv = table[f"clv_{12}m"]
+    out.print(f"  {active:.0%} of repeat customers likely still active (P(alive) >= 0.5); expected orders next {horizon} days: "
+              f"{table[f'expected_orders_{horizon}d'].sum():,.0f}; 12-month CLV total: "
+              f"{clv.sum():,.0f} (margin from {report.margin_source})", highlight=False)
+    for note in report.notes:
+        out.print(f"  note: {note}", highlight=False)
+    out.print(f"  per-customer table: loyalist customers --db {_db(db, cfg)} [--out customers.csv]; "
+              f"P(alive) matrix: {folder}")
+
+
+@app.command()
+def customers(
+    db: DbOption = None,
+    fmt: Annotated[str, typer.Option("--format", help="csv, json, parquet or xlsx (parquet/xlsx need --out).")] = "csv",
+    out_file: Annotated[Optional[Path], typer.Option("--out", help="Write to this file instead of printing.")] = None,
+    sort: Annotated[str, typer.Option("--sort", help="Column to sort by, descending.")] = "clv_12m",
+    top: Annotated[Optional[int], typer.Option("--top", help="Only the first N rows.")] = None,
+    config_path: ConfigOption = None,
+) -> None:
+    """Print or export the per-customer table written by `loyalist analyze`."""
+    from loyalist.analysis import CUSTOMER_TABLE
+    from loyalist.export import frame_to_text, write_frame
+    from loyalist.store import has_table, open_store
+
+    with _errors():
+        cfg = config.load(config_path)
+        store = open_store(_db(db, cfg), read_only=True)
+        if not has_table(store, CUSTOMER_TABLE):
+            raise LoyalistError(f"{store.path}: no per-customer table yet; run `loyalist analyze` first")
+        t = store.table(CUSTOMER_TABLE)
+        if sort not in t.columns:
+            raise LoyalistError(f"--sort {sort!r}: no such column (columns: {', '.join(t.columns)})")
+        expr = t.order_by([t[sort].desc(), t.customer_id])
+        if top:
+            expr = expr.limit(top)
+        frame = expr.execute()
+        store.close()
+        if out_file is not None:
+            write_frame(frame, out_file, fmt if fmt != "csv" or out_file.suffix in ("", ".csv") else None)
+            err.print(f"{len(frame):,} customers written to {out_file}")
+        else:
+            sys.stdout.write(frame_to_text(frame, fmt))
+
+
 def run() -> None:  # pragma: no cover - console entry point wrapper
     app()
 

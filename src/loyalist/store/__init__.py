@@ -1,5 +1,5 @@
 """The store: where ingested records live (DuckDB by default)."""
 
-from loyalist.store.duckdb_store import DEFAULT_DB, Store, content_hash_sql, open_store
+from loyalist.store.duckdb_store import DEFAULT_DB, Store, content_hash_sql, has_table, open_store, write_frame
 
-__all__ = ["DEFAULT_DB", "Store", "content_hash_sql", "open_store"]
+__all__ = ["DEFAULT_DB", "Store", "content_hash_sql", "has_table", "open_store", "write_frame"]

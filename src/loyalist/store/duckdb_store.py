@@ -70,6 +70,24 @@ def content_hash_sql(columns: list[str]) -> str:
     return f"hash({', '.join(columns)})"
 
 
+def write_frame(store: "Store", table: str, frame, *, replace: bool) -> None:
+    """Store a result table (insights, backtest metrics) written by the analysis stages."""
+    con = store.con
+    con.register("_frame", frame)
+    try:
+        exists = con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = ?", [table]).fetchall()[0][0]
+        if replace or not exists:
+            con.execute(f"CREATE OR REPLACE TABLE {table} AS SELECT * FROM _frame")
+        else:
+            con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _frame")
+    finally:
+        con.unregister("_frame")
+
+
+def has_table(store: "Store", table: str) -> bool:
+    return store.con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = ?", [table]).fetchall()[0][0] > 0
+
+
 def _rehash_if_needed(con: duckdb.DuckDBPyConnection) -> None:
     made_by = con.execute("SELECT value FROM meta WHERE key = 'hash_version'").fetchall()
     if made_by and made_by[0][0] == duckdb.__version__:

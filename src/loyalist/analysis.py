@@ -1,0 +1,130 @@
+"""`loyalist analyze` and `loyalist backtest`: run the customer-base analysis on the store and keep the results.
+
+The model used by `analyze` is the one the latest backtest chose for this store (lowest per-customer MAE on
+held-out time among the classic models, which also give P(alive) and CLV). Without a backtest, `analyze`
+runs one first at as_of - horizon when the history allows it, so the choice is always measured.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass, field
+
+import ibis
+import numpy as np
+import pandas as pd
+
+from loyalist.backtest import BacktestResult, backtest
+from loyalist.customer_base import TRANSACTION_MODELS, Settings, fit_base, score
+from loyalist.features import rfm_summary
+from loyalist.store import Store, has_table, write_frame
+
+CUSTOMER_TABLE = "customer_insights"
+
+
+@dataclass
+class AnalysisReport:
+    as_of: dt.date
+    model: str
+    customers: int
+    params: dict[str, float]
+    spend_params: dict[str, float] | None
+    margin_source: str
+    chosen_by: str
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {k: (str(v) if isinstance(v, dt.date) else v) for k, v in self.__dict__.items()}
+
+
+def data_end(store: Store) -> dt.date:
+    """The day after the last order: the natural 'as of' date for a store."""
+    t = store.table("transactions")
+    last = t.order_date.max().execute()
+    if last is None or pd.isna(last):
+        raise ValueError("the store holds no transactions yet")
+    return pd.Timestamp(last).date() + dt.timedelta(days=1)
+
+
+def run_backtest(store: Store, cutoff: dt.date, horizon_days: int) -> BacktestResult:
+    result = backtest(store.table("transactions"), cutoff, horizon_days)
+    metrics = result.metrics.assign(cutoff=pd.Timestamp(result.cutoff), horizon_days=horizon_days,
+                                    chosen=result.metrics["model"] == result.chosen,
+                                    run_at=pd.Timestamp.now(tz="UTC").tz_localize(None), customers=result.customers)
+    write_frame(store, "backtest_metrics", metrics, replace=False)
+    write_frame(store, "backtest_tracking",
+                result.tracking.assign(cutoff=pd.Timestamp(result.cutoff), horizon_days=horizon_days), replace=False)
+    return result
+
+
+def chosen_model(store: Store) -> tuple[str, str] | None:
+    """(model, reason) from the latest backtest, restricted to the classic models."""
+    if not has_table(store, "backtest_metrics"):
+        return None
+    m = store.table("backtest_metrics")
+    latest = m.filter(m.run_at == m.run_at.max()).execute()
+    classic = latest[latest["model"].isin(list(TRANSACTION_MODELS))].sort_values(["mae", "auc"], ascending=[True, False])
+    if classic.empty:
+        return None
+    best = classic.iloc[0]
+    return str(best["model"]), (f"lowest per-customer MAE ({best['mae']:.3f}) in the backtest at "
+                                f"{pd.Timestamp(best['cutoff']).date()} over {int(best['horizon_days'])} days")
+
+
+def customer_margins(store: Store, as_of: dt.date) -> tuple[pd.DataFrame | None, str]:
+    """Gross margin per customer from product costs or margins, when the store has them."""
+    if store.table("products").count().execute() == 0:
+        return None, "setting"
+    t = store.table("transactions")
+    p = store.table("products")
+    lines = t.filter(~t.is_guest & ~t.is_non_product & ~t.is_return & ~t.is_cancellation & (t.amount > 0)
+                     & (t.order_date < ibis.timestamp(dt.datetime.combine(as_of, dt.time()))))
+    j = lines.join(p, lines.product_id == p.product_id)
+    cost = ibis.coalesce(j.quantity * j.unit_cost, j.amount * (1 - j.margin))
+    j = j.filter(cost.notnull())
+    per = j.group_by(j.customer_id).aggregate(margin=1 - (j.quantity * j.unit_cost).fill_null(
+        j.amount * (1 - j.margin)).sum() / j.amount.sum()).execute()
+    return (per, "product costs") if len(per) else (None, "setting")
+
+
+def analyze(store: Store, as_of: dt.date | None = None, model: str = "auto", settings: Settings | None = None
+            ) -> tuple[AnalysisReport, pd.DataFrame]:
+    """Score every customer as of `as_of` (default: the day after the last order) and store the table."""
+    settings = settings or Settings()
+    as_of = as_of or data_end(store)
+    notes: list[str] = []
+    if model == "auto":
+        choice = chosen_model(store)
+        if choice is None:
+            cutoff = as_of - dt.timedelta(days=settings.horizon_days)
+            try:
+                run_backtest(store, cutoff, settings.horizon_days)
+                choice = chosen_model(store)
+            except ValueError as exc:
+                notes.append(f"no backtest possible ({exc}); using BG/NBD")
+        model, chosen_by = choice if choice else ("bgnbd", "default (no backtest)")
+    else:
+        chosen_by = "set by the user"
+    summary = rfm_summary(store.table("transactions"), as_of).execute()
+    if summary.empty:
+        raise ValueError(f"no customer bought anything before {as_of}")
+    fitted = fit_base(summary, model)
+    notes += fitted.notes
+    margins, margin_source = customer_margins(store, as_of)
+    margin: np.ndarray | float = settings.gross_margin
+    if margins is not None:
+        m = summary[["customer_id"]].merge(margins, on="customer_id", how="left")["margin"]
+        margin = m.fillna(settings.gross_margin).to_numpy(float)
+    elif settings.gross_margin == 1.0:
+        notes.append("no product costs or margins and no gross_margin setting: CLV is in revenue, not profit")
+    table = score(fitted, summary, settings, margin)
+    table.insert(len(table.columns) - 1, "as_of", pd.Timestamp(as_of))
+    write_frame(store, CUSTOMER_TABLE, table, replace=True)
+    report = AnalysisReport(as_of, model, len(table), fitted.transaction.params_,
+                            fitted.spend.params_ if fitted.spend is not None else None,
+                            margin_source, chosen_by, notes)
+    write_frame(store, "analysis_runs", pd.DataFrame([{"run_at": pd.Timestamp.now(tz="UTC").tz_localize(None),
+                                                       "as_of": pd.Timestamp(as_of), "model": model,
+                                                       "report": json.dumps(report.to_dict())}]), replace=False)
+    return report, table
