@@ -64,8 +64,8 @@ def p_alive_matrix(model, max_frequency: int, max_T: float, out: Path) -> list[P
     rec = np.linspace(0, max_T, 60)
     F, R = np.meshgrid(freqs, rec, indexing="ij")
     valid = (F > 0) | (R == 0)
-    P = np.where(valid, model.conditional_probability_alive(F.ravel().astype(float), R.ravel(),
-                                                            np.full(F.size, max_T)).reshape(F.shape), np.nan)
+    P = np.full(F.shape, np.nan)
+    P[valid] = model.conditional_probability_alive(F[valid].astype(float), R[valid], np.full(valid.sum(), max_T))
     fig, ax = plt.subplots(figsize=(7, 4.5))
     im = ax.imshow(P, origin="lower", aspect="auto", cmap="viridis", extent=[0, max_T, 0, max_frequency], vmin=0, vmax=1)
     fig.colorbar(im, ax=ax, label="P(alive)")
