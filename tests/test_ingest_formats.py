@@ -170,3 +170,24 @@ def test_products_and_customers_attributes(tmp_path):
         ("Tea", 1.2), ("Cups", 4.0)]
     assert store.con.execute("SELECT industry, signup_date::VARCHAR FROM customers").fetchall() == [
         ("Cafe", "2019-04-01")]
+
+
+@pytest.mark.parametrize("suffix", ["csv", "xlsx", "parquet", "json"])
+def test_quality_report_and_quarantine_export(tmp_path, suffix):
+    db = str(tmp_path / "s.duckdb")
+    store = open_store(db)
+    ingest(store, [_write("csv", tmp_path)], Options(guests="quarantine"))
+    store.close()
+    runner = CliRunner()
+    out = tmp_path / f"q.{suffix}"
+    res = runner.invoke(app, ["quality", "--db", db, "--export", str(out), "--json"])
+    assert res.exit_code == 0, res.output
+    findings = {f["check"]: f for f in json.loads(res.stdout)["findings"]}
+    assert findings["quarantined: blank customer id (guest order)"]["lines"] == 1
+    assert findings["returns / cancellations with a matching earlier purchase"]["lines"] == 1
+    assert findings["non-product lines (postage, fees, manual adjustments, vouchers)"]["lines"] == 0
+    frame = {"csv": pd.read_csv, "xlsx": pd.read_excel, "parquet": pd.read_parquet, "json": pd.read_json}[suffix](out)
+    assert len(frame) == 1
+    row = frame.iloc[0]
+    assert (int(row["row"]), row["column"], row["rule"]) == (6, "CustomerID", "blank customer id (guest order)")
+    assert json.loads(row["record"])["SKU"] == "POST"

@@ -168,5 +168,5 @@ def quality(store: Store, examples: int = 5) -> list[Finding]:
 
 def quarantine_table(store: Store) -> ir.Table:
     q = store.table("quarantine")
-    return q.select("ingest_id", "kind", "source", "row", "column", "value", "rule", "record").order_by(
-        ["ingest_id", "file_id", "row"])
+    return q.order_by(["ingest_id", "file_id", "row"]).select(
+        "ingest_id", "kind", "source", "row", "column", "value", "rule", "record")
