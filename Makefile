@@ -34,9 +34,15 @@ demo: install
 	$(BIN)/loyalist ingest data/demo/*.csv.gz --db $(DEMO_DB)
 	$(BIN)/loyalist status --db $(DEMO_DB)
 	$(BIN)/loyalist quality --db $(DEMO_DB) --export out/quarantine.csv
+	$(BIN)/loyalist backtest --db $(DEMO_DB) --cutoff 2011-06-01 --horizon 90 --plots out/backtest
+	$(BIN)/loyalist analyze --db $(DEMO_DB)
+	$(BIN)/loyalist customers --db $(DEMO_DB) --out out/customers.csv
 	@echo
-	@echo "Demo store: $(DEMO_DB)   (inspect with: $(BIN)/loyalist status --db $(DEMO_DB))"
-	@echo "Quarantined rows: out/quarantine.csv"
+	@echo "Demo store:        $(DEMO_DB)   (inspect with: $(BIN)/loyalist status --db $(DEMO_DB))"
+	@echo "Per-customer table: out/customers.csv   (P(alive), expected orders, CLV per customer)"
+	@echo "Backtest plots:     out/backtest/tracking.html, out/backtest/calibration_holdout.html"
+	@echo "P(alive) matrix:    out/analysis_*/p_alive_matrix.html"
+	@echo "Quarantined rows:   out/quarantine.csv"
 
 test: install-test services
 	$(BIN)/python -m pytest -n 2 --dist loadfile -q
