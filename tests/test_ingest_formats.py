@@ -191,3 +191,30 @@ def test_quality_report_and_quarantine_export(tmp_path, suffix):
     row = frame.iloc[0]
     assert (int(row["row"]), row["column"], row["rule"]) == (6, "CustomerID", "blank customer id (guest order)")
     assert json.loads(row["record"])["SKU"] == "POST"
+
+
+def test_shopify_orders_export(tmp_path):
+    """A Shopify orders export: one row per line item, order-level Total on the first row only, UTC offsets."""
+    p = tmp_path / "orders_export.csv"
+    p.write_text(
+        "Name,Email,Financial Status,Created at,Lineitem quantity,Lineitem name,Lineitem price,Lineitem sku,"
+        "Total,Currency,Billing Country\n"
+        "#1001,ann@example.com,paid,2023-01-05 10:31:07 -0500,2,Green tea,4.50,TEA-G,14.00,USD,US\n"
+        "#1001,ann@example.com,,2023-01-05 10:31:07 -0500,1,Mug,5.00,MUG-1,,USD,US\n"
+        "#1002,bob@example.com,paid,2023-01-06 09:00:00 +0100,3,Green tea,4.50,TEA-G,13.50,EUR,FR\n")
+    store = open_store(tmp_path / "s.duckdb")
+    report = ingest(store, [p])
+    f = report.files[0]
+    assert f.mapping == {"customer_id": "Email", "order_id": "Name", "order_date": "Created at",
+                         "product_id": "Lineitem sku", "description": "Lineitem name",
+                         "quantity": "Lineitem quantity", "unit_price": "Lineitem price", "currency": "Currency",
+                         "country": "Billing Country"}
+    rows = store.con.execute("SELECT customer_id, order_id, order_date::VARCHAR, product_id, amount, currency "
+                             "FROM transactions ORDER BY order_date, product_id").fetchall()
+    assert rows == [("ann@example.com", "#1001", "2023-01-05 15:31:07", "MUG-1", 5.0, "USD"),
+                    ("ann@example.com", "#1001", "2023-01-05 15:31:07", "TEA-G", 9.0, "USD"),
+                    ("bob@example.com", "#1002", "2023-01-06 08:00:00", "TEA-G", 13.5, "EUR")]
+    from loyalist import quality
+
+    mixed = [x for x in quality.quality(store) if x.check.startswith("mixed currencies")][0]
+    assert mixed.lines == 1 and "EUR" in mixed.check and "USD" in mixed.check

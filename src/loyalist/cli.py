@@ -62,19 +62,20 @@ def _db(db: Path | None, cfg: config.Config) -> Path:
 
 
 class RowsPerSecond(ProgressColumn):
-    """Rows handled per second, for bars whose unit is rows."""
+    """Rows and rows per second: from the rows known so far (task field `rows`) over the elapsed time."""
 
     def render(self, task: Task) -> Text:
-        speed = task.finished_speed or task.speed
-        if not speed:
-            elapsed = task.elapsed or 0
-            speed = task.completed / elapsed if elapsed > 0 else None
-        return Text(f"{speed:,.0f} rows/s" if speed else "– rows/s", style="cyan")
+        rows = task.fields.get("rows")
+        elapsed = task.elapsed or 0
+        if not rows or elapsed <= 0:
+            return Text("– rows/s", style="cyan")
+        return Text(f"{rows:,} rows, {rows / elapsed:,.0f} rows/s", style="cyan")
 
 
 def progress_bar(disable: bool = False) -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TextColumn("{task.completed:,.0f} rows"),
-                    RowsPerSecond(), TimeElapsedColumn(), console=err, disable=disable, transient=False)
+    """A bar driven by the engine's own progress estimate (percent of the current statement)."""
+    return Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), RowsPerSecond(),
+                    TimeElapsedColumn(), console=err, disable=disable, transient=False)
 
 
 @app.callback(invoke_without_command=True)
@@ -137,18 +138,14 @@ def ingest(
         opts.non_product_codes += tuple(settings.get("non_product_codes", ()))
         store = open_store(_db(db, cfg))
         with progress_bar() as bar:
-            task = bar.add_task("starting", total=None)
-            state = {"rows": 0}
+            task = bar.add_task("starting", total=100.0, rows=0)
 
-            def report(stage: str, frac: float) -> None:
-                bar.update(task, description=stage[:60])
+            def report(stage: str, frac: float, rows_done: int | None = None) -> None:
+                bar.update(task, description=stage[:60], **({"rows": rows_done} if rows_done is not None else {}))
 
-            watcher = _QueryWatcher(store.con, bar, task)
-            with watcher:
+            with _QueryWatcher(store.con, bar, task):
                 result = run_ingest(store, paths, opts, progress=report)
-            rows = result.totals()["rows_read"]
-            bar.update(task, description="done", total=rows, completed=rows)
-            del state
+            bar.update(task, description="done", completed=100.0, rows=result.totals()["rows_read"])
         store.close()
     if json_:
         out.print_json(json.dumps(result.to_dict()))

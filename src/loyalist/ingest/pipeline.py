@@ -104,15 +104,15 @@ class IngestReport:
                 "files": [asdict(f) for f in self.files]}
 
 
-ProgressFn = Callable[[str, float], None]
-"""progress(stage description, fraction done of the current source)."""
+ProgressFn = Callable[..., None]
+"""progress(stage description, fraction done of the current source, rows_done=rows read so far)."""
 
 
 def ingest(store: Store, paths: Sequence[str | Path], options: Options | None = None,
            progress: ProgressFn | None = None) -> IngestReport:
     """Load every source in `paths` into the store in one transaction; return the row accounting."""
     options = options or Options()
-    progress = progress or (lambda stage, frac: None)
+    progress = progress or (lambda stage, frac, rows_done=None: None)
     con = store.con
     started = time.perf_counter()
     ingest_id = con.execute("SELECT coalesce(max(ingest_id), 0) + 1 FROM ingests").fetchall()[0][0]
@@ -137,6 +137,7 @@ def ingest(store: Store, paths: Sequence[str | Path], options: Options | None = 
                          json.dumps({"mapping": report.mapping, "date_format": report.date_format,
                                      "guests": options.guests})])
                     reports.append(report)
+                    progress(f"stored {src.label}", 1.0, rows_done=sum(r.rows_read for r in reports))
                     for t in (src.table, src.sample):
                         if t:
                             con.execute(f"DROP TABLE IF EXISTS {t}")
@@ -328,6 +329,11 @@ def _load(con: duckdb.DuckDBPyConnection, src: Source, options: Options, ingest_
         raise SourceError(
             f"{src.label}: no column for required field {f.name!r} (columns: {', '.join(src.columns)}; "
             f"recognised names include {', '.join(f.synonyms[:5])}); set it with --map {f.name}=COLUMN")
+    if kind is Kind.transactions and "amount" in mapping and "quantity" in mapping and "unit_price" in mapping \
+            and schema.normalise_name(mapping["amount"]) == "total":
+        # A 'Total' beside quantity and price is often the order's total on its first line (Shopify): the
+        # line revenue is quantity x price.
+        report.notes.append(f"column {mapping.pop('amount')!r} not used as line amount: quantity x unit price is")
     report.mapping = mapping
     fields = [f for f in schema.FIELDS[kind] if f.name in mapping]
     formats: dict[str, str] = {}
