@@ -162,3 +162,22 @@ def test_cdnow_sample_holdout_matches_the_published_count(tmp_path):
     # BG/NBD under-predicts this holdout, as the literature reports (lifetimes: 1,653).
     assert 1_550 < m.loc["bgnbd", "predicted_orders"] < 1_750
     store.close()
+
+
+def test_clv_uses_product_margins_when_known(tmp_path):
+    store = open_store(tmp_path / "m.duckdb")
+    ingest(store, DEMO)
+    as_of = dt.date(2011, 9, 1)
+    _, revenue_clv = analyze(store, as_of, model="bgnbd")
+    products = store.con.execute("SELECT DISTINCT product_id FROM transactions WHERE product_id IS NOT NULL"
+                                 ).fetchall()
+    path = tmp_path / "products.csv"
+    path.write_text("SKU,Margin\n" + "".join(f"{p[0]},0.25\n" for p in products))
+    from loyalist.schema import Kind
+
+    ingest(store, [path], Options(kind=Kind.products))
+    report, profit_clv = analyze(store, as_of, model="bgnbd")
+    assert report.margin_source == "product costs"
+    merged = revenue_clv.merge(profit_clv, on="customer_id", suffixes=("_rev", "_profit"))
+    assert np.allclose(merged["clv_12m_profit"], 0.25 * merged["clv_12m_rev"], rtol=1e-9)
+    store.close()
