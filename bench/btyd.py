@@ -50,6 +50,7 @@ import json
 import os
 import platform
 import pstats
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -342,6 +343,7 @@ def main() -> None:
     ap.add_argument("--max-wait", type=float, default=300.0, help="seconds to wait for a quiet machine")
     ap.add_argument("--peer-timeout", type=float, default=1500.0)
     ap.add_argument("--quick", action="store_true", help="100k/20k customers, for a smoke test")
+    ap.add_argument("--keep-work", action="store_true", help="keep the temporary input/prediction files")
     args = ap.parse_args()
     if args.quick:
         args.customers_large, args.customers_small = 100_000, 20_000
@@ -611,6 +613,10 @@ def main() -> None:
             log(f"profiling loyalist scoring {name} (a peer is faster) ...")
             result["profiles"][f"scoring {name}"] = {"cprofile_tottime": profile(score_call(m, d, HORIZON[variant]))}
     raw.close()
+    if args.keep_work:
+        log(f"input and prediction files kept in {work}")
+    else:
+        shutil.rmtree(work, ignore_errors=True)
     mon.mark("profiles")
     result["cpu_monitor"] = mon.marks
     result["quiet_check"]["load_average_at_end"] = loadavg()
