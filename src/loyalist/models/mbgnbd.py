@@ -19,13 +19,9 @@ from loyalist.models._base import (
     dot,
     BaseModel,
     broadcast_float,
-    columns_from,
-    compress,
     prediction_inputs,
-    validate_rfm,
-    warn_if_no_repeat_purchases,
 )
-from loyalist.models.bgnbd import expected_purchases_while_active
+from loyalist.models.bgnbd import expected_purchases_while_active, fit_r_alpha_a_b
 
 __all__ = ["MBGNBD"]
 
@@ -49,21 +45,7 @@ class MBGNBD(BaseModel):
         initial_params: dict[str, float] | None = None,
     ) -> "MBGNBD":
         """Maximum-likelihood fit with analytic gradient on log-parameters."""
-        (f, rec, TT), weights = columns_from(
-            frequency, (recency, T), ("frequency", "recency", "T"), weights, self._model_name
-        )
-        x, tx, T_, w = validate_rfm(f, rec, TT, weights)
-        warn_if_no_repeat_purchases(x, w, self._model_name)
-        pat = compress(x, tx, T_, weights=w)
-        scale = max(float(np.average(T_, weights=w)), 1e-6)
-        mean_x = max(float(np.average(x, weights=w)), 0.05)
-        guesses = [
-            np.array([1.0, scale / (2.0 * mean_x), 1.0, 3.0]),
-            np.array([0.5, scale / 10.0, 0.5, 1.0]),
-            np.array([2.0, scale, 2.0, 10.0]),
-        ]
-        starts = self._initial(initial_params, guesses)
-        return self._run_mle(pat, starts, int(np.round(w.sum())))
+        return fit_r_alpha_a_b(self, frequency, recency, T, weights, initial_params)
 
     @staticmethod
     def _make_loglik(pat):
