@@ -200,3 +200,26 @@ def test_penalizer_shrinks_parameters(cdnow, fitted):
     pen = BGNBD(penalizer=0.05).fit(cdnow)
     assert pen.log_likelihood_ < fitted.log_likelihood_
     assert sum(v**2 for v in pen.params_.values()) < sum(v**2 for v in fitted.params_.values())
+
+
+def test_expectation_when_dropout_law_is_very_concentrated():
+    """Real data can drive a and b to thousands (dropout probability ~ constant): the conditional
+    expectation stays finite, positive, and agrees with the series / 2F1 forms where those still work."""
+    import numpy as np
+
+    from loyalist.models import bgnbd as m
+
+    u = np.array([0.01, 0.1, 0.4, 1.0, 3.0])
+    R = np.array([1.5, 3.0, 10.0, 2.0, 50.0])
+    B = np.array([300.0, 500, 1000, 400, 2000])
+    for a in (40.0, 80.0):
+        reference = np.concatenate([m._series_branch(u[:3], R[:3], a, B[:3]), m._hyp2f1_branch(u[3:], R[3:], a, B[3:])])
+        assert np.allclose(m._quadrature_branch(u, R, a, B), reference, rtol=1e-10)
+    model = m.BGNBD.from_params(r=0.83, alpha=70.8, a=4211.56, b=1508180.0)
+    f = np.array([0.0, 1.0, 5.0, 40.0])
+    rec = np.array([0.0, 10.0, 100.0, 300.0])
+    T = np.array([100.0, 100.0, 200.0, 320.0])
+    e = model.conditional_expected_number_of_purchases_up_to_time(90.0, f, rec, T)
+    assert np.all(np.isfinite(e)) and np.all(e > 0) and np.all(np.diff(e) > 0)
+    # Dropout only removes purchases: below the posterior mean rate times t, and close to it when p ~ 0.003.
+    assert 0.9 < e[-1] / ((0.83 + 40) / (70.8 + 320) * 90) < 1.0

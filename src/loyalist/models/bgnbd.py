@@ -59,6 +59,27 @@ def _series_branch(t_over: np.ndarray, R: np.ndarray, a: float, B: np.ndarray) -
     return head - np.exp(eps * L1) * S
 
 
+QUADRATURE_ABOVE_A = 100.0
+"""Beyond this ``a`` the dropout probability's Beta law is so concentrated that the series needs
+thousands of terms (its terms first grow like ``(a z)^n / n!``) and ``2F1`` loses accuracy; the
+expectation is then integrated numerically over that law instead."""
+
+
+def _quadrature_branch(u: np.ndarray, R: np.ndarray, a: float, B: np.ndarray, nodes: int = 96) -> np.ndarray:
+    """``E[(1 - (1 + p u)^-R) / p]`` for ``p ~ Beta(a, B)`` by Gauss-Legendre quadrature between the
+    1e-12 and 1 - 1e-12 quantiles (the inner expectation over ``lambda ~ Gamma(R, alpha_T)`` is the
+    Gamma Laplace transform, exact).  Used for large ``a``, where the law of ``p`` is unimodal and narrow."""
+    from scipy import stats
+
+    x, w = np.polynomial.legendre.leggauss(nodes)
+    lo = stats.beta.ppf(1e-12, a, B)[:, None]
+    hi = stats.beta.ppf(1 - 1e-12, a, B)[:, None]
+    p = lo + (hi - lo) * (x[None, :] + 1.0) / 2.0
+    dens = np.exp(stats.beta.logpdf(p, a, B[:, None])) * w[None, :]
+    g = -np.expm1(-R[:, None] * np.log1p(p * u[:, None])) / p
+    return np.einsum("ij,ij->i", dens, g) / dens.sum(axis=1)
+
+
 def _hyp2f1_branch(t_over: np.ndarray, R: np.ndarray, a: float, B: np.ndarray) -> np.ndarray:
     """``C/(a-1) * [1 - (1-z)^(a-1) 2F1(C-R, a-1; C; z)]`` with scipy's 2F1 (accurate here).
 
@@ -117,6 +138,10 @@ def expected_purchases_while_active(
     )
     u = t / alpha_T
     out = np.zeros(u.shape)
+    if a > QUADRATURE_ABOVE_A:
+        positive = u > 0
+        out[positive] = _quadrature_branch(u[positive], R[positive], a, B[positive])
+        return out
     small = (u <= 0.3 / 0.7) & (u > 0)
     large = u > 0.3 / 0.7
     if small.any():
