@@ -180,6 +180,21 @@ def _read(con: duckdb.DuckDBPyConnection, source: str, options: Options, table: 
     return [readers.read_delimited(con, path, table, delimiter=delimiter, encoding=options.encoding)]
 
 
+def _order_level_amount(con, src: Source, mapping: dict[str, str]) -> bool:
+    """True when the amount column is an order total written on each order's first line only (Shopify's
+    'Total'): in the sample, every order with several lines has it on the first line and blank after."""
+    order, amount = duckdb_ident(mapping["order_id"]), duckdb_ident(mapping["amount"])
+    row = con.execute(f"""
+        WITH s AS (SELECT {order} AS o, {amount} IS NULL OR trim(CAST({amount} AS VARCHAR)) = '' AS blank,
+                          row_number() OVER () AS k FROM {src.sample}),
+             r AS (SELECT o, blank, row_number() OVER (PARTITION BY o ORDER BY k) AS nth,
+                          count(*) OVER (PARTITION BY o) AS n FROM s WHERE o IS NOT NULL)
+        SELECT count(DISTINCT o), count(DISTINCT o) FILTER (WHERE NOT ((nth = 1 AND NOT blank) OR (nth > 1 AND blank)))
+        FROM r WHERE n > 1""").fetchall()[0]
+    multi, breaking = row
+    return multi >= 3 and breaking == 0
+
+
 def detect_date_format(con: duckdb.DuckDBPyConnection, table: str, column: str) -> str:
     """The format that parses the most of a sample of values (ISO first; day-first wins a tie with
     month-first, as most of the world writes dates that way); raises when none parses most values."""
@@ -329,11 +344,10 @@ def _load(con: duckdb.DuckDBPyConnection, src: Source, options: Options, ingest_
         raise SourceError(
             f"{src.label}: no column for required field {f.name!r} (columns: {', '.join(src.columns)}; "
             f"recognised names include {', '.join(f.synonyms[:5])}); set it with --map {f.name}=COLUMN")
-    if kind is Kind.transactions and "amount" in mapping and "quantity" in mapping and "unit_price" in mapping \
-            and schema.normalise_name(mapping["amount"]) == "total":
-        # A 'Total' beside quantity and price is often the order's total on its first line (Shopify): the
-        # line revenue is quantity x price.
-        report.notes.append(f"column {mapping.pop('amount')!r} not used as line amount: quantity x unit price is")
+    if kind is Kind.transactions and {"amount", "quantity", "unit_price", "order_id"} <= set(mapping) \
+            and _order_level_amount(con, src, mapping):
+        report.notes.append(f"column {mapping.pop('amount')!r} holds order totals (on each order's first line "
+                            "only): line amount taken as quantity x unit price")
     report.mapping = mapping
     fields = [f for f in schema.FIELDS[kind] if f.name in mapping]
     formats: dict[str, str] = {}
