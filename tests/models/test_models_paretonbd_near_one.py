@@ -7,7 +7,8 @@ with ``alpha ~ 75``.  There ``2F1(1, b; c; v)`` has ``v = 1 - 1e-6`` and ``b = s
 power series needed up to 2e5 terms per element (about a second per likelihood evaluation, for
 hundreds of evaluations).  ``_hyp_series`` now routes such elements to the connection formula or
 to Gauss-Legendre quadrature of Euler's integral, and ``log_J`` combines ``s log(beta)`` with
-``q log(beta+y)`` analytically (their rounding noise had stalled the line search).
+``q log(beta+y)`` analytically and the log-likelihood is summed pairwise (their rounding noise,
+~1e-10 of the mean log-likelihood, had stalled the line searches).
 """
 
 from __future__ import annotations
@@ -163,12 +164,12 @@ def test_the_three_evaluations_agree_where_they_overlap():
     *conn, ok = _hyp_connection(b, d, v, w, True)
     conn = np.array(conn)[:, ok]
     assert ok.sum() > 100
-    for other, qq in ((s, q), (conn, q[:, ok])):
-        assert np.all(np.abs(other[0] - qq[0]) <= 1e-13 * np.maximum(np.abs(qq[0]), 1.0))
-        # derivatives: relative to their natural scales (log-argument units; 1/w for v)
-        ww = w if other is s else w[ok]
-        assert np.all(np.abs(other[1:3] - qq[1:3]) <= 1e-9 * (np.abs(qq[1:3]) + 1e-3))
-        assert np.all(np.abs(other[3] - qq[3]) <= 1e-9 * (np.abs(qq[3]) + 1.0 / ww))
+    # the connection formula is accepted up to a documented loss to cancellation next to integer
+    # c-1-b (log G within ~1e-11); derivatives: relative to their natural scales
+    for other, qq, ww in ((s, q, w), (conn, q[:, ok], w[ok])):
+        assert np.all(np.abs(other[0] - qq[0]) <= 1e-11 * np.maximum(np.abs(qq[0]), 1.0))
+        assert np.all(np.abs(other[1:3] - qq[1:3]) <= 1e-10 * (np.abs(qq[1:3]) + 1.0 - np.log(ww)))
+        assert np.all(np.abs(other[3] - qq[3]) <= 1e-10 * (np.abs(qq[3]) + 1.0 / ww))
 
 
 def test_hypergeometric_takes_bounded_time_over_the_whole_parameter_box():

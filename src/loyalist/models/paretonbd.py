@@ -65,7 +65,8 @@ def _hyp_series(b, c, v, grad: bool, w=None, d=None):
     and ``d = c - b`` may be passed when known more accurately than by subtraction (``v`` near 1,
     ``b >> c - b``).
 
-    Three evaluations, chosen per element so that each is accurate (~1e-15 relative for ``log G``)
+    Three evaluations, chosen per element so that each is accurate (``log G`` to ~1e-15 relative,
+    ~1e-11 at worst next to integer ``c-1-b`` with ``v`` near 1)
     and costs bounded time:
 
     * the power series (:func:`_hyp_block`) where it provably reaches its stopping rule within
@@ -221,7 +222,7 @@ def _log_poch(b, m):
 
 
 _CONNECTION_TERMS = 300
-_CONNECTION_MAX_LOSS = 1e3  # accepted cancellation between the connection formula's parts: in G
+_CONNECTION_MAX_LOSS = 1e5  # accepted cancellation between the connection formula's parts: in G
 _CONNECTION_MAX_LOSS_GRAD = 1e6  # ... in its derivatives (relative to their natural scales)
 
 
@@ -234,7 +235,7 @@ def _hyp_connection(b, P, v, w, grad):
     poles at integer ``e`` that cancel in the sum; instead of special-casing them, the rounding
     error of ``G`` and of each derivative is bounded from the parts' absolute values.  Elements
     losing more than a factor ``_CONNECTION_MAX_LOSS`` to cancellation in ``G`` (error above
-    ~1e-13; ``e`` within ~1e-3 of an integer when ``b w ~ 1``), or ``_CONNECTION_MAX_LOSS_GRAD``
+    ~1e-11; ``e`` within ~1e-5 of an integer when ``b w ~ 1``), or ``_CONNECTION_MAX_LOSS_GRAD``
     in a derivative (above ~1e-10 of its natural scale: ``1 + |log w|`` per unit of ``b`` or
     ``c``, ``(1 + (c-1) w) / w`` for ``v``; ``e`` within ~1e-4 of an integer), or whose series
     does not settle within ``_CONNECTION_TERMS`` terms, are reported in ``ok = False`` (the
@@ -335,22 +336,30 @@ _TAIL_TOL = 1e-17  # ... the (concavity) bound on every neglected tail is below 
 _MAX_PANELS = 500  # per side; generous (geometric panel growth needs < 100 for any input)
 
 
-def _quad_terms(D, P, Q, K, w, v):
-    """``F(D)`` (log integrand of :func:`_hyp_quad`) and ``t = w + v e^-D``.
+def _quad_terms(D, P, Q, K, w, v, full=False):
+    """``F(D)`` (log integrand of :func:`_hyp_quad`) and ``t = w + v e^-D``; with ``full`` also
+    ``e^-D``, ``expm1(-D)`` and ``phi = -log t`` accurate to ~1e-16 relative also for tiny ``D``.
 
     ``F = (1-P) D - Q l`` with ``l = log1p(w expm1 D)``; for ``P < 1`` the equal form
-    ``(1-P) phi - K l`` (``phi = D - l = -log t``, ``K = P+Q-1``) avoids the cancellation between
+    ``(1-P) phi - K l`` (``phi = D - l``, ``K = P+Q-1``) avoids the cancellation between
     ``(1-P) D`` and ``Q l`` at large ``D``.  Both forms are sums of same-signed terms otherwise.
     """
     e = np.exp(-D)
+    em = np.expm1(-D)
     t = w + v * e
     phi = -np.log(t)
+    if full:
+        near0 = t > 0.5  # phi ~ v D: -log1p(v expm1(-D)) keeps its relative accuracy
+        if near0.any():
+            phi[near0] = -np.log1p(np.broadcast_to(v, D.shape)[near0] * em[near0])
     with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
-        lp = np.log1p(-w * (np.expm1(-D) / e))  # w expm1(D), accurate for every D <= 700
+        lp = np.log1p(-w * (em / e))  # w expm1(D), accurate for every D <= 700
     big = D > 700.0
     if big.any():
         lp = np.where(big, D - phi, lp)
     F = np.where(P < 1.0, (1.0 - P) * phi - K * lp, (1.0 - P) * D - Q * lp)
+    if full:
+        return F, t, e, em, phi
     return F, t
 
 
@@ -456,19 +465,20 @@ def _hyp_quad(b, d, v, w, grad):
     E = np.concatenate(owners)
     nodes = A[:, None] + H[:, None] * _GL_X
     PE, QE, KE, wE, vE = (z[E][:, None] for z in (P, Q, K, w, v))
-    Fn, tn = _quad_terms(nodes, PE, QE, KE, wE, vE)
+    if grad:
+        Fn, tn, en, emn, phi = _quad_terms(nodes, PE, QE, KE, wE, vE, full=True)
+    else:
+        Fn, tn = _quad_terms(nodes, PE, QE, KE, wE, vE)
     ef = (H[:, None] * _GL_W) * np.exp(Fn - Fm[E][:, None])
     S = np.bincount(E, weights=ef.sum(1), minlength=n)
     logG = np.log(K) + Fm + np.log(S)
     if not grad:
         return logG, None, None, None
-    em = np.expm1(-nodes)
-    with np.errstate(divide="ignore"):
-        phi = np.where(tn > 0.5, -np.log1p(vE * em), -np.log(tn))  # accurate also for tiny D
     Sb = np.bincount(E, weights=(ef * phi).sum(1), minlength=n)
-    Sc = np.bincount(E, weights=(ef * (nodes * vE * np.exp(-nodes) / tn)).sum(1), minlength=n)
-    Sv = np.bincount(E, weights=(ef * (QE * -em / tn)).sum(1), minlength=n)
-    return logG, Sb / S, -(Q / K) * (Sc / S), Sv / S
+    ef /= tn  # the weights of the c and v moments have t in the denominator
+    Sc = np.bincount(E, weights=(ef * (nodes * en)).sum(1), minlength=n)
+    Sv = np.bincount(E, weights=(ef * emn).sum(1), minlength=n)
+    return logG, Sb / S, -(Q / K) * v * (Sc / S), -Q * (Sv / S)
 
 
 def log_J(y, p, q, alpha: float, beta: float, grad: bool = True, shift=None):
