@@ -41,7 +41,7 @@ demo: install
 	@echo "Demo store:        $(DEMO_DB)   (inspect with: $(BIN)/loyalist status --db $(DEMO_DB))"
 	@echo "Per-customer table: out/customers.csv   (P(alive), expected orders, CLV per customer)"
 	@echo "Backtest plots:     out/backtest/tracking.html, out/backtest/calibration_holdout.html"
-	@echo "P(alive) matrix:    out/analysis_*/p_alive_matrix.html"
+	@echo "P(alive) matrix:    out/demo-reports/analysis_*/p_alive_matrix.html"
 	@echo "Quarantined rows:   out/quarantine.csv"
 
 test: install-test services

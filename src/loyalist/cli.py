@@ -61,6 +61,11 @@ def _db(db: Path | None, cfg: config.Config) -> Path:
     return db or Path(cfg.db or DEFAULT_DB)
 
 
+def _reports(db: Path) -> Path:
+    """Where charts of a store go: a folder beside it, e.g. shop.duckdb -> shop-reports/."""
+    return db.with_name(f"{db.stem}-reports")
+
+
 class RowsPerSecond(ProgressColumn):
     """Rows and rows per second: from the rows known so far (task field `rows`) over the elapsed time."""
 
@@ -291,7 +296,7 @@ def backtest(
     horizon: Annotated[int, typer.Option("--horizon", help="Holdout length in days.")] = 90,
     db: DbOption = None,
     plots: Annotated[Optional[Path], typer.Option("--plots", help="Folder for the tracking and calibration plots "
-                                                                "(PNG and HTML; default: out/ beside the store).")] = None,
+                                                                "(PNG and HTML; default: STORE-reports/ beside the store).")] = None,
     json_: JsonOption = False,
     config_path: ConfigOption = None,
 ) -> None:
@@ -315,7 +320,7 @@ def backtest(
             except ValueError as exc:
                 raise LoyalistError(str(exc)) from None
         store.close()
-        folder = plots or _db(db, cfg).parent / "out" / f"backtest_{cut}_{horizon}d"
+        folder = plots or _reports(_db(db, cfg)) / f"backtest_{cut}_{horizon}d"
         files = charts.tracking_plot(result.tracking, cut, folder)
         best = result.per_customer[["frequency", "actual", result.chosen]].rename(columns={result.chosen: "predicted"})
         files += charts.calibration_holdout_plot(best, folder)
@@ -364,7 +369,7 @@ def analyze(
                 report, table = run_analysis(store, _as_date(as_of, "--as-of"), model, _settings(cfg, horizon))
             except ValueError as exc:
                 raise LoyalistError(str(exc)) from None
-            folder = _db(db, cfg).parent / "out" / f"analysis_{report.as_of}"
+            folder = _reports(_db(db, cfg)) / f"analysis_{report.as_of}"
             from loyalist import plots as charts
             from loyalist.customer_base import TRANSACTION_MODELS
 
