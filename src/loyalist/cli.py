@@ -31,7 +31,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-out = Console()
+out = Console(width=None if sys.stdout.isatty() else 140)  # logs and pipes get whole table rows
 err = Console(stderr=True)
 
 DbOption = Annotated[Optional[Path], typer.Option("--db", help="Store file (default: loyalist.toml's db, "
