@@ -269,7 +269,7 @@ def expected_rule(field: str, text: str | None) -> set[str]:
     if field == "order_date":
         if text is None or not text.strip():
             return {"missing order_date"}
-        return {"missing order_date", f"unparseable date (order_date; expected "}  # prefix; see the check
+        return {"missing order_date", "unparseable date (order_date; expected "}  # prefix; see the check
     if text.strip().lower().lstrip("-+") in ("nan", "inf", "infinity"):
         return {f"not a finite number ({field})"}
     return {f"not a number ({field})"}

@@ -6,10 +6,10 @@ Progress goes to standard error so `--json` output on standard output stays mach
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import sys
 import threading
-import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
@@ -271,9 +271,7 @@ def quality(
         out.print(f"quarantined rows written to {export}")
 
 
-def _as_date(value: str | None, option: str) -> "dt.date | None":
-    import datetime as dt
-
+def _as_date(value: str | None, option: str) -> dt.date | None:
     if value is None:
         return None
     try:

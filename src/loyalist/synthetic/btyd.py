@@ -154,7 +154,7 @@ def _transactions(
     txr = tx[cid]
     t = np.where(slot == 0, 0.0, np.where(slot == xi[cid], txr, rng.uniform(0.0, 1.0, cid.size) * txr))
     order = np.lexsort((t, cid))
-    cid, t, slot_sorted = cid[order], t[order], slot[order]
+    cid, t = cid[order], t[order]
     # after sorting, the first row of each customer is the first purchase (time 0)
     is_first = np.r_[True, cid[1:] != cid[:-1]]
     unit_ns = pd.Timedelta(1, unit=time_unit).value
