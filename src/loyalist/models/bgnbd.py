@@ -151,27 +151,38 @@ def expected_purchases_while_active(
     return out
 
 
-def fit_r_alpha_a_b(model: Any, frequency: Any, recency: Any, T: Any, weights: Any,
-                    initial_params: dict[str, float] | None) -> Any:
-    """The fit shared by BG/NBD and MBG/NBD (same data, same parameters r, alpha, a, b): validate,
-    compress to distinct patterns, start from a few scale-aware guesses, maximise the likelihood."""
-    (f, rec, TT), weights = columns_from(frequency, (recency, T), ("frequency", "recency", "T"), weights,
-                                         model._model_name)
-    x, tx, T_, w = validate_rfm(f, rec, TT, weights)
-    warn_if_no_repeat_purchases(x, w, model._model_name)
-    pat = compress(x, tx, T_, weights=w)
-    scale = max(float(np.average(T_, weights=w)), 1e-6)
-    mean_x = max(float(np.average(x, weights=w)), 0.05)
-    guesses = [
-        np.array([1.0, scale / (2.0 * mean_x), 1.0, 3.0]),
-        np.array([0.5, scale / 10.0, 0.5, 1.0]),
-        np.array([2.0, scale, 2.0, 10.0]),
-    ]
-    starts = model._initial(initial_params, guesses)
-    return model._run_mle(pat, starts, int(np.round(w.sum())))
+class RAlphaABModel(BaseModel):
+    """Shared by BG/NBD and MBG/NBD (same data, same parameters r, alpha, a, b): validate, compress to
+    distinct patterns, start from a few scale-aware guesses, maximise the model's likelihood."""
+
+    _param_names = ("r", "alpha", "a", "b")
+
+    def fit(
+        self,
+        frequency: Any,
+        recency: Any = None,
+        T: Any = None,
+        weights: Any = None,
+        initial_params: dict[str, float] | None = None,
+    ):
+        """Maximum-likelihood fit with analytic gradient on log-parameters (likelihood: ``_make_loglik``)."""
+        (f, rec, TT), weights = columns_from(frequency, (recency, T), ("frequency", "recency", "T"), weights,
+                                             self._model_name)
+        x, tx, T_, w = validate_rfm(f, rec, TT, weights)
+        warn_if_no_repeat_purchases(x, w, self._model_name)
+        pat = compress(x, tx, T_, weights=w)
+        scale = max(float(np.average(T_, weights=w)), 1e-6)
+        mean_x = max(float(np.average(x, weights=w)), 0.05)
+        guesses = [
+            np.array([1.0, scale / (2.0 * mean_x), 1.0, 3.0]),
+            np.array([0.5, scale / 10.0, 0.5, 1.0]),
+            np.array([2.0, scale, 2.0, 10.0]),
+        ]
+        starts = self._initial(initial_params, guesses)
+        return self._run_mle(pat, starts, int(np.round(w.sum())))
 
 
-class BGNBD(BaseModel):
+class BGNBD(RAlphaABModel):
     """Beta-geometric / negative binomial distribution model (FHL 2005).
 
     Parameters (``params_``): ``r``, ``alpha`` (Gamma heterogeneity of the purchase rate, shape
@@ -183,20 +194,7 @@ class BGNBD(BaseModel):
     All predictions are vectorised; time is in the unit used for fitting.
     """
 
-    _param_names = ("r", "alpha", "a", "b")
-    _model_name = "BG/NBD"
-
-    # ------------------------------------------------------------------ fitting
-    def fit(
-        self,
-        frequency: Any,
-        recency: Any = None,
-        T: Any = None,
-        weights: Any = None,
-        initial_params: dict[str, float] | None = None,
-    ) -> "BGNBD":
-        """Maximum-likelihood fit (FHL 2005 eq. 6) with analytic gradient on log-parameters."""
-        return fit_r_alpha_a_b(self, frequency, recency, T, weights, initial_params)
+    _model_name = "BG/NBD"  # likelihood: FHL 2005 eq. (6), see _make_loglik
 
     @staticmethod
     def _make_loglik(pat):

@@ -17,35 +17,22 @@ from scipy import special as sc
 
 from loyalist.models._base import (
     dot,
-    BaseModel,
     broadcast_float,
     prediction_inputs,
 )
-from loyalist.models.bgnbd import expected_purchases_while_active, fit_r_alpha_a_b
+from loyalist.models.bgnbd import RAlphaABModel, expected_purchases_while_active
 
 __all__ = ["MBGNBD"]
 
 
-class MBGNBD(BaseModel):
+class MBGNBD(RAlphaABModel):
     """Modified BG/NBD (BDF 2007).
 
     Parameters (``params_``): ``r``, ``alpha`` (Gamma purchase-rate heterogeneity) and ``a``,
     ``b`` (Beta dropout-probability heterogeneity).  Same interface as :class:`~loyalist.models.BGNBD`.
     """
 
-    _param_names = ("r", "alpha", "a", "b")
     _model_name = "MBG/NBD"
-
-    def fit(
-        self,
-        frequency: Any,
-        recency: Any = None,
-        T: Any = None,
-        weights: Any = None,
-        initial_params: dict[str, float] | None = None,
-    ) -> "MBGNBD":
-        """Maximum-likelihood fit with analytic gradient on log-parameters."""
-        return fit_r_alpha_a_b(self, frequency, recency, T, weights, initial_params)
 
     @staticmethod
     def _make_loglik(pat):
