@@ -81,10 +81,9 @@ def customer_margins(store: Store, as_of: dt.date) -> tuple[pd.DataFrame | None,
     lines = t.filter(~t.is_guest & ~t.is_non_product & ~t.is_return & ~t.is_cancellation & (t.amount > 0)
                      & (t.order_date < ibis.timestamp(dt.datetime.combine(as_of, dt.time()))))
     j = lines.join(p, lines.product_id == p.product_id)
-    cost = ibis.coalesce(j.quantity * j.unit_cost, j.amount * (1 - j.margin))
-    j = j.filter(cost.notnull())
-    per = j.group_by(j.customer_id).aggregate(margin=1 - (j.quantity * j.unit_cost).fill_null(
-        j.amount * (1 - j.margin)).sum() / j.amount.sum()).execute()
+    j = j.mutate(cost=ibis.coalesce(j.quantity * j.unit_cost, j.amount * (1 - j.margin)))
+    j = j.filter(j.cost.notnull())
+    per = j.group_by(j.customer_id).aggregate(margin=1 - j.cost.sum() / j.amount.sum()).execute()
     return (per, "product costs") if len(per) else (None, "setting")
 
 

@@ -77,16 +77,17 @@ def _gbm_matrix(df: pd.DataFrame, bg, horizon: int) -> np.ndarray:
     return np.column_stack(cols)
 
 
-def fit_predict_gbm(transactions: ir.Table, cutoff: dt.date, horizon: int, first_day: dt.date,
+def fit_predict_gbm(transactions: ir.Table, calib: pd.DataFrame, cutoff: dt.date, horizon: int, bg=None,
                     seed: int = 0) -> tuple[pd.DataFrame | None, str]:
-    """Train on an earlier split of the data before `cutoff`; predict orders and P(order) after it.
+    """Train on an earlier split of the data before `cutoff`; predict orders and P(order) after it for the
+    customers of `calib` (their features at the cutoff; `bg`: BG/NBD already fitted on them, if any).
 
     Trained on the last h' days before the cutoff (features at cutoff - h', orders in those h' days), h' = h
     or half the history when that is shorter; counts are scaled by h/h' and probabilities by a constant
     hazard. (Training on the same season a year earlier was tried and was worse on Online Retail II: the
     customer mix a year earlier is too different.)
     """
-    history = (cutoff - first_day).days
+    history = (cutoff - pd.Timestamp(calib["first_order"].min()).date()).days
     train_h = min(horizon, history // 2)
     if train_h < 14:
         return None, f"{GBM} skipped: {history} days of history before the cutoff is too short to train on"
@@ -102,12 +103,11 @@ def fit_predict_gbm(transactions: ir.Table, cutoff: dt.date, horizon: int, first
     clf = None
     if 0 < (y_count > 0).mean() < 1:
         clf = HistGradientBoostingClassifier(max_iter=300, learning_rate=0.05, random_state=seed).fit(X, y_count > 0)
-    test = features(transactions, cutoff)
-    bg = fit_base(test, "bgnbd").transaction
-    Xt = _gbm_matrix(test, bg, train_h)
+    bg = bg or fit_base(calib, "bgnbd").transaction
+    Xt = _gbm_matrix(calib, bg, train_h)
     scale = horizon / train_h
-    pred = pd.DataFrame({"customer_id": test["customer_id"], "expected": reg.predict(Xt) * scale})
-    p_short = clf.predict_proba(Xt)[:, 1] if clf is not None else np.full(len(test), (y_count > 0).mean())
+    pred = pd.DataFrame({"customer_id": calib["customer_id"], "expected": reg.predict(Xt) * scale})
+    p_short = clf.predict_proba(Xt)[:, 1] if clf is not None else np.full(len(calib), (y_count > 0).mean())
     pred["prob"] = 1 - (1 - p_short) ** scale
     return pred, f"{GBM}: trained on features at {c0} and the orders of the {train_h} days after it"
 
@@ -128,12 +128,10 @@ def backtest(transactions: ir.Table, cutoff: dt.date | str, horizon_days: int = 
     spend_pred = None
     for name in models:
         if name == GBM:
-            first_day = pd.Timestamp(calib["first_order"].min()).date()
-            pred, note = fit_predict_gbm(transactions, cutoff, horizon_days, first_day)
+            pred, note = fit_predict_gbm(transactions, calib, cutoff, horizon_days, predicted.get("bgnbd"))
             notes.append(note)
             if pred is None:
                 continue
-            pred = calib[["customer_id"]].merge(pred, on="customer_id", how="left")
             expected, prob = pred["expected"].to_numpy(float), pred["prob"].to_numpy(float)
         else:
             fitted = fit_base(calib, name)
