@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import ibis
@@ -18,6 +19,7 @@ import pandas as pd
 from loyalist.backtest import BacktestResult, backtest
 from loyalist.customer_base import TRANSACTION_MODELS, Settings, fit_base, score
 from loyalist.features import rfm_summary
+from loyalist.insights import Context, Step, run_steps
 from loyalist.store import Store, has_table, write_frame
 
 CUSTOMER_TABLE = "customer_insights"
@@ -87,9 +89,11 @@ def customer_margins(store: Store, as_of: dt.date) -> tuple[pd.DataFrame | None,
     return (per, "product costs") if len(per) else (None, "setting")
 
 
-def analyze(store: Store, as_of: dt.date | None = None, model: str = "auto", settings: Settings | None = None
+def analyze(store: Store, as_of: dt.date | None = None, model: str = "auto", settings: Settings | None = None,
+            config: dict | None = None, on_step: Callable[[Step], None] | None = None
             ) -> tuple[AnalysisReport, pd.DataFrame]:
-    """Score every customer as of `as_of` (default: the day after the last order) and store the table."""
+    """Score every customer as of `as_of` (default: the day after the last order), run every insight step
+    (loyalist.insights) on top, and store the per-customer table."""
     settings = settings or Settings()
     as_of = as_of or data_end(store)
     notes: list[str] = []
@@ -119,6 +123,8 @@ def analyze(store: Store, as_of: dt.date | None = None, model: str = "auto", set
         notes.append("no product costs or margins and no gross_margin setting: CLV is in revenue, not profit")
     table = score(fitted, summary, settings, margin)
     table.insert(len(table.columns) - 1, "as_of", pd.Timestamp(as_of))
+    ctx = Context(store, as_of, settings, fitted, table, config or {}, notes)
+    table = run_steps(ctx, on_step)
     write_frame(store, CUSTOMER_TABLE, table, replace=True)
     report = AnalysisReport(as_of, model, len(table), fitted.transaction.params_,
                             fitted.spend.params_ if fitted.spend is not None else None,

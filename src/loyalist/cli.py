@@ -38,6 +38,8 @@ DbOption = Annotated[Optional[Path], typer.Option("--db", help="Store file (defa
                                                                "else ./loyalist.duckdb).")]
 ConfigOption = Annotated[Optional[Path], typer.Option("--config", help="Settings file (default ./loyalist.toml).")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the figures as one JSON object.")]
+FormatOption = Annotated[str, typer.Option("--format", help="csv, json, parquet or xlsx (parquet/xlsx need --out).")]
+OutOption = Annotated[Optional[Path], typer.Option("--out", help="Write to this file instead of printing.")]
 
 
 def _fail(message: str) -> typer.Exit:
@@ -362,9 +364,10 @@ def analyze(
         if model not in ("auto", "bgnbd", "paretonbd", "mbgnbd"):
             raise LoyalistError(f"--model {model!r}: choose auto, bgnbd, paretonbd or mbgnbd")
         store = open_store(_db(db, cfg))
-        with err.status("fitting the customer-base models and scoring every customer"):
+        with err.status("fitting the customer-base models and scoring every customer") as status:
             try:
-                report, table = run_analysis(store, _as_date(as_of, "--as-of"), model, _settings(cfg, horizon))
+                report, table = run_analysis(store, _as_date(as_of, "--as-of"), model, _settings(cfg, horizon),
+                                             cfg.sections, lambda s: status.update(f"analysis step: {s.name}"))
             except ValueError as exc:
                 raise LoyalistError(str(exc)) from None
             folder = _reports(_db(db, cfg)) / f"analysis_{report.as_of}"
@@ -396,15 +399,14 @@ def analyze(
 @app.command()
 def customers(
     db: DbOption = None,
-    fmt: Annotated[str, typer.Option("--format", help="csv, json, parquet or xlsx (parquet/xlsx need --out).")] = "csv",
-    out_file: Annotated[Optional[Path], typer.Option("--out", help="Write to this file instead of printing.")] = None,
+    fmt: FormatOption = "csv",
+    out_file: OutOption = None,
     sort: Annotated[str, typer.Option("--sort", help="Column to sort by, descending.")] = "clv_12m",
     top: Annotated[Optional[int], typer.Option("--top", help="Only the first N rows.")] = None,
     config_path: ConfigOption = None,
 ) -> None:
     """Print or export the per-customer table written by `loyalist analyze`."""
     from loyalist.analysis import CUSTOMER_TABLE
-    from loyalist.export import frame_to_text, write_frame
     from loyalist.store import has_table, open_store
 
     with _errors():
@@ -420,11 +422,21 @@ def customers(
             expr = expr.limit(top)
         frame = expr.execute()
         store.close()
-        if out_file is not None:
-            write_frame(frame, out_file, fmt if fmt != "csv" or out_file.suffix in ("", ".csv") else None)
-            err.print(f"{len(frame):,} customers written to {out_file}")
-        else:
-            sys.stdout.write(frame_to_text(frame, fmt))
+        emit(frame, fmt, out_file, "customers")
+
+
+def emit(frame, fmt: str, out_file: Path | None, what: str) -> None:
+    """Write a result table to `out_file` (format from --format, else the suffix) or print it to stdout."""
+    from loyalist.export import frame_to_text, write_frame
+
+    if out_file is not None:
+        write_frame(frame, out_file, fmt if fmt != "csv" or out_file.suffix in ("", ".csv") else None)
+        err.print(f"{len(frame):,} {what} written to {out_file}")
+    else:
+        sys.stdout.write(frame_to_text(frame, fmt))
+
+
+import loyalist.commands  # noqa: E402,F401  (registers each capability's commands on `app`)
 
 
 def run() -> None:  # pragma: no cover - console entry point wrapper

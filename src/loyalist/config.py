@@ -28,6 +28,9 @@ from typing import Any
 from loyalist.errors import LoyalistError
 
 DEFAULT_FILE = "loyalist.toml"
+KNOWN = {"db", "ingest", "value", "timing", "crosssell", "segments", "direction", "payment", "alerts", "forecast",
+         "staffing", "serve", "spark"}
+"""Top-level keys and sections the file may have; each analysis step documents its own section."""
 
 
 @dataclass
@@ -36,6 +39,8 @@ class Config:
     ingest: dict[str, Any] = field(default_factory=dict)
     value: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
+    sections: dict[str, Any] = field(default_factory=dict)
+    """Every section of the file, for the analysis steps that read their own ([timing], [alerts] ...)."""
 
 
 def load(path: str | Path | None = None) -> Config:
@@ -50,7 +55,9 @@ def load(path: str | Path | None = None) -> Config:
         data = tomllib.loads(p.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise LoyalistError(f"{p}: not valid TOML ({exc})") from None
-    unknown = set(data) - {"db", "ingest", "value"}
+    unknown = set(data) - KNOWN
     if unknown:
-        raise LoyalistError(f"{p}: unknown settings {', '.join(sorted(unknown))} (known: db, [ingest], [value])")
-    return Config(db=data.get("db"), ingest=dict(data.get("ingest", {})), value=dict(data.get("value", {})), path=p)
+        raise LoyalistError(f"{p}: unknown settings {', '.join(sorted(unknown))} "
+                            f"(known: {', '.join(sorted(KNOWN))})")
+    return Config(db=data.get("db"), ingest=dict(data.get("ingest", {})), value=dict(data.get("value", {})), path=p,
+                  sections=data)
