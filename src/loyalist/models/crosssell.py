@@ -1,0 +1,235 @@
+"""Cross-sell gaps: products a customer's look-alikes buy and the customer never has (pure numeric, sparse).
+
+Method: user-based nearest neighbours (Herlocker, Konstan, Borchers & Riedl 1999, "An algorithmic framework
+for performing collaborative filtering", SIGIR) on BM25-weighted purchase profiles (Robertson & Zaragoza 2009,
+"The probabilistic relevance framework: BM25 and beyond"), with a popularity prior for cold start.
+
+1. Profile of customer u: a sparse row over products (how often, how recently and how much u bought each),
+   BM25-weighted (a product everyone buys says little about taste: idf; a customer with a huge range is
+   length-normalised), then L2-normalised. When customer attributes are known (industry, region, size from the
+   `customers` table) their one-hot columns are appended with weight `attribute_weight`, so look-alikes share
+   both behaviour and attributes.
+2. Look-alikes: the `n_neighbors` rows with the highest cosine similarity s(u, v). This is computed by
+   `implicit`'s `all_pairs_knn` (multi-threaded C++, sparse, keeps only the top K per row) on the transposed
+   profile matrix — the same routine implicit uses for item-item models, applied to customers.
+3. Score of product i for u (Herlocker et al. eq. for the weighted vote):
+       score(u, i) = sum_v s(u, v)^p * vote(v, i) / sum_v s(u, v)^p  +  popularity_weight * pop(i)
+   where vote(v, i) is 1 if v bought i (optionally decayed by how long ago) and pop(i) the product's share of
+   recent buyers, scaled to [0, 1]. The popularity term is a prior: it breaks ties and fills the list for new
+   customers whose look-alikes are few or weak (cold start); with `popularity_weight` small, look-alike
+   evidence always ranks first.
+4. Exclusions: a mask (products the customer bought or returned; products not on sale any more) is removed
+   before ranking. Non-product lines never enter the matrices (see loyalist.features.baskets).
+
+Why this and not ALS or item-item alone: the user-facing evidence the issue asks for is "bought by 31 of this
+customer's 50 nearest look-alikes", which only a neighbourhood over customers gives exactly; on the held-out
+backtest (loyalist.evaluation.crosssell) it also beats `implicit` ALS with default settings. Why these tools:
+scipy.sparse for all matrices and `implicit.nearest_neighbours.all_pairs_knn` for the O(sum_i buyers_i^2)
+neighbour search — nothing here is dense in customers x products.
+
+Scale (1M customers x 100k products): the profile matrix holds one float per (customer, product) pair bought;
+the neighbour graph holds K floats per customer (50M for K = 50); scoring runs over chunks of customers
+(`chunk_size` rows of S @ B at a time, each row with at most K x (products per neighbour) entries), keeping
+only the top N per customer, so peak memory is set by the chunk, not by customers x products.
+Hand-written here (no library does it): the chunked sparse top-N with per-customer exclusions, and the
+gathering of the neighbour counts used as evidence — both vectorised numpy on the CSR arrays.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+from implicit.nearest_neighbours import all_pairs_knn, bm25_weight
+
+
+@dataclass
+class Gaps:
+    """Top-N products per customer (row): -1 in `items` where fewer than N candidates exist."""
+
+    items: np.ndarray
+    """(customers, N) product column indices, best first."""
+    scores: np.ndarray
+    """(customers, N) score(u, i) (0 where the item is missing)."""
+    lookalikes_buying: np.ndarray
+    """(customers, N) how many of the customer's look-alikes bought the product."""
+    neighbours: np.ndarray
+    """(customers,) how many look-alikes the customer has (<= n_neighbors)."""
+
+
+def _csr(x, name: str) -> sp.csr_matrix:
+    if not sp.issparse(x):
+        raise TypeError(f"{name} must be a scipy sparse matrix")
+    x = sp.csr_matrix(x, dtype=np.float64)
+    x.sum_duplicates()
+    if x.nnz and (x.data < 0).any():
+        raise ValueError(f"{name} must not hold negative values")
+    return x
+
+
+def top_n_sparse(m: sp.csr_matrix, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-n columns per row of a CSR matrix by value (ties: lower column first); -1 / 0 pad short rows."""
+    m = sp.csr_matrix(m)
+    m.sum_duplicates()
+    rows_n = m.shape[0]
+    items = np.full((rows_n, n), -1, dtype=np.int64)
+    scores = np.zeros((rows_n, n))
+    if m.nnz == 0 or n == 0:
+        return items, scores
+    rows = np.repeat(np.arange(rows_n), np.diff(m.indptr))
+    order = np.lexsort((m.indices, -m.data, rows))
+    r = rows[order]
+    rank = np.arange(order.size) - m.indptr[r]
+    keep = rank < n
+    items[r[keep], rank[keep]] = m.indices[order[keep]]
+    scores[r[keep], rank[keep]] = m.data[order[keep]]
+    return items, scores
+
+
+class LookAlikeRecommender:
+    """User-based k-nearest-neighbour recommender on sparse purchase profiles (see the module docstring).
+
+    Parameters
+    ----------
+    n_neighbors: look-alikes per customer (K).
+    bm25_k1, bm25_b: BM25 saturation and length normalisation of the profiles (b = 0 and k1 large: plain
+        tf-idf-like weighting).
+    similarity_power: p in s(u, v)^p; > 1 lets the closest look-alikes count more.
+    popularity_weight: weight of the popularity prior (cold start and ties).
+    attribute_weight: weight of the customer-attribute block relative to the purchase profile.
+    chunk_size: customers scored at a time (bounds memory).
+    num_threads: threads for the neighbour search (0 = all cores).
+    """
+
+    def __init__(self, n_neighbors: int = 50, bm25_k1: float = 1.2, bm25_b: float = 0.75,
+                 similarity_power: float = 1.0, popularity_weight: float = 0.05, attribute_weight: float = 0.5,
+                 chunk_size: int = 4096, num_threads: int = 2):
+        self.n_neighbors = n_neighbors
+        self.bm25_k1 = bm25_k1
+        self.bm25_b = bm25_b
+        self.similarity_power = similarity_power
+        self.popularity_weight = popularity_weight
+        self.attribute_weight = attribute_weight
+        self.chunk_size = chunk_size
+        self.num_threads = num_threads
+
+    def _validate(self) -> None:
+        if int(self.n_neighbors) < 1:
+            raise ValueError("n_neighbors must be at least 1")
+        if self.popularity_weight < 0 or self.attribute_weight < 0 or self.similarity_power <= 0:
+            raise ValueError("popularity_weight and attribute_weight must be >= 0, similarity_power > 0")
+
+    def profiles(self, strength: sp.csr_matrix, attributes: sp.csr_matrix | None = None) -> sp.csr_matrix:
+        """L2-normalised BM25 profiles, with the weighted attribute block appended."""
+        x = sp.csr_matrix(bm25_weight(strength, K1=self.bm25_k1, B=self.bm25_b))
+        x = _l2_rows(x)
+        if attributes is not None and attributes.shape[1] and self.attribute_weight > 0:
+            a = _l2_rows(_csr(attributes, "attributes")) * self.attribute_weight
+            x = _l2_rows(sp.hstack([x, a], format="csr"))
+        return x
+
+    def fit(self, strength, votes=None, attributes=None, popularity=None) -> "LookAlikeRecommender":
+        """Find every customer's look-alikes.
+
+        strength: (customers, products) sparse, how strongly each customer bought each product (e.g. the
+            number of orders, recency-weighted); defines the profiles.
+        votes: (customers, products) sparse, what a look-alike's purchase counts as in the score (default:
+            1 for every product bought).
+        attributes: (customers, attribute values) sparse one-hot, or None.
+        popularity: (products,) non-negative prior (e.g. recent buyers per product), or None for none.
+        """
+        self._validate()
+        strength = _csr(strength, "strength")
+        n_cust, n_prod = strength.shape
+        votes = (strength > 0).astype(np.float64).tocsr() if votes is None else _csr(votes, "votes")
+        if votes.shape != strength.shape:
+            raise ValueError("votes must have the shape of strength")
+        if attributes is not None and attributes.shape[0] != n_cust:
+            raise ValueError("attributes must have one row per customer")
+        pop = np.zeros(n_prod) if popularity is None else np.asarray(popularity, dtype=np.float64)
+        if pop.shape != (n_prod,) or (pop < 0).any() or not np.isfinite(pop).all():
+            raise ValueError("popularity must be one non-negative number per product")
+        prof = self.profiles(strength, attributes)
+        k = int(min(self.n_neighbors, max(n_cust - 1, 0)))
+        if k > 0 and prof.nnz:
+            sim = sp.csr_matrix(all_pairs_knn(sp.csr_matrix(prof.T), k + 1, show_progress=False,
+                                              num_threads=self.num_threads))
+            sim.setdiag(0)
+            sim.eliminate_zeros()
+            sim.data = np.clip(sim.data, 0.0, None)
+            sim.eliminate_zeros()
+            items, scores = top_n_sparse(sim, k)
+            keep = items >= 0
+            rows = np.repeat(np.arange(n_cust), k).reshape(n_cust, k)
+            sim = sp.csr_matrix((scores[keep], (rows[keep], items[keep])), shape=(n_cust, n_cust))
+        else:
+            sim = sp.csr_matrix((n_cust, n_cust))
+        self.similarity_ = sim
+        self.neighbours_ = np.diff(sim.indptr)
+        self.votes_ = votes
+        self.bought_ = (votes > 0).astype(np.float64).tocsr()
+        self.popularity_ = pop / pop.max() if pop.max() > 0 else pop
+        self.n_products_ = n_prod
+        return self
+
+    def recommend(self, n: int = 10, exclude=None, allowed=None, customers=None) -> Gaps:
+        """Top-n gaps for each customer (rows of the fitted matrices, or the given row indices).
+
+        exclude: (customers, products) sparse, non-zero where the product must not be suggested (bought,
+            returned); default: what the customer bought (from `votes`).
+        allowed: (products,) bool, False for products never to suggest (not on sale any more).
+        """
+        if not hasattr(self, "similarity_"):
+            raise RuntimeError("fit the recommender first")
+        n_cust, n_prod = self.votes_.shape
+        rows_all = np.arange(n_cust) if customers is None else np.asarray(customers, dtype=np.int64)
+        excl = self.bought_ if exclude is None else _csr(exclude, "exclude")
+        if excl.shape != (n_cust, n_prod):
+            raise ValueError("exclude must have one row per fitted customer and one column per product")
+        allow = np.ones(n_prod, bool) if allowed is None else np.asarray(allowed, bool)
+        pop = np.where(allow, self.popularity_, 0.0)
+        # Candidates from the prior: the most popular allowed products, enough to fill every list.
+        n_prior = int(min(np.count_nonzero(pop > 0), n + int(np.diff(excl.indptr).max(initial=0))))
+        prior_items = np.argsort(-pop, kind="stable")[:n_prior]
+        disallowed = sp.diags((~allow).astype(np.float64))
+        out = [], [], []
+        sim = self.similarity_.copy()
+        sim.data = sim.data ** self.similarity_power
+        norm = np.asarray(sim.sum(axis=1)).ravel()
+        sim = sp.diags(np.divide(1.0, norm, out=np.zeros_like(norm), where=norm > 0)) @ sim
+        pattern = sim.copy()
+        pattern.data[:] = 1.0
+        for start in range(0, rows_all.size, self.chunk_size):
+            rows = rows_all[start:start + self.chunk_size]
+            score = sp.csr_matrix(sim[rows] @ self.votes_)
+            if n_prior:
+                c = rows.size
+                prior = sp.csr_matrix((np.tile(pop[prior_items], c), np.tile(prior_items, c),
+                                       np.arange(c + 1) * n_prior), shape=(c, n_prod))
+                score = score + self.popularity_weight * prior
+            # Tiny shift so that candidates with a zero score stay explicit until ranked.
+            score.data += 1e-12
+            blocked = (excl[rows] != 0).astype(np.float64) + (score @ disallowed != 0).astype(np.float64)
+            score = score - score.multiply(blocked > 0)
+            score.eliminate_zeros()
+            items, scores = top_n_sparse(score, n)
+            counts = np.zeros(items.shape, dtype=np.int64)
+            have = items >= 0
+            if have.any():
+                rr = np.broadcast_to(np.arange(rows.size)[:, None], items.shape)[have]
+                counts[have] = np.asarray((pattern[rows] @ self.bought_)[rr, items[have]]).ravel().round()
+            scores = np.where(have, np.maximum(scores - 1e-12, 0.0), 0.0)
+            out[0].append(items)
+            out[1].append(scores)
+            out[2].append(counts)
+        if not out[0]:
+            empty = np.zeros((0, n))
+            return Gaps(empty.astype(np.int64), empty, empty.astype(np.int64), np.zeros(0, np.int64))
+        return Gaps(np.vstack(out[0]), np.vstack(out[1]), np.vstack(out[2]), self.neighbours_[rows_all])
+
+
+def _l2_rows(x: sp.csr_matrix) -> sp.csr_matrix:
+    x = sp.csr_matrix(x, dtype=np.float64)
+    norms = np.sqrt(np.asarray(x.multiply(x).sum(axis=1)).ravel())
+    return sp.csr_matrix(sp.diags(np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)) @ x)
