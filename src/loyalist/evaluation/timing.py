@@ -1,0 +1,202 @@
+"""Held-out evaluation of the timing models (issue 5): fit on everything before a cutoff, score what happens
+after it, against baselines, in one metrics table (stored as `timing_backtest`).
+
+Columns of the table: cutoff, horizon_days, task, method, customers, positives, auc, brier, mae_days,
+coverage_80, coverage_n, precision_at_5, recall_at_5, flagged, order_rate, base_rate, lift,
+value_recovered. Empty where a metric does not apply to the task or method.
+
+Tasks and methods:
+
+- task "orders" (per customer who bought before the cutoff, horizon h): did the customer order in
+  [cutoff, cutoff + h)? `auc` and `brier` of P(order within h); `mae_days`: days from the cutoff to the next
+  order, among those who ordered within h, against each method's point prediction (for the probabilistic
+  methods the median of the next-order time given it falls within h); `coverage_80`: share of customers
+  whose next order (followed to the end of the data) falls in the 80% interval [p10, p90] of the defective
+  law (an open upper end means "may never order again"), over the `coverage_n` customers for whom this can
+  be decided with the data after the cutoff.
+  Methods: `loyalist` (the gamma renewal model with dropout, loyalist.models.next_order), `bgnbd` and
+  `paretonbd` alone (P(order within h); the median of their Lomax next-purchase time given alive),
+  `mean_interval` (next order = last + the customer's mean gap; population mean for one-order customers)
+  and `last_gap` (last + the last gap). A rule's score for the AUC is -|due - h/2| (due in the middle of
+  the window ranks first); rules give no probability, so no Brier score.
+- task "overdue" (h = 90): customers loyalist flags overdue at the cutoff: `order_rate` = share of them who
+  order within h, `base_rate` = the same share among all customers active in the year before the cutoff,
+  `lift` = order_rate / base_rate, `value_recovered` = what the flagged customers spent within h.
+- task "next_products" (h = product horizon, 30 days): items re-ordered = products a customer had bought
+  before the cutoff and bought again within h. Over customers with at least one such item:
+  `precision_at_5` and `recall_at_5` of each method's top 5. Methods: `loyalist` (the pair renewal model),
+  `most_frequent` (the customer's most often bought items), `mean_interval` and `last_interval` (product
+  due at last + mean / last gap of the pair, the product's pooled mean gap when bought once).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import ibis.expr.types as ir
+import numpy as np
+import pandas as pd
+from sklearn.metrics import roc_auc_score
+
+from loyalist.customer_base import fit_base
+from loyalist.features.timing import customer_gaps, next_occasion, product_cycles, products_bought
+from loyalist.insights.timing import (ALIVE_WEIGHT, base_p_alive, fit_customer_model, fit_pair_model,
+                                      score_customers, score_pairs, top_k)
+
+BASELINES = ("bgnbd", "paretonbd", "mean_interval", "last_gap")
+PRODUCT_BASELINES = ("most_frequent", "mean_interval", "last_interval")
+OVERDUE_THRESHOLD = 0.10
+
+
+def _auc(y: np.ndarray, s: np.ndarray) -> float:
+    return float(roc_auc_score(y, s)) if 0 < y.sum() < len(y) else np.nan
+
+
+def _lomax_median_within(model, h: int, f, r, T) -> np.ndarray:
+    """BG/NBD and Pareto/NBD: given alive, the next purchase time is Lomax (rate ~ Gamma(r + x, alpha + T));
+    the median of it truncated to [0, h]."""
+    p = model.params_
+    shape, scale = p["r"] + f, p["alpha"] + T
+    F = 1 - (scale / (scale + h)) ** shape
+    u = 1 - 0.5 * F
+    return scale * (u ** (-1 / shape) - 1)
+
+
+def _rule_scores(gap: np.ndarray, elapsed: np.ndarray, h: int) -> tuple[np.ndarray, np.ndarray]:
+    due = gap - elapsed  # days from the cutoff until the rule's next order
+    return -np.abs(due - h / 2), np.clip(due, 0, h - 1)
+
+
+def _coverage(p10: np.ndarray, p90: np.ndarray, t: np.ndarray, follow: float) -> tuple[float, int]:
+    """Share of decidable customers whose next-order day t (NaN: none within `follow` days) is in
+    [p10, p90]; p90 = inf means the interval is open (never ordering again is inside)."""
+    seen = np.isfinite(t)
+    covered = seen & (t >= np.floor(p10)) & (t <= np.ceil(p90))
+    # Not seen within the follow-up: decided if the interval is open and started (covered) or ended (not).
+    open_started = ~seen & np.isinf(p90) & (p10 <= follow)
+    ended = ~seen & np.isfinite(p90) & (p90 < follow)
+    decided = seen | open_started | ended
+    covered = covered | open_started
+    n = int(decided.sum())
+    return (float(covered[decided].mean()) if n else np.nan), n
+
+
+def evaluate(transactions: ir.Table, cutoff: dt.date, horizons: tuple[int, ...] = (30, 90),
+             end: dt.date | None = None, weight: float = ALIVE_WEIGHT, product_horizon: int = 30, k: int = 5,
+             baselines: tuple[str, ...] = BASELINES, products: bool = True) -> pd.DataFrame:
+    """The metrics table at one cutoff (see the module docstring). `end`: the end of the data (exclusive);
+    default the day after the last order."""
+    if end is None:
+        last = transactions.order_date.max().execute()
+        end = pd.Timestamp(last).date() + dt.timedelta(days=1)
+    if cutoff >= end:
+        raise ValueError(f"cutoff {cutoff} is not before the end of the data ({end})")
+    cg = customer_gaps(transactions, cutoff).execute()
+    if len(cg) < 50 or (cg["n_gaps"] > 0).sum() < 20:
+        raise ValueError(f"only {len(cg)} customers bought before {cutoff}; choose a later cutoff")
+    nx = cg[["customer_id"]].merge(next_occasion(transactions, cutoff, end).execute(), on="customer_id", how="left")
+    t_next = (pd.to_datetime(nx["next_day"]) - pd.Timestamp(cutoff)).dt.days.to_numpy(float)
+    follow = float((end - cutoff).days)
+    summ = cg.assign(frequency=cg["n_gaps"], recency=cg["gap_sum"], T=cg["gap_sum"] + cg["elapsed"],
+                     monetary_value=np.nan)
+    f, r, T = (summ[c].to_numpy(float) for c in ("frequency", "recency", "T"))
+    n, S, el = cg["n_gaps"].to_numpy(float), cg["gap_sum"].to_numpy(float), cg["elapsed"].to_numpy(float)
+    base = {name: fit_base(summ, name).transaction for name in ("bgnbd", "paretonbd") if name in baselines}
+    cm = fit_customer_model(cg)
+    sc = score_customers(cm, cg, base_p_alive(base.get("bgnbd"), cg), weight, tuple(sorted({*horizons, 90})))
+    pop_gap = S[n > 0].sum() / n[n > 0].sum()
+    gaps = {"mean_interval": np.where(n > 0, S / np.maximum(n, 1), pop_gap),
+            "last_gap": np.where(n > 0, cg["last_gap"].fillna(pop_gap).to_numpy(float), pop_gap)}
+    rows = []
+    row0 = {"cutoff": pd.Timestamp(cutoff)}
+    for h in horizons:
+        y = np.nan_to_num(t_next, nan=np.inf) < h
+        ordered = y.copy()
+        common = {**row0, "horizon_days": h, "task": "orders", "customers": len(cg), "positives": int(y.sum())}
+        e_half = np.maximum(el - 0.5, 0.0)
+        p = sc[f"prob_order_{h}d"].to_numpy(float)
+        pred = np.maximum(cm.median_given_within(h, n, S, e_half) - 0.5, 0.0)
+        cov, cov_n = _coverage(sc["days_p10"].to_numpy(float), sc["days_p90"].to_numpy(float), t_next, follow)
+        rows.append({**common, "method": "loyalist", "auc": _auc(y, p), "brier": float(np.mean((p - y) ** 2)),
+                     "mae_days": float(np.mean(np.abs(pred - t_next)[ordered])), "coverage_80": cov,
+                     "coverage_n": cov_n})
+        for name, m in base.items():
+            pb = m.probability_of_purchase_within(h, f, r, T)
+            pred = np.maximum(_lomax_median_within(m, h, f, r, T) - 0.5, 0.0)
+            rows.append({**common, "method": name, "auc": _auc(y, pb), "brier": float(np.mean((pb - y) ** 2)),
+                         "mae_days": float(np.mean(np.abs(pred - t_next)[ordered]))})
+        for name, gap in gaps.items():
+            if name not in baselines:
+                continue
+            score, pred = _rule_scores(gap, el, h)
+            rows.append({**common, "method": name, "auc": _auc(y, score),
+                         "mae_days": float(np.mean(np.abs(pred - t_next)[ordered]))})
+    # Overdue list, judged over 90 days.
+    h = 90
+    y90 = np.nan_to_num(t_next, nan=np.inf) < h
+    spend = cg[["customer_id"]].merge(
+        next_occasion(transactions, cutoff, min(end, cutoff + dt.timedelta(days=h))).execute(),
+        on="customer_id", how="left")["spend"].fillna(0.0).to_numpy(float)
+    flagged = (n > 0) & (sc["tail_prob"].to_numpy(float) < OVERDUE_THRESHOLD)
+    active = el <= 365
+    if flagged.any() and active.any():
+        rows.append({**row0, "horizon_days": h, "task": "overdue", "method": "loyalist",
+                     "customers": int(active.sum()), "flagged": int(flagged.sum()),
+                     "order_rate": float(y90[flagged].mean()), "base_rate": float(y90[active].mean()),
+                     "lift": float(y90[flagged].mean() / max(y90[active].mean(), 1e-12)),
+                     "value_recovered": float(spend[flagged].sum())})
+    if products:
+        rows += _evaluate_products(transactions, cutoff, product_horizon, k)
+    return pd.DataFrame(rows)
+
+
+def _evaluate_products(transactions: ir.Table, cutoff: dt.date, h: int, k: int) -> list[dict]:
+    pc = product_cycles(transactions, cutoff).execute()
+    if len(pc) < 10 or (pc["n_gaps"] > 0).sum() < 5:
+        return []
+    later = products_bought(transactions, cutoff, cutoff + dt.timedelta(days=h)).execute()
+    later["relevant"] = 1
+    pm = fit_pair_model(pc)
+    scored = pc.assign(loyalist=score_pairs(pm, pc, h)["probability"].to_numpy())
+    n, S, el = (pc[c].to_numpy(float) for c in ("n_gaps", "gap_sum", "elapsed"))
+    per_product = pc.groupby("product_id")[["gap_sum", "n_gaps"]].transform("sum")
+    pooled = (per_product["gap_sum"] / per_product["n_gaps"]).to_numpy(float)
+    fallback = np.where(np.isfinite(pooled), pooled, S[n > 0].sum() / max(n[n > 0].sum(), 1))
+    scored["most_frequent"] = n + 1 - 1e-6 * el  # times bought, the most recent first on ties
+    scored["mean_interval"] = _rule_scores(np.where(n > 0, S / np.maximum(n, 1), fallback), el, h)[0]
+    last_gap = pc["last_gap"].to_numpy(float)
+    scored["last_interval"] = _rule_scores(np.where(n > 0, np.nan_to_num(last_gap, nan=fallback), fallback), el, h)[0]
+    scored = scored.merge(later, on=["customer_id", "product_id"], how="left")
+    scored["relevant"] = scored["relevant"].notna()
+    n_rel = scored.groupby("customer_id")["relevant"].sum()
+    judged = n_rel[n_rel > 0]
+    scored = scored[scored["customer_id"].isin(judged.index)]
+    rows = []
+    for method in ("loyalist", *PRODUCT_BASELINES):
+        top = top_k(scored[["customer_id", "product_id", method, "relevant"]], k, method)
+        hits = top.groupby("customer_id")["relevant"].sum().reindex(judged.index, fill_value=0)
+        rows.append({"cutoff": pd.Timestamp(cutoff), "horizon_days": h, "task": "next_products", "method": method,
+                     "customers": int(len(judged)), "positives": int(judged.sum()),
+                     "precision_at_5": float((hits / k).mean()), "recall_at_5": float((hits / judged).mean())})
+    return rows
+
+
+def versus_baselines(metrics: pd.DataFrame) -> pd.DataFrame:
+    """Per cutoff, horizon and task: loyalist's AUC, MAE and precision@5 against the best baseline of each
+    (margin > 0 means loyalist is better: higher AUC / precision, lower MAE)."""
+    out = []
+    for (cut, h, task), g in metrics.groupby(["cutoff", "horizon_days", "task"]):
+        ours = g[g["method"] == "loyalist"]
+        others = g[g["method"] != "loyalist"]
+        if ours.empty or others.empty:
+            continue
+        for metric, higher in (("auc", True), ("mae_days", False), ("precision_at_5", True)):
+            if metric not in g or others[metric].isna().all():
+                continue
+            o = float(ours[metric].iloc[0])
+            best_i = others[metric].idxmax() if higher else others[metric].idxmin()
+            b = float(others.loc[best_i, metric])
+            out.append({"cutoff": cut, "horizon_days": h, "task": task, "metric": metric, "loyalist": o,
+                        "best_baseline": str(others.loc[best_i, "method"]), "baseline_value": b,
+                        "margin": (o - b) if higher else (b - o), "beats_all": bool((o > b) if higher else (o < b))})
+    return pd.DataFrame(out)
