@@ -39,12 +39,15 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
+import ibis
 import ibis.expr.types as ir
 import numpy as np
 import pandas as pd
 
 from loyalist.features.timing import customer_gaps, product_cycles
+from loyalist.insights import Context, step
 from loyalist.models.next_order import GammaRenewal, blend_alive
+from loyalist.store import write_frame
 
 HALF_DAY = 0.5
 """Gaps are whole days fitted with a continuous law: a silence of e whole days means the gap is at least e,
@@ -61,8 +64,13 @@ PRODUCT_PRIOR_GAPS = 10.0
 """Pseudo-gaps pulling a product's pooled (log) cycle toward the population's."""
 
 
+MAX_DAYS = 3650.0
+"""Dates further than ten years ahead are left empty (as 'may never order again')."""
+
+
 def _days(x) -> pd.Series:
-    return pd.to_timedelta(np.asarray(x, dtype=float), unit="D")
+    d = np.asarray(x, dtype=float)
+    return pd.to_timedelta(np.where(d <= MAX_DAYS, d, np.nan), unit="D")
 
 
 def base_p_alive(base_model, cg: pd.DataFrame) -> np.ndarray | None:
@@ -183,3 +191,149 @@ def score_all(transactions: ir.Table, as_of: dt.date, base_model=None, weight: f
             pm = fit_pair_model(pc)
             pairs = pc.merge(score_pairs(pm, pc, product_horizon), on=["customer_id", "product_id"])
     return TimingScores(cust, pairs, cm, pm)
+
+
+# ---------------------------------------------------------------------------------------------- the step
+CURRENCY_SYMBOLS = {"GBP": "£", "EUR": "€", "USD": "$", "JPY": "¥"}
+
+
+def _currency(transactions: ir.Table) -> str:
+    c = transactions.filter(transactions.currency.notnull())
+    top = c.group_by("currency").aggregate(n=c.count()).order_by(ibis.desc("n")).limit(1).execute()
+    if top.empty:
+        return ""
+    code = str(top["currency"].iloc[0])
+    return CURRENCY_SYMBOLS.get(code, code + " ")
+
+
+def _fmt_int(x: pd.Series) -> pd.Series:
+    return x.round().astype("Int64").astype(str)
+
+
+def _money(x: pd.Series, sym: str) -> pd.Series:
+    return sym + x.map("{:,.0f}".format)
+
+
+def customer_columns(ts: TimingScores, customers: pd.DataFrame, as_of: dt.date, cfg: dict, sym: str
+                     ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The per-customer timing columns and the contact schedule (see the module docstring)."""
+    c = ts.customers.merge(customers[[x for x in ("customer_id", "expected_order_value", "clv_12m")
+                                      if x in customers]], on="customer_id", how="left")
+    now = pd.Timestamp(as_of)
+    out = pd.DataFrame({"customer_id": c["customer_id"].to_numpy()})
+    for q, name in (("days_p50", "next_order_date"), ("days_p10", "next_order_p10"), ("days_p90", "next_order_p90")):
+        d = c[q].to_numpy(float)
+        out[name] = (now + _days(np.where(np.isfinite(d), np.round(d), np.nan))).to_numpy()
+    out["prob_order_30d"] = c["prob_order_30d"].to_numpy(float)
+    out["prob_order_60d"] = c["prob_order_60d"].to_numpy(float)
+    n = c["n_gaps"].to_numpy(float)
+    el = c["elapsed"].to_numpy(float)
+    cycle = c["cycle_days"].to_numpy(float)
+    thr = float(cfg.get("overdue_threshold", 0.10))
+    flagged = (n > 0) & (c["tail_prob"].to_numpy(float) < thr)
+    basket = c["spend"] / c["occasions"]
+    value = c["expected_order_value"].fillna(basket) if "expected_order_value" in c else basket
+    out["overdue_days"] = np.where(n > 0, np.maximum(np.round(el - cycle), 0), 0).astype(int)
+    out["overdue_score"] = np.where(flagged, value.to_numpy(float) * c["p_alive_timing"].to_numpy(float), 0.0)
+    first = pd.to_datetime(c["first_day"])
+    reason = ("Orders every ~" + _fmt_int(c["cycle_days"]) + " days (" + c["occasions"].astype(str) + " orders since "
+              + first.dt.strftime("%b %Y") + "); " + _fmt_int(c["elapsed"]) + " days since the last; usual basket "
+              + _money(basket, sym) + "; a gap this long happens " + (100 * c["tail_prob"]).map("{:.1f}".format)
+              + "% of the time for an active customer; P(still active) "
+              + (100 * c["p_alive_timing"]).map("{:.0f}".format) + "%")
+    out["overdue_reason"] = reason.where(flagged, None).to_numpy()
+    out["cycle_days"] = np.where(n > 0, cycle, np.nan)
+    out["cycle_regularity"] = c["cycle_regularity"].to_numpy(float)
+    long_days = float(cfg.get("long_cycle_days", np.nanmedian(cycle[n > 0]) if (n > 0).any() else np.inf))
+    out["cycle_class"] = pd.Series(np.where(cycle > long_days, "long", "short")).where(n > 0, None).to_numpy()
+    # Contact between purchases: high-value long-cycle customers who are likely still active.
+    vcol = "clv_12m" if "clv_12m" in c and c["clv_12m"].notna().any() else None
+    v = c[vcol].to_numpy(float) if vcol else value.to_numpy(float)
+    vq = float(cfg.get("contact_value_quantile", 0.75))
+    high = np.isfinite(v) & (v >= np.nanquantile(v, vq)) if np.isfinite(v).any() else np.zeros(len(c), bool)
+    pick = high & (out["cycle_class"].to_numpy() == "long") & (c["p_alive_timing"].to_numpy(float) >= 0.5)
+    last = pd.to_datetime(c["last_day"])
+    sched = []
+    for frac, label in ((1 / 3, "one third"), (2 / 3, "two thirds")):
+        when = (last + _days(np.round(frac * cycle))).dt.normalize()
+        keep = pick & (when >= now).to_numpy()
+        sched.append(pd.DataFrame({
+            "customer_id": c["customer_id"][keep], "contact_date": when[keep],
+            "reason": ("Long-cycle customer: orders every ~" + _fmt_int(c["cycle_days"][keep]) + " days, last on "
+                       + last[keep].dt.strftime("%d %b %Y") + "; " + ("12-month value " if vcol else "usual basket ")
+                       + _money(pd.Series(v[keep], index=c.index[keep]), sym) + "; a non-sales contact at " + label
+                       + " of the cycle")}))
+    # Past two thirds but not yet due: contact now.
+    two = (last + _days(np.round(2 / 3 * cycle))).dt.normalize()
+    late = pick & (two < now).to_numpy() & (el < cycle)
+    sched.append(pd.DataFrame({
+        "customer_id": c["customer_id"][late], "contact_date": now,
+        "reason": ("Long-cycle customer: orders every ~" + _fmt_int(c["cycle_days"][late]) + " days; "
+                   + _fmt_int(c["elapsed"][late]) + " days since the last, two thirds of the cycle passed: "
+                   "a non-sales contact now")}))
+    schedule = pd.concat(sched, ignore_index=True).sort_values(["customer_id", "contact_date"], kind="stable")
+    schedule["contact_date"] = pd.to_datetime(schedule["contact_date"])
+    due = schedule.groupby("customer_id")["contact_date"].min()
+    out["contact_due_date"] = out["customer_id"].map(due).to_numpy()
+    out["contact_due_date"] = pd.to_datetime(out["contact_due_date"])
+    return out, schedule.reset_index(drop=True)
+
+
+def reorder_tables(ts: TimingScores, as_of: dt.date, k: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """`reorders` (pairs bought on >= 2 days) and `next_products` (top k per customer)."""
+    p = ts.pairs
+    now = pd.Timestamp(as_of)
+    rep = p[p["occasions"] >= 2]
+    reorders = pd.DataFrame({
+        "customer_id": rep["customer_id"], "product_id": rep["product_id"], "description": rep["description"],
+        "times_bought": rep["occasions"].astype(int), "cycle_days": rep["cycle_days"].round(1),
+        "last_bought": pd.to_datetime(rep["last_day"]),
+        "next_reorder_date": now + _days(np.round(rep["days_p50"].to_numpy(float))),
+        "expected_quantity": rep["quantity"].round(1),
+        "overdue_days": np.maximum(np.round(rep["elapsed"] - rep["cycle_days"]), 0).astype(int)})
+    reorders["reason"] = ("Usually re-orders " + rep["product_id"].astype(str) + " every ~"
+                          + _fmt_int(rep["cycle_days"]) + " days (" + rep["occasions"].astype(str) + " times since "
+                          + pd.to_datetime(rep["first_day"]).dt.strftime("%b %Y") + "); "
+                          + _fmt_int(rep["elapsed"]) + " days since the last; usual quantity "
+                          + rep["quantity"].map("{:,.0f}".format))
+    reorders = reorders.sort_values(["customer_id", "overdue_days"], ascending=[True, False], kind="stable")
+    top = top_k(p[["customer_id", "product_id", "description", "probability"]], k)
+    nxt = top[["customer_id", "rank", "product_id", "description", "probability"]].reset_index(drop=True)
+    return reorders.reset_index(drop=True), nxt
+
+
+@step("timing", 20)
+def timing(ctx: Context) -> pd.DataFrame | None:
+    """Next-order dates, overdue customers, re-order cycles, rhythm and the contact schedule."""
+    from loyalist.evaluation.timing import evaluate
+
+    cfg = ctx.config.get("timing", {}) or {}
+    t = ctx.store.table("transactions")
+    has_products = t.filter(t.product_id.notnull()).count().execute() > 0
+    if not has_products:
+        ctx.notes.append("timing: the data has no products, so no re-order cycles or next products")
+    weight = float(cfg.get("alive_weight", ALIVE_WEIGHT))
+    horizon = int(cfg.get("product_horizon_days", 30))
+    try:
+        ts = score_all(t, ctx.as_of, ctx.fitted.transaction, weight, horizon, has_products)
+    except ValueError as exc:
+        ctx.notes.append(f"timing skipped: {exc}")
+        return None
+    sym = _currency(t)
+    cols, schedule = customer_columns(ts, ctx.customers, ctx.as_of, cfg, sym)
+    write_frame(ctx.store, "contact_schedule", schedule, replace=True)
+    if has_products and not ts.pairs.empty:
+        reorders, nxt = reorder_tables(ts, ctx.as_of, int(cfg.get("top_products", 5)))
+        write_frame(ctx.store, "reorders", reorders, replace=True)
+        write_frame(ctx.store, "next_products", nxt, replace=True)
+    if cfg.get("backtest", True):
+        cutoff = ctx.as_of - dt.timedelta(days=90)
+        try:
+            if pd.Timestamp(ts.customers["first_day"].min()).date() > cutoff - dt.timedelta(days=90):
+                raise ValueError("less than 90 days of history before the cutoff")
+            metrics = evaluate(t, cutoff, (30, 90), end=ctx.as_of, weight=weight, product_horizon=horizon,
+                               products=has_products)
+            write_frame(ctx.store, "timing_backtest", metrics.assign(as_of=pd.Timestamp(ctx.as_of)), replace=True)
+        except ValueError as exc:
+            ctx.notes.append(f"timing backtest skipped at {cutoff}: {exc}")
+    return cols[cols["customer_id"].isin(ctx.customers["customer_id"])]
