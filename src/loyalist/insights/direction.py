@@ -1,0 +1,218 @@
+"""Analysis step "direction" (order 30): is each customer growing, stable, declining or lapsed; are they
+changing what they buy; are there signs of dissatisfaction.
+
+Per-customer columns added to `customer_insights`:
+    trend (growing/stable/declining/lapsed), growth_rate (annualised change of spend rate, 0.25 = +25%/yr),
+    trend_confidence (1 - Bonferroni p-value of the rate change; for lapsed, 1 - exp(-days since last order /
+    usual gap); NaN when too little history to judge), volume_pricing_candidate (bool), mix_shift (total-
+    variation distance of the recent product-group mix from the customer's past mix, NaN when not
+    measurable), mix_shift_reason (text when the shift exceeds the customer's normal variation, else NULL),
+    dissatisfaction_flags (text, one "; "-separated item per flag with its numbers, NULL when none),
+    trend_reason (the plain-words reason behind the trend).
+
+Result tables:
+    `direction` (one row per customer): customer_id, trend, trend_reason, growth_rate, order_growth_rate,
+        trend_confidence, p_value, orders_per_year_before, orders_per_year_recent, run_rate_before (annual
+        spend rate before the recent window), run_rate (annual spend rate in it), spend_12m (last 365 days),
+        projected_12m (growing customers: next-12-month spend if the growth continues), volume_pricing_candidate,
+        usual_gap_days, mix_shift, mix_shift_normal, mix_shift_reason, buys_more, buys_less,
+        flag_returns, flag_baskets, flag_gaps, flag_range, dissatisfaction_flags, as_of.
+    `direction_backtest`: see `loyalist.evaluation.direction` (held-out check at as_of - 6 months).
+
+Settings ([direction] in loyalist.toml): recent_days (182, dissatisfaction and mix windows),
+trend_recent_days (91), trend_early_days (365), alpha (0.05), min_history_days (90), min_orders (3), lapse_min_days (180), lapse_factor (3), volume_pricing_min_12m (default: the 75th
+percentile of the last 12 months' spend of active customers), mix_min_tv (0.35), backtest (true).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import pandas as pd
+
+from loyalist.features.direction import daily_activity, direction_stats, group_mix, has_categories
+from loyalist.insights import Context, step
+from loyalist.models.direction import DirectionParams, classify_trend, dissatisfaction, mix_shift, seasonal_index
+from loyalist.store import Store, write_frame
+
+MIX_WINDOWS = 4
+
+
+def params_from(config: dict) -> DirectionParams:
+    keys = DirectionParams.__dataclass_fields__
+    return DirectionParams(**{k: type(getattr(DirectionParams(), k))(v) for k, v in config.items() if k in keys})
+
+
+def _money(x: float) -> str:
+    return f"{x:,.0f}"
+
+
+def _pct(x: float) -> str:
+    return "n/a" if not np.isfinite(x) else f"{x:+.0%}/yr"
+
+
+def _exposures(t, as_of: dt.date, first_age: np.ndarray, params: DirectionParams):
+    """Seasonal exposure of each customer's early and recent trend windows, and the early window's days."""
+    R, E = params.trend_recent_days, params.trend_early_days
+    days = R + E
+    daily = daily_activity(t, as_of, days).execute()
+    start = pd.Timestamp(as_of) - pd.Timedelta(days=days)
+    counts = np.zeros(days)
+    pos = (pd.to_datetime(daily["day"]) - start).dt.days.to_numpy()
+    ok = (pos >= 0) & (pos < days)
+    counts[pos[ok]] = daily["occasions"].to_numpy(float)[ok]
+    cum = np.concatenate([[0.0], np.cumsum(seasonal_index(counts))])
+    # day index (0 = start) where each customer's early window begins: after their first purchase
+    begin = np.clip(days - first_age + 1, 0, E).astype(int)
+    e1 = cum[E] - cum[begin]
+    e2 = np.full(len(first_age), cum[days] - cum[E])
+    return e1, e2, (E - begin).astype(float)
+
+
+def direction_table(t, products, as_of: dt.date, params: DirectionParams = DirectionParams(),
+                    volume_min_12m: float | None = None, mix_min_tv: float = 0.35, mix: bool = True) -> pd.DataFrame:
+    """The `direction` table (see the module docstring) from the transactions (and products) Ibis tables."""
+    R = params.recent_days
+    st = direction_stats(t, as_of, R, params.trend_recent_days, params.trend_early_days).execute()
+    if st.empty:
+        return pd.DataFrame(columns=["customer_id", "trend"])
+    end = pd.Timestamp(as_of)
+    first_age = (end - pd.to_datetime(st["first_day"])).dt.days.to_numpy(float)
+    last_age = (end - pd.to_datetime(st["last_day"])).dt.days.to_numpy(float)
+    e1, e2, d1 = _exposures(t, as_of, first_age, params)
+    r = classify_trend(first_age, last_age, st["orders"], st["n_early"], st["s_early"], st["q_early"],
+                       st["n_recent"], st["s_recent"], st["q_recent"], e1, e2, d1, params)
+    out = pd.DataFrame({"customer_id": st["customer_id"], "trend": r["trend"], "growth_rate": r["growth_rate"],
+                        "order_growth_rate": r["order_growth_rate"], "trend_confidence": r["trend_confidence"],
+                        "p_value": r["p_value"], "orders_per_year_before": r["early_rate"],
+                        "orders_per_year_recent": r["recent_rate"], "run_rate_before": r["run_rate_prev"],
+                        "run_rate": r["run_rate"], "spend_12m": st["s_12m"].to_numpy(float),
+                        "projected_12m": r["projected_12m"], "usual_gap_days": r["usual_gap_days"]})
+    days_since = last_age
+    months = R / 30.4
+    tmonths = params.trend_recent_days / 30.4
+    reason = np.where(
+        out["trend"] == "lapsed",
+        [f"no order for {d:.0f} days (usual gap {g:.0f} days; lapsed after {la:.0f})" if np.isfinite(g)
+         else f"one order only, {d:.0f} days ago" for d, g, la in zip(days_since, r["usual_gap_days"],
+                                                                       r["lapse_after_days"])],
+        [f"spend {_money(a)}/yr over the last {tmonths:.0f} months vs {_money(b)}/yr in the year before "
+         f"(growth {_pct(g)}, seasonally adjusted); {o2:.1f} vs {o1:.1f} orders/yr; "
+         + (f"p = {p:.3f}" if np.isfinite(p) else "too little history to judge (stable by default)")
+         for a, b, g, o2, o1, p in zip(out["run_rate"], out["run_rate_before"], out["growth_rate"],
+                                       out["orders_per_year_recent"], out["orders_per_year_before"], out["p_value"])])
+    out["trend_reason"] = reason
+    live = out.loc[out["trend"] != "lapsed", "spend_12m"]
+    threshold = volume_min_12m if volume_min_12m is not None else (float(live.quantile(0.75)) if len(live) else 0.0)
+    vp = (out["trend"] == "growing") & (out["projected_12m"] >= threshold)
+    out["volume_pricing_candidate"] = vp.to_numpy(bool)
+    vp_reason = [f"; volume pricing candidate: run-rate {_money(a)}/yr, projected {_money(p)} over the next 12 "
+                 f"months (growth {_pct(g)}; threshold {_money(threshold)})" for a, p, g in
+                 zip(out.loc[vp, "run_rate"], out.loc[vp, "projected_12m"], out.loc[vp, "growth_rate"])]
+    out.loc[vp, "trend_reason"] = out.loc[vp, "trend_reason"] + pd.Series(vp_reason, index=out.index[vp])
+
+    d = dissatisfaction(st["s_recent_all"], st["s_prior"], st["returned_recent"], st["returned_prior"],
+                        st["return_lines_recent"], st["b_recent"], st["ls_recent"], st["ls2_recent"], st["b_prior"],
+                        st["ls_prior"], st["ls2_prior"], st["gaps_early"], st["gap_sum_early"], st["gaps_recent"],
+                        st["gap_sum_recent"], last_age, st["range_recent"], st["range_prior"], params.alpha)
+    active = (out["trend"] != "lapsed").to_numpy()  # early warnings are for customers still buying
+    for k in ("flag_returns", "flag_baskets", "flag_gaps", "flag_range"):
+        d[k] = d[k] & active
+    d["flag_range"] = d["flag_range"] & (d["range_recent"] > 0)
+    parts = pd.DataFrame(index=out.index)
+    parts["returns"] = np.where(d["flag_returns"], [
+        f"returns up: {a:.0%} of value returned/cancelled in the last {months:.0f} months vs {b:.0%} before"
+        for a, b in zip(d["return_share_recent"], d["return_share_prior"])], "")
+    parts["baskets"] = np.where(d["flag_baskets"], [
+        f"baskets shrinking: typical order {_money(a)} vs {_money(b)} before ({r - 1:+.0%}, p = {p:.3f})"
+        for a, b, r, p in zip(d["basket_recent"], d["basket_prior"], d["basket_ratio"], d["basket_p"])], "")
+    parts["gaps"] = np.where(d["flag_gaps"], [
+        f"gaps widening: {a:.0f} days now vs usual {b:.0f}" for a, b in
+        zip(d["current_gap_days"], d["usual_gap_days"])], "")
+    parts["range"] = np.where(d["flag_range"], [
+        f"range dropping: {a:.0f} distinct products in the last {months:.0f} months vs {b:.0f} in the {months:.0f} before"
+        for a, b in zip(d["range_recent"], d["range_prior"])], "")
+    flags = parts.apply(lambda c: c.str.len() > 0)
+    text = parts.where(flags, None).apply(lambda row: "; ".join(x for x in row if x), axis=1) if len(parts) else []
+    out["flag_returns"], out["flag_baskets"] = d["flag_returns"], d["flag_baskets"]
+    out["flag_gaps"], out["flag_range"] = d["flag_gaps"], d["flag_range"]
+    out["dissatisfaction_flags"] = pd.Series(text, index=out.index).replace("", None)
+
+    out["mix_shift"], out["mix_shift_normal"] = np.nan, np.nan
+    out["mix_shift_reason"], out["buys_more"], out["buys_less"] = None, None, None
+    if mix:
+        out = _add_mix(out, t, products, as_of, R, mix_min_tv)
+    out["as_of"] = pd.Timestamp(as_of)
+    return out
+
+
+def _add_mix(out: pd.DataFrame, t, products, as_of: dt.date, R: int, min_tv: float) -> pd.DataFrame:
+    g = group_mix(t, products, as_of, R, MIX_WINDOWS).execute()
+    g = g[g["window"].between(0, MIX_WINDOWS - 1)]
+    if g.empty:
+        return out
+    cust_index = pd.Index(out["customer_id"])
+    g = g[g["customer_id"].isin(cust_index)]
+    groups, gi = np.unique(g["product_group"].astype(str).to_numpy(), return_inverse=True)
+    ci = cust_index.get_indexer(g["customer_id"])
+    m = mix_shift(ci, g["window"].to_numpy(), gi, g["spend"].to_numpy(float), len(out), MIX_WINDOWS, min_tv=min_tv)
+    out["mix_shift"], out["mix_shift_normal"] = m["tv_recent"], m["tv_normal"]
+    pairs = pd.DataFrame({"c": m["pair_customer"], "group": groups[m["pair_group"]],
+                          "now": m["share_recent"], "before": m["share_past"]})
+    pairs = pairs[m["flagged"][pairs["c"]]]
+    if pairs.empty:
+        return out
+    pairs["delta"] = pairs["now"] - pairs["before"]
+
+    def named(frame: pd.DataFrame) -> pd.Series:
+        txt = frame["group"] + " (" + (frame["now"] * 100).round().astype(int).astype(str) + "% vs " + \
+              (frame["before"] * 100).round().astype(int).astype(str) + "%)"
+        return txt.groupby(frame["c"]).agg(", ".join)
+
+    more = named(pairs[pairs["delta"] > 0.01].sort_values("delta", ascending=False).groupby("c").head(3))
+    less = named(pairs[pairs["delta"] < -0.01].sort_values("delta").groupby("c").head(3))
+    idx = np.flatnonzero(m["flagged"])
+    more_s = more.reindex(idx)
+    less_s = less.reindex(idx)
+    out.loc[out.index[idx], "buys_more"] = more_s.to_numpy()
+    out.loc[out.index[idx], "buys_less"] = less_s.to_numpy()
+    reason = [f"spend mix moved {tv:.2f} from their past mix (normally at most {nv:.2f} between half-years): "
+              f"more {mo if isinstance(mo, str) else '-'}; less {le if isinstance(le, str) else '-'}"
+              for tv, nv, mo, le in zip(m["tv_recent"][idx], m["tv_normal"][idx], more_s, less_s)]
+    out.loc[out.index[idx], "mix_shift_reason"] = reason
+    return out
+
+
+def products_for(store: Store):
+    """The products table when it carries categories (else None: the group is derived from descriptions)."""
+    p = store.table("products")
+    return p if has_categories(p) else None
+
+
+@step("direction", 30)
+def direction_step(ctx: Context) -> pd.DataFrame | None:
+    cfg = ctx.config.get("direction", {})
+    params = params_from(cfg)
+    t = ctx.store.table("transactions")
+    products = products_for(ctx.store)
+    if products is None:
+        ctx.notes.append("direction: no product categories in the store; product groups for the mix shift are "
+                         "derived from the last word of the product description")
+    table = direction_table(t, products, ctx.as_of, params, cfg.get("volume_pricing_min_12m"),
+                            float(cfg.get("mix_min_tv", 0.35)))
+    if table.empty:
+        ctx.notes.append("direction: no purchases before the as-of date; skipped")
+        return None
+    write_frame(ctx.store, "direction", table, replace=True)
+    if cfg.get("backtest", True):
+        from loyalist.evaluation.direction import backtest_direction
+
+        cutoff = ctx.as_of - dt.timedelta(days=params.recent_days)
+        try:
+            bt = backtest_direction(t, [cutoff], params, horizon_days=params.recent_days)
+            write_frame(ctx.store, "direction_backtest", bt, replace=True)
+        except ValueError as exc:
+            ctx.notes.append(f"direction: no held-out check ({exc})")
+    return table[["customer_id", "trend", "growth_rate", "trend_confidence", "volume_pricing_candidate",
+                  "mix_shift", "mix_shift_reason", "dissatisfaction_flags", "trend_reason"]]

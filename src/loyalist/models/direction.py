@@ -1,0 +1,242 @@
+"""Direction of each customer, product-mix shift and dissatisfaction signals: pure numpy/scipy on the
+per-customer aggregates of `loyalist.features.direction` (one array element per customer, no loop).
+
+Trend (growing / stable / declining / lapsed)
+    The customer's own repeat-purchase rate in the recent window (last `trend_recent_days`, n2 orders, spend
+    s2) is compared with their own earlier rate (the `trend_early_days` before it, from their first purchase
+    at the earliest, n1, s1). Exposure is seasonal: each day counts by the whole base's (smoothed) repeat-
+    purchase activity that day (a Poisson model with a log-exposure offset), so a gift wholesaler's
+    pre-Christmas rush or a summer lull does not make every customer look growing or declining.
+    * Order rate: the exact conditional test of two Poisson rates (Przyborowski & Wilenski 1940): given
+      n = n1 + n2, n2 ~ Binomial(n, e2 / (e1 + e2)) when the rate did not change; two-sided p-value.
+    * Spend rate: a score test for the rate of a compound Poisson process: under "no change" the spend
+      rate estimate s/e has variance (second-moment rate) * (1/e1 + 1/e2), the second-moment rate pooled
+      as (q1 + q2) / (e1 + e2) with q the sum of squared order values (the compound-Poisson variance,
+      e.g. Kendall & Stuart; Ross, Introduction to Probability Models, sec. 5.4.2).
+    Both p-values are combined with Bonferroni (p = min(1, 2 min(p_orders, p_spend))), so a customer whose
+    behaviour did not change is labelled growing or declining with probability <= alpha (default 5%); the
+    test `tests/test_direction.py` checks this on simulated stable customers. Customers with too little
+    history (less than `min_history_days` before the window or fewer than `min_orders` repeat orders) are
+    "stable" with no confidence (NaN), never labelled on noise.
+    Lapsed: no order for longer than max(`lapse_min_days`, `lapse_factor` x the customer's usual gap).
+    Growth rate: the ratio of recent to earlier (seasonally adjusted) spend (and order) rate, annualised over
+    the distance between the windows' midpoints: (r2 / r1) ** (365 / d) - 1, clipped to [-100%, +1000%].
+    12-month projection: the recent (seasonally adjusted) run-rate continued with that growth (capped at
+    `max_projected_growth` per year), integrated over the next 12 months.
+
+Mix shift
+    Spend shares over product groups in half-year windows (0 = recent). The recent mix is compared with the
+    pooled past mix by total-variation distance TV = 1/2 sum |p - q| (in [0, 1]); the customer's normal
+    variation is the leave-one-out TV of each past window against the rest of the past. A shift is flagged
+    when the recent TV exceeds the largest past one by `mix_margin` and is at least `mix_min_tv`.
+
+Written by hand: the tests and rules are a few lines of scipy.stats each; no library packages this
+per-entity comparison of a subject against its own history.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats
+
+YEAR = 365.25
+
+
+@dataclass(frozen=True)
+class DirectionParams:
+    recent_days: int = 182
+    trend_recent_days: int = 91
+    trend_early_days: int = 365
+    alpha: float = 0.05
+    min_history_days: int = 90
+    min_orders: int = 3
+    lapse_min_days: int = 180
+    lapse_factor: float = 3.0
+    max_projected_growth: float = 1.0
+
+
+def poisson_rate_test(n1: np.ndarray, e1: np.ndarray, n2: np.ndarray, e2: np.ndarray) -> np.ndarray:
+    """Two-sided exact conditional p-value of H0: rate1 == rate2 for counts n1, n2 over exposures e1, e2."""
+    n1, e1, n2, e2 = (np.asarray(x, float) for x in (n1, e1, n2, e2))
+    n = n1 + n2
+    with np.errstate(invalid="ignore", divide="ignore"):
+        pi0 = e2 / (e1 + e2)
+        lo = stats.binom.cdf(n2, n, pi0)
+        hi = stats.binom.sf(n2 - 1, n, pi0)
+    p = np.minimum(1.0, 2 * np.minimum(lo, hi))
+    return np.where((n > 0) & (e1 > 0) & (e2 > 0), p, 1.0)
+
+
+def spend_rate_test(s1, q1, e1, s2, q2, e2) -> tuple[np.ndarray, np.ndarray]:
+    """(z, two-sided p) of H0: equal spend rates, compound-Poisson score test (see the module docstring)."""
+    s1, q1, e1, s2, q2, e2 = (np.asarray(x, float) for x in (s1, q1, e1, s2, q2, e2))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        var = (q1 + q2) / (e1 + e2) * (1 / e1 + 1 / e2)
+        z = (s2 / e2 - s1 / e1) / np.sqrt(var)
+    z = np.where(np.isfinite(z), z, 0.0)
+    return z, 2 * stats.norm.sf(np.abs(z))
+
+
+def annualised(ratio: np.ndarray, distance_days: np.ndarray) -> np.ndarray:
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        g = np.power(ratio, YEAR / distance_days) - 1
+    g = np.where(ratio == 0, -1.0, g)
+    return np.clip(np.where(np.isnan(ratio), np.nan, g), -1.0, 10.0)
+
+
+def seasonal_index(daily: np.ndarray, smooth_days: int = 7) -> np.ndarray:
+    """Daily activity of the whole base (repeat-purchase occasions per day), smoothed with a centred moving
+    average and scaled to mean 1: a "typical day" is worth 1, a pre-Christmas day more, a holiday less."""
+    x = np.asarray(daily, float)
+    k = np.ones(smooth_days)
+    num = np.convolve(x, k, mode="same")
+    den = np.convolve(np.ones_like(x), k, mode="same")
+    sm = num / den
+    mean = sm.mean() if len(sm) and sm.mean() > 0 else 1.0
+    return sm / mean if sm.mean() > 0 else np.ones_like(x)
+
+
+def classify_trend(first_age_days, last_age_days, orders, n_early, s_early, q_early, n_recent, s_recent, q_recent,
+                   early_exposure, recent_exposure, early_days,
+                   params: DirectionParams = DirectionParams()) -> dict[str, np.ndarray]:
+    """Trend label, growth rates, confidence and run-rates for each customer.
+
+    first_age_days / last_age_days: days from the first / last purchase to as_of; n/s/q_early and
+    n/s/q_recent: repeat orders, spend and sum of squared order values in the early and recent trend windows;
+    early_exposure / recent_exposure: the windows' seasonal exposure (sum of `seasonal_index` over their
+    days; the early window starts after the customer's first purchase); early_days: its length in days.
+    Returns arrays: trend, growth_rate (spend, annualised), order_growth_rate, trend_confidence, p_value,
+    early_rate, recent_rate (seasonally adjusted orders per year), run_rate_prev, run_rate (seasonally
+    adjusted annual spend rate before / in the recent window), projected_12m (growing customers only, else
+    NaN), usual_gap_days, eligible, lapse_after_days.
+    """
+    R = float(params.trend_recent_days)
+    first_age, last_age, orders = (np.asarray(x, float) for x in (first_age_days, last_age_days, orders))
+    n1, s1, q1, n2, s2, q2 = (np.asarray(x, float) for x in (n_early, s_early, q_early, n_recent, s_recent, q_recent))
+    e1, e2, d1 = (np.asarray(x, float) for x in (early_exposure, recent_exposure, early_days))
+    eligible = (d1 >= params.min_history_days) & (n1 + n2 >= params.min_orders) & (e1 > 0) & (e2 > 0)
+    p_orders = poisson_rate_test(n1, e1, n2, e2)
+    z, p_spend = spend_rate_test(s1, q1, e1, s2, q2, e2)
+    p = np.minimum(1.0, 2 * np.minimum(p_orders, p_spend))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rate1, rate2 = n1 / e1, n2 / e2
+        spend1, spend2 = s1 / e1, s2 / e2
+        distance = (d1 + R) / 2
+        growth = annualised(spend2 / spend1, distance)
+        order_growth = annualised(rate2 / rate1, distance)
+        usual_gap = np.where(orders > 1, (first_age - last_age) / (orders - 1), np.nan)
+    count_sign = np.sign(rate2 - rate1)
+    conflict = (p_orders < params.alpha) & (count_sign == -np.sign(z))
+    significant = eligible & (p < params.alpha) & ~conflict
+    sign = np.where(p_spend <= p_orders, np.sign(z), count_sign)
+    trend = np.full(e1.shape, "stable", dtype=object)
+    trend[significant & (sign > 0)] = "growing"
+    trend[significant & (sign < 0)] = "declining"
+    lapse_after = np.maximum(params.lapse_min_days, params.lapse_factor * np.nan_to_num(usual_gap, nan=0.0))
+    lapsed = last_age > lapse_after
+    trend[lapsed] = "lapsed"
+    confidence = np.where(eligible, 1 - p, np.nan)
+    gap_for = np.where(np.isfinite(usual_gap), usual_gap, lapse_after)
+    confidence = np.where(lapsed, 1 - np.exp(-last_age / gap_for), confidence)
+    run_rate = spend2 * YEAR
+    g = np.clip(np.nan_to_num(growth, nan=0.0), -0.99, params.max_projected_growth)
+    k = np.log1p(g)
+    # the recent run-rate is measured at the window's midpoint (R/2 ago); continue it with growth k a year
+    with np.errstate(invalid="ignore", divide="ignore"):
+        factor = np.exp(k * R / 2 / YEAR) * np.where(np.abs(k) > 1e-9, np.expm1(k) / k, 1.0)
+    projected = np.where(trend == "growing", run_rate * factor, np.nan)
+    return {"trend": trend, "growth_rate": np.where(eligible, growth, np.nan),
+            "order_growth_rate": np.where(eligible, order_growth, np.nan),
+            "trend_confidence": confidence, "p_value": np.where(eligible, p, np.nan),
+            "early_rate": rate1 * YEAR, "recent_rate": rate2 * YEAR, "run_rate_prev": spend1 * YEAR,
+            "run_rate": run_rate, "projected_12m": projected, "usual_gap_days": usual_gap, "eligible": eligible,
+            "lapse_after_days": lapse_after}
+
+
+def mix_shift(customer: np.ndarray, window: np.ndarray, group: np.ndarray, spend: np.ndarray, n_customers: int,
+              n_windows: int, min_tv: float = 0.35, margin: float = 0.1) -> dict[str, np.ndarray]:
+    """Recent-vs-own-past product-mix distance per customer (see the module docstring).
+
+    Inputs are long arrays (customer index, window 0..n_windows-1, group index, spend > 0). Returns per
+    customer: tv_recent, tv_normal (largest leave-one-out past distance), past_windows, flagged; and per
+    (customer, group) pair: pair_customer, pair_group, share_recent, share_past (for naming what moved).
+    """
+    customer, window, group = (np.asarray(x, np.int64) for x in (customer, window, group))
+    spend = np.asarray(spend, float)
+    pair_key, pair_idx = np.unique(customer * (group.max(initial=0) + 1) + group, return_inverse=True)
+    n_pairs = len(pair_key)
+    pair_customer = np.zeros(n_pairs, np.int64)
+    pair_group = np.zeros(n_pairs, np.int64)
+    pair_customer[pair_idx] = customer
+    pair_group[pair_idx] = group
+    m = np.zeros((n_pairs, n_windows))
+    np.add.at(m, (pair_idx, window), spend)
+    totals = np.zeros((n_customers, n_windows))
+    np.add.at(totals, (customer, window), spend)
+    past = m[:, 1:].sum(axis=1)
+    past_total = totals[:, 1:].sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        share_recent = m[:, 0] / totals[pair_customer, 0]
+        share_past = past / past_total[pair_customer]
+        tv_recent = 0.5 * np.bincount(pair_customer, np.abs(share_recent - share_past), n_customers)
+        loo = np.full((n_customers, n_windows - 1), np.nan)
+        for k in range(1, n_windows):  # a loop over the few windows, not over customers
+            rest_total = past_total - totals[:, k]
+            pk = m[:, k] / totals[pair_customer, k]
+            rest = (past - m[:, k]) / rest_total[pair_customer]
+            d = 0.5 * np.bincount(pair_customer, np.abs(pk - rest), n_customers)
+            ok = (totals[:, k] > 0) & (rest_total > 0)
+            loo[:, k - 1] = np.where(ok, d, np.nan)
+    past_windows = (totals[:, 1:] > 0).sum(axis=1)
+    has_recent = totals[:, 0] > 0
+    tv_recent = np.where(has_recent & (past_total > 0), tv_recent, np.nan)
+    tv_normal = np.where(past_windows >= 2, np.nanmax(np.where(np.isnan(loo), -np.inf, loo), axis=1), np.nan)
+    tv_normal = np.where(np.isfinite(tv_normal), tv_normal, np.nan)
+    flagged = (past_windows >= 2) & (tv_recent >= min_tv) & (tv_recent > tv_normal + margin)
+    return {"tv_recent": tv_recent, "tv_normal": tv_normal, "past_windows": past_windows, "flagged": flagged,
+            "pair_customer": pair_customer, "pair_group": pair_group,
+            "share_recent": np.nan_to_num(share_recent, nan=0.0), "share_past": np.nan_to_num(share_past, nan=0.0)}
+
+
+def dissatisfaction(recent_spend, prior_spend, returned_recent, returned_prior, return_lines_recent,
+                    b_recent, ls_recent, ls2_recent, b_prior, ls_prior, ls2_prior,
+                    gaps_early, gap_sum_early, gaps_recent, gap_sum_recent, last_age_days,
+                    range_recent, range_prior, alpha: float = 0.05) -> dict[str, np.ndarray]:
+    """Four flags, each with the numbers behind it (arrays per customer).
+
+    - returns: share of value returned or cancelled in the recent window >= 10% and >= 5 points above
+      the prior window's, with at least 2 return lines.
+    - baskets: geometric-mean basket in the recent window below 75% of the prior window's, and Welch's
+      one-sided t-test on log basket value significant at `alpha` (>= 2 orders in each window).
+    - gaps: the current gap (the open one since the last order, or the mean of the recent gaps if larger)
+      more than twice the customer's usual earlier gap and at least 21 days longer (>= 3 earlier gaps).
+    - range: distinct products in the recent window below half of the prior window's (prior >= 10).
+    """
+    a = {k: np.asarray(v, float) for k, v in locals().items() if k != "alpha"}
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ret_recent = a["returned_recent"] / (a["recent_spend"] + a["returned_recent"])
+        ret_prior = a["returned_prior"] / (a["prior_spend"] + a["returned_prior"])
+        ret_prior = np.nan_to_num(ret_prior, nan=0.0)
+        returns = (ret_recent >= 0.10) & (ret_recent >= ret_prior + 0.05) & (a["return_lines_recent"] >= 2)
+        m1, m0 = a["ls_recent"] / a["b_recent"], a["ls_prior"] / a["b_prior"]
+        v1 = (a["ls2_recent"] - a["b_recent"] * m1 ** 2) / (a["b_recent"] - 1)
+        v0 = (a["ls2_prior"] - a["b_prior"] * m0 ** 2) / (a["b_prior"] - 1)
+        se2 = np.maximum(v1, 0) / a["b_recent"] + np.maximum(v0, 0) / a["b_prior"]
+        t = (m1 - m0) / np.sqrt(se2)
+        df = se2 ** 2 / ((np.maximum(v1, 0) / a["b_recent"]) ** 2 / (a["b_recent"] - 1)
+                         + (np.maximum(v0, 0) / a["b_prior"]) ** 2 / (a["b_prior"] - 1))
+        p_basket = stats.t.cdf(t, np.maximum(df, 1))
+        basket_ratio = np.exp(m1 - m0)
+        baskets = (a["b_recent"] >= 2) & (a["b_prior"] >= 2) & (basket_ratio < 0.75) & (p_basket < alpha)
+        usual_gap = a["gap_sum_early"] / a["gaps_early"]
+        recent_gap = a["gap_sum_recent"] / a["gaps_recent"]
+        current_gap = np.fmax(a["last_age_days"], recent_gap)
+        gaps = (a["gaps_early"] >= 3) & (current_gap > 2 * usual_gap) & (current_gap - usual_gap >= 21)
+        rng = (a["range_prior"] >= 10) & (a["range_recent"] < 0.5 * a["range_prior"])
+    return {"flag_returns": returns, "return_share_recent": ret_recent, "return_share_prior": ret_prior,
+            "flag_baskets": baskets, "basket_ratio": basket_ratio, "basket_recent": np.exp(m1),
+            "basket_prior": np.exp(m0), "basket_p": p_basket,
+            "flag_gaps": gaps, "current_gap_days": current_gap, "usual_gap_days": usual_gap,
+            "flag_range": rng, "range_recent": a["range_recent"], "range_prior": a["range_prior"]}
