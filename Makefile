@@ -27,6 +27,7 @@ install-test: $(VENV)/.installed-test
 
 services:
 	bash scripts/pg_test_server.sh
+	bash scripts/install_chromium.sh
 
 demo: install
 	@mkdir -p out
@@ -43,6 +44,8 @@ demo: install
 	@echo "Backtest plots:     out/backtest/tracking.html, out/backtest/calibration_holdout.html"
 	@echo "P(alive) matrix:    out/demo-reports/analysis_*/p_alive_matrix.html"
 	@echo "Quarantined rows:   out/quarantine.csv"
+	@echo
+	@echo "Dashboard:          $(BIN)/loyalist serve --db $(DEMO_DB)   then open http://127.0.0.1:8000/"
 
 test: install-test services
 	$(BIN)/python -m pytest -n 2 --dist loadfile -q
