@@ -1,0 +1,431 @@
+"""The customer-base analysis on Apache Spark (`loyalist analyze --engine spark`): same code, same answers.
+
+What is computed where:
+
+1. **Executors** read the canonical transactions (Parquet or CSV files, any Spark filesystem: file://, s3a://,
+   hdfs://, or a table of the Spark catalog) and build the per-customer sufficient statistics with the SAME Ibis
+   expressions as the DuckDB engine (`loyalist.features.rfm_summary`), compiled by the Ibis PySpark backend.
+   The summary (one row per customer) is cached on the executors.
+2. **Driver**: only the distinct sufficient-statistic patterns are collected — `(frequency, recency, T)` with
+   the number of customers sharing each, and `(frequency, monetary_value)` of repeat customers with counts for
+   the spend model. The same model classes are fitted with those counts as weights (the likelihoods are sums
+   over customers, so a weighted sum over distinct patterns is the same likelihood; `fit_patterns` mirrors
+   `loyalist.customer_base.fit_base` rule for rule). Driver memory grows with the number of distinct patterns
+   (bounded by days of history squared for the transaction model), never with order lines.
+3. **Executors** score every customer with `mapInPandas`, running `loyalist.customer_base.score` (the same numpy
+   code) on each Arrow batch, with the fitted parameters shipped in the task closure.
+4. The per-customer table is written as a Parquet dataset (one file per Spark partition) under
+   `OUT/customer_insights/`, the run report as `OUT/analysis_run.json`; optionally it is loaded into a DuckDB
+   store (`--db`) so `loyalist customers` and the dashboard serve it.
+
+Output table `customer_insights` (same columns, same types and, within floating-point summation order, the
+same numbers as the DuckDB engine): customer_id, first_order, last_order, orders, revenue, frequency,
+recency_days, tenure_days, p_alive, expected_orders_<h>d, prob_order_<h>d, expected_order_value,
+clv_<m>m, as_of, model — plus the columns of insight steps that run on Spark.
+
+Insight steps (`loyalist.insights`) run on Spark only when registered with `spark=True`; such a step gets a
+`Context` whose `store` is a `SparkSource` (`.ibis` = the Ibis PySpark backend, `.table("transactions")`) and
+whose `customers` is the per-customer table as an Ibis table on Spark; it returns an Ibis table keyed by
+customer_id (or None). Every other step is named before any work starts as not available on Spark, and
+asking for one explicitly (`--step NAME`) fails at once. Not available on Spark yet either: the backtest (so
+`--model auto` takes the choice of the latest backtest stored in `--db`, else the user names the model) and
+product margins (CLV uses the gross_margin setting; the report says so).
+
+Hand-written here is only the glue (reading the source, collecting patterns, wiring mapInPandas): Spark does
+the distribution, Ibis the SQL, the models the statistics.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import sys
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from loyalist.customer_base import TRANSACTION_MODELS, FittedBase, Settings, score
+from loyalist.errors import LoyalistError
+from loyalist.features import rfm_summary
+from loyalist.insights import Context, Step, load_steps
+from loyalist.models import GammaGamma
+
+if TYPE_CHECKING:  # pragma: no cover
+    import ibis.expr.types as ir
+    from pyspark.sql import DataFrame, SparkSession
+
+CUSTOMER_TABLE = "customer_insights"
+
+TRANSACTION_TYPES: dict[str, str] = {
+    "customer_id": "string", "order_id": "string", "order_date": "timestamp", "product_id": "string",
+    "description": "string", "quantity": "float64", "unit_price": "float64", "amount": "float64",
+    "currency": "string", "country": "string", "channel": "string", "is_guest": "boolean",
+    "is_cancellation": "boolean", "is_return": "boolean", "is_non_product": "boolean", "price_issue": "string",
+    "is_future": "boolean",
+}
+"""The canonical transactions columns (as in the DuckDB store's `transactions` table) and their Ibis types.
+Lineage columns (line_hash, ingest_id, file_id, source_row) may be present and are ignored."""
+
+REQUIRED = ("customer_id", "order_date", "amount", "is_guest", "is_cancellation", "is_return", "is_non_product")
+
+
+def _need_pyspark():
+    try:
+        import pyspark  # noqa: F401
+    except ImportError:
+        raise LoyalistError("the Spark engine needs pyspark and a Java runtime: pip install 'loyalist[spark]' "
+                            "(and e.g. apt-get install openjdk-17-jre-headless)") from None
+
+
+def spark_session(master: str | None = None, conf: dict[str, str] | None = None,
+                  app_name: str = "loyalist") -> "SparkSession":
+    """A SparkSession: `master` local[N], spark://host:port, yarn, k8s://... or sc://host:port (Spark Connect).
+
+    Without `master`, an existing session (e.g. under spark-submit) is reused, else local[*].
+    """
+    _need_pyspark()
+    from pyspark.sql import SparkSession
+
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    builder = SparkSession.builder.appName(app_name)
+    if master and master.startswith("sc://"):
+        builder = builder.remote(master)
+    elif master:
+        builder = builder.master(master)
+    settings = {"spark.ui.showConsoleProgress": "false", "spark.sql.session.timeZone": "UTC",
+                "spark.sql.execution.arrow.pyspark.enabled": "true", **(conf or {})}
+    for k, v in settings.items():
+        builder = builder.config(k, v)
+    session = builder.getOrCreate()
+    if not (master and master.startswith("sc://")):
+        session.sparkContext.setLogLevel("ERROR")
+    return session
+
+
+@dataclass
+class SparkSource:
+    """The `store` of a Spark-capable insight step: the Ibis PySpark backend and the source tables."""
+
+    ibis: Any
+    tables: dict[str, "ir.Table"]
+
+    def table(self, name: str) -> "ir.Table":
+        if name not in self.tables:
+            raise LoyalistError(f"table {name!r} is not read on the Spark engine (available: {sorted(self.tables)})")
+        return self.tables[name]
+
+
+def _is_path(source: str) -> bool:
+    return ("://" in source or "/" in source or os.sep in source or Path(source).exists()
+            or source.lower().endswith((".parquet", ".csv", ".csv.gz", ".pq")))
+
+
+def read_transactions(con, source: str | list[str]) -> "ir.Table":
+    """The canonical transactions from Parquet/CSV path(s) (files, folders, globs) or a Spark catalog table,
+    cast to the canonical types; a missing required column is an error naming it."""
+    import ibis
+
+    sources = [source] if isinstance(source, str) else list(source)
+    session = con._session
+    if len(sources) == 1 and not _is_path(sources[0]):
+        try:
+            t = con.table(sources[0])
+        except Exception as exc:
+            raise LoyalistError(f"--source {sources[0]!r}: no such path, and no Spark table of that name "
+                                f"({str(exc).splitlines()[0]})") from None
+    else:
+        csv = all(s.lower().rstrip("/").endswith((".csv", ".csv.gz")) for s in sources)
+        try:
+            sdf = (session.read.csv(sources, header=True, inferSchema=False) if csv
+                   else session.read.parquet(*sources))
+        except Exception as exc:
+            raise LoyalistError(f"--source {', '.join(sources)}: cannot read "
+                                f"({str(exc).splitlines()[0][:300]})") from None
+        name = f"loyalist_transactions_{abs(hash(tuple(sources))) % 10**8}"
+        sdf.createOrReplaceTempView(name)
+        t = con.table(name)
+    missing = [c for c in REQUIRED if c not in t.columns]
+    if missing:
+        raise LoyalistError(f"--source lacks the canonical column(s) {', '.join(missing)}; it must be a copy of "
+                            "the store's transactions table (write one with `loyalist dump transactions --out DIR`)")
+    casts = {c: t[c].cast(ty) for c, ty in TRANSACTION_TYPES.items() if c in t.columns
+             and t[c].type() != ibis.dtype(ty)}
+    return t.mutate(**casts) if casts else t
+
+
+def fit_patterns(patterns: pd.DataFrame, spend_patterns: pd.DataFrame, model: str) -> FittedBase:
+    """`loyalist.customer_base.fit_base` on distinct patterns with counts (column `n`) instead of one row per
+    customer: the weighted likelihood equals the per-customer one, the rules (spend model only with >= 20
+    repeat customers with amounts, notes on what was skipped) are the same."""
+    if model not in TRANSACTION_MODELS:
+        raise LoyalistError(f"unknown model {model!r}; choose one of {', '.join(TRANSACTION_MODELS)}")
+    notes: list[str] = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        tm = TRANSACTION_MODELS[model]().fit(patterns["frequency"].to_numpy(float),
+                                             patterns["recency"].to_numpy(float), patterns["T"].to_numpy(float),
+                                             weights=patterns["n"].to_numpy(float))
+    notes += [f"{model}: {w.message}" for w in caught]
+    spend = None
+    repeat = int(spend_patterns["n"].sum()) if len(spend_patterns) else 0
+    if repeat >= 20:
+        try:
+            spend = GammaGamma().fit(spend_patterns["frequency"].to_numpy(float),
+                                     spend_patterns["monetary_value"].to_numpy(float),
+                                     weights=spend_patterns["n"].to_numpy(float))
+        except Exception as exc:  # the spend model is optional: say why it is missing
+            notes.append(f"spend model not fitted: {exc}")
+    else:
+        notes.append("spend model skipped: fewer than 20 repeat customers with amounts "
+                     "(expected_order_value and clv_12m are empty)")
+    return FittedBase(model, tm, spend, notes)
+
+
+def _portable(fitted: FittedBase) -> FittedBase:
+    """The fitted models rebuilt from their parameters only: what the executors need, nothing more."""
+    tm = type(fitted.transaction).from_params(**fitted.transaction.params_)
+    spend = GammaGamma.from_params(**fitted.spend.params_) if fitted.spend is not None else None
+    return FittedBase(fitted.name, tm, spend, list(fitted.notes))
+
+
+def output_schema(settings: Settings):
+    from pyspark.sql import types as T
+
+    dbl = T.DoubleType()
+    return T.StructType([
+        T.StructField("customer_id", T.StringType()), T.StructField("first_order", T.DateType()),
+        T.StructField("last_order", T.DateType()), T.StructField("orders", T.LongType()),
+        T.StructField("revenue", dbl), T.StructField("frequency", T.LongType()),
+        T.StructField("recency_days", T.LongType()), T.StructField("tenure_days", T.LongType()),
+        T.StructField("p_alive", dbl), T.StructField(f"expected_orders_{settings.horizon_days}d", dbl),
+        T.StructField(f"prob_order_{settings.horizon_days}d", dbl), T.StructField("expected_order_value", dbl),
+        T.StructField(f"clv_{settings.clv_months}m", dbl), T.StructField("as_of", T.TimestampNTZType()),
+        T.StructField("model", T.StringType()),
+    ])
+
+
+def scorer(fitted: FittedBase, settings: Settings, margin: float, as_of: dt.date
+           ) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
+    """The mapInPandas function: `customer_base.score` on each batch of the per-customer summary."""
+    fitted = _portable(fitted)
+    as_of_ts = pd.Timestamp(as_of)
+
+    def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        for batch in batches:
+            if batch.empty:
+                continue
+            out = score(fitted, batch, settings, margin)
+            out.insert(len(out.columns) - 1, "as_of", as_of_ts)
+            yield out
+
+    return run
+
+
+def steps_on_spark(requested: list[str] | None = None) -> tuple[list[Step], list[Step]]:
+    """(steps that run on Spark, steps that do not). A requested step that is unknown or not available on
+    Spark is an error naming it, raised before any work starts."""
+    steps = load_steps()
+    by_name = {s.name: s for s in steps}
+    if requested:
+        unknown = [n for n in requested if n not in by_name]
+        if unknown:
+            raise LoyalistError(f"unknown analysis step(s): {', '.join(unknown)} "
+                                f"(known: {', '.join(by_name) or 'none'})")
+        missing = [n for n in requested if not by_name[n].spark]
+        if missing:
+            raise LoyalistError(f"not available on the Spark engine: {', '.join(missing)} "
+                                "(run them with the DuckDB engine: loyalist analyze --db STORE)")
+        chosen = [by_name[n] for n in requested]
+        return chosen, [s for s in steps if s not in chosen and not s.spark]
+    return [s for s in steps if s.spark], [s for s in steps if not s.spark]
+
+
+@dataclass
+class SparkRun:
+    """What `analyze_spark` did: the report, where the table went, the steps skipped, the timings."""
+
+    report: Any
+    out: str
+    customers: int
+    patterns: int
+    spend_patterns: int
+    skipped_steps: list[str]
+    seconds: dict[str, float] = field(default_factory=dict)
+    table: Any = None
+    """The per-customer table as a Spark DataFrame (read back from OUT)."""
+
+
+def _conf_given(session, key: str) -> bool:
+    try:
+        return session.sparkContext.getConf().contains(key)
+    except Exception:  # Spark Connect has no SparkContext: keep the server's setting
+        return True
+
+
+def _data_end(t) -> dt.date:
+    last = t.order_date.max().execute()
+    if last is None or pd.isna(last):
+        raise LoyalistError("the source holds no transactions")
+    return pd.Timestamp(last).date() + dt.timedelta(days=1)
+
+
+def _local_dir(out: str) -> Path | None:
+    if out.startswith("file://"):
+        return Path(out[len("file://"):])
+    return None if "://" in out else Path(out)
+
+
+def analyze_spark(source: str | list[str], *, out: str, session: "SparkSession | None" = None,
+                  master: str | None = None, as_of: dt.date | None = None, model: str = "auto",
+                  settings: Settings | None = None, config: dict | None = None, db: Path | str | None = None,
+                  steps: list[str] | None = None, on_stage: Callable[[str], None] | None = None,
+                  partitions: int | None = None) -> SparkRun:
+    """Score every customer of `source` on Spark and write the per-customer table to `out` (and `db`)."""
+    import time
+
+    settings = settings or Settings()
+    config = config or {}
+    spark_cfg = config.get("spark", {})
+    stage = on_stage or (lambda s: None)
+    runnable, skipped = steps_on_spark(steps)  # fail before any work
+    clock, seconds = time.perf_counter(), {}
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        seconds[name] = round(now - clock, 3)
+        clock = now
+
+    store = None
+    chosen_by = "set by the user"
+    if model == "auto":
+        if db is not None:
+            from loyalist.analysis import chosen_model
+            from loyalist.store import open_store
+
+            store = open_store(db)
+            choice = chosen_model(store)
+            if choice is None:
+                raise LoyalistError(f"--model auto: {db} holds no backtest, and the backtest does not run on the "
+                                    "Spark engine yet; name the model (--model bgnbd, paretonbd or mbgnbd) or run "
+                                    "`loyalist backtest` on the store first")
+            model, chosen_by = choice[0], f"{choice[1]} (stored in {db})"
+        else:
+            raise LoyalistError("--model auto needs a backtest, which does not run on the Spark engine yet: name the "
+                                "model (--model bgnbd, paretonbd or mbgnbd), or give --db STORE holding a backtest")
+    if model not in TRANSACTION_MODELS:
+        raise LoyalistError(f"unknown model {model!r}; choose one of {', '.join(TRANSACTION_MODELS)}")
+
+    import ibis
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+
+    stage("starting Spark")
+    session = session or spark_session(master or spark_cfg.get("master"),
+                                       {k: str(v) for k, v in spark_cfg.get("conf", {}).items()})
+    parts = partitions or spark_cfg.get("partitions")
+    if not parts and not _conf_given(session, "spark.sql.shuffle.partitions"):
+        # Spark's default (200) costs a Python task per partition when scoring: far too many for a few cores
+        parts = max(4, 2 * session.sparkContext.defaultParallelism)
+    if parts:
+        session.conf.set("spark.sql.shuffle.partitions", str(int(parts)))
+    con = ibis.pyspark.connect(session)
+    lap("session")
+    stage("reading the transactions")
+    t = read_transactions(con, source)
+    as_of = as_of or _data_end(t)
+    notes: list[str] = []
+    summary_expr = rfm_summary(t, as_of)
+    summary = session.sql(con.compile(summary_expr)).persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        stage("building the per-customer sufficient statistics (Ibis on Spark)")
+        patterns = (summary.groupBy("frequency", "recency", "T").agg(F.count(F.lit(1)).alias("n"))
+                    .orderBy("frequency", "recency", "T").toPandas())
+        if patterns.empty:
+            raise LoyalistError(f"no customer bought anything before {as_of}")
+        spend_patterns = (summary.filter((F.col("frequency") > 0) & (F.col("monetary_value") > 0)
+                                         & ~F.isnan("monetary_value"))
+                          .groupBy("frequency", "monetary_value").agg(F.count(F.lit(1)).alias("n"))
+                          .orderBy("frequency", "monetary_value").toPandas())
+        lap("features_and_patterns")
+        stage(f"fitting {model} on {len(patterns):,} distinct patterns (driver)")
+        fitted = fit_patterns(patterns, spend_patterns, model)
+        notes += fitted.notes
+        lap("fit")
+        margin = settings.gross_margin
+        notes.append("product costs are not read on the Spark engine: CLV uses the gross_margin setting "
+                     f"({margin:g})" + (", i.e. revenue, not profit" if margin == 1.0 else ""))
+        if skipped:
+            notes.append("insight steps not available on Spark (their columns are absent): "
+                         + ", ".join(s.name for s in skipped))
+        stage("scoring every customer (mapInPandas on the executors)")
+        scored = summary.mapInPandas(scorer(fitted, settings, margin, as_of), output_schema(settings))
+        if runnable:
+            scored = _run_spark_steps(runnable, con, session, t, scored, as_of, settings, fitted, config, notes)
+        target = out.rstrip("/") + f"/{CUSTOMER_TABLE}"
+        scored.write.mode("overwrite").parquet(target)
+        lap("score_and_write")
+    finally:
+        summary.unpersist()
+    customers = int(patterns["n"].sum())
+    from loyalist.analysis import AnalysisReport
+
+    report = AnalysisReport(as_of, model, customers, fitted.transaction.params_,
+                            fitted.spend.params_ if fitted.spend is not None else None,
+                            "setting", chosen_by, notes)
+    run = SparkRun(report, target, customers, len(patterns), len(spend_patterns), [s.name for s in skipped], seconds)
+    report_json = json.dumps({**report.to_dict(), "engine": "spark", "source": source, "out": target,
+                              "patterns": run.patterns, "spend_patterns": run.spend_patterns,
+                              "skipped_steps": run.skipped_steps, "seconds": seconds}, default=str)
+    local = _local_dir(out)
+    if local is not None:
+        (local / "analysis_run.json").write_text(report_json + "\n", encoding="utf-8")
+    else:
+        session.createDataFrame([(report_json,)], "value string").coalesce(1).write.mode("overwrite").text(
+            out.rstrip("/") + "/analysis_run")
+    if db is not None:
+        stage(f"loading the per-customer table into {db}")
+        if local is None:
+            raise LoyalistError("--db needs --out on the local filesystem (the store reads the Parquet files)")
+        from loyalist.store import open_store, write_frame
+
+        store = store or open_store(db)
+        try:
+            files = str(local.resolve() / CUSTOMER_TABLE / "*.parquet")
+            store.con.execute(f"CREATE OR REPLACE TABLE {CUSTOMER_TABLE} AS SELECT * FROM read_parquet(?)", [files])
+            write_frame(store, "analysis_runs", pd.DataFrame([{
+                "run_at": pd.Timestamp.now(tz="UTC").tz_localize(None), "as_of": pd.Timestamp(as_of),
+                "model": model, "report": report_json}]), replace=False)
+        finally:
+            store.close()
+        lap("load_store")
+    elif store is not None:
+        store.close()
+    run.seconds = seconds
+    return run
+
+
+def _run_spark_steps(runnable: list[Step], con, session, t, scored: "DataFrame", as_of: dt.date,
+                     settings: Settings, fitted: FittedBase, config: dict, notes: list[str]) -> "DataFrame":
+    """Run the Spark-capable steps: each gets the per-customer table as an Ibis table on Spark and returns an
+    Ibis table keyed by customer_id whose columns are joined on (same rules as `run_steps`)."""
+    view = "loyalist_customer_insights"
+    scored.createOrReplaceTempView(view)
+    ctx = Context(SparkSource(con, {"transactions": t}), as_of, settings, fitted, con.table(view), config, notes)
+    for s in runnable:
+        added = s.run(ctx)
+        if added is None:
+            continue
+        if "customer_id" not in added.columns:
+            raise LoyalistError(f"analysis step {s.name!r} must return a table keyed by customer_id")
+        clash = (set(added.columns) - {"customer_id"}) & set(ctx.customers.columns)
+        if clash:
+            raise LoyalistError(f"analysis step {s.name!r} re-defines columns {sorted(clash)}")
+        ctx.customers = ctx.customers.left_join(added, "customer_id").drop("customer_id_right")
+    return session.sql(con.compile(ctx.customers))
