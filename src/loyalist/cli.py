@@ -353,6 +353,16 @@ def analyze(
     horizon: Annotated[int, typer.Option("--horizon", help="Days ahead for expected orders and P(order).")] = 90,
     json_: JsonOption = False,
     config_path: ConfigOption = None,
+    engine: Annotated[str, typer.Option("--engine", help="duckdb (the store, default) or spark (see 'Running on a "
+                                                        "cluster' in the README).")] = "duckdb",
+    spark_master: Annotated[Optional[str], typer.Option("--spark-master", help="Spark: local[N], spark://HOST:PORT, "
+                                                                              "yarn, sc://HOST:PORT (Spark Connect).")] = None,
+    source: Annotated[Optional[list[str]], typer.Option("--source", help="Spark: canonical transactions as Parquet/CSV "
+                                                                        "path(s) or a Spark table (see `loyalist dump`).")] = None,
+    spark_out: Annotated[Optional[str], typer.Option("--out", help="Spark: folder for the per-customer Parquet "
+                                                                  "dataset (default ./loyalist-spark-out).")] = None,
+    steps: Annotated[Optional[list[str]], typer.Option("--step", help="Spark: run only these insight steps "
+                                                                     "(fails at once if one cannot run on Spark).")] = None,
 ) -> None:
     """Score every customer: P(alive), expected orders and P(order) in the next days, expected order value,
     12-month CLV. The per-customer table is stored; `loyalist customers` prints or exports it."""
@@ -363,6 +373,11 @@ def analyze(
         cfg = config.load(config_path)
         if model not in ("auto", "bgnbd", "paretonbd", "mbgnbd"):
             raise LoyalistError(f"--model {model!r}: choose auto, bgnbd, paretonbd or mbgnbd")
+        if engine != "duckdb" or source or spark_master or spark_out or steps:
+            from loyalist.commands.spark import analyze_on_spark
+
+            return analyze_on_spark(engine, db, _as_date(as_of, "--as-of"), model, _settings(cfg, horizon), cfg,
+                                    spark_master, source, spark_out, steps, json_)
         store = open_store(_db(db, cfg))
         with err.status("fitting the customer-base models and scoring every customer") as status:
             try:
