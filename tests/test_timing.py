@@ -1,0 +1,304 @@
+"""Timing (issue 5): renewal model against simulation and known rhythms; gap features against plain pandas on
+the raw demo files; the analysis step, the CLI and the held-out evaluation on the demo store."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import REPO
+from typer.testing import CliRunner
+
+from loyalist.analysis import CUSTOMER_TABLE
+from loyalist.cli import app
+from loyalist.customer_base import Settings, fit_base, score
+from loyalist.evaluation.timing import evaluate, versus_baselines
+from loyalist.features import rfm_summary
+from loyalist.features.timing import customer_gaps, product_cycles
+from loyalist.ingest import ingest
+from loyalist.insights import Context
+from loyalist.insights.timing import timing
+from loyalist.models.next_order import GammaRenewal
+from loyalist.schema import NON_PRODUCT_DESCRIPTION
+from loyalist.store import open_store, write_frame
+
+DEMO = sorted((REPO / "data" / "demo").glob("*.csv.gz"))
+AS_OF = dt.date(2011, 9, 1)
+CONTRACT = ["next_order_date", "next_order_p10", "next_order_p90", "prob_order_30d", "prob_order_60d",
+            "overdue_days", "overdue_score", "overdue_reason", "cycle_days", "cycle_regularity", "cycle_class",
+            "contact_due_date"]
+
+
+# ------------------------------------------------------------------------------------------ the model
+def _simulate(n_cust=3000, k=4.0, alpha=6.0, beta=150.0, q=0.0, window=720.0, seed=1):
+    """Customers with gamma gaps (rate ~ Gamma(alpha, beta)), dropout q after each purchase, observed over
+    `window` days from their first purchase; returns sufficient statistics and the true rates."""
+    rng = np.random.default_rng(seed)
+    lam = rng.gamma(alpha, 1 / beta, n_cust)
+    gaps = rng.gamma(k, 1 / lam[:, None], (n_cust, 80))
+    drop = rng.random((n_cust, 80)) < q
+    alive = np.cumprod(~drop, axis=1).astype(bool)  # alive after purchase j (gap j happens if alive)
+    times = np.cumsum(gaps, axis=1)
+    seen = (times < window) & alive
+    n = seen.sum(axis=1)
+    S = np.where(seen, gaps, 0).sum(axis=1)
+    L = np.where(seen, np.log(gaps), 0).sum(axis=1)
+    e = window - S
+    return n.astype(float), S, L, e, lam
+
+
+def test_fit_recovers_known_rhythm():
+    n, S, L, e, lam = _simulate(q=0.05)
+    m = GammaRenewal().fit(n, S, L, e)
+    p = m.params_
+    assert p["k"] == pytest.approx(4.0, rel=0.15)
+    # Mean gap of the population prior k * beta / (alpha - 1) = 120 days.
+    assert p["k"] * p["beta"] / (p["alpha"] - 1) == pytest.approx(120.0, rel=0.15)
+    assert p["a"] / (p["a"] + p["b"]) == pytest.approx(0.05, abs=0.03)
+    # Customers with many gaps: the cycle is their own (true mean gap k / lambda), shrunk only slightly.
+    many = n >= 10
+    cyc = m.cycle(n[many], S[many])
+    true = 4.0 / lam[many]
+    assert np.median(np.abs(cyc / true - 1)) < 0.15
+
+
+def test_survival_matches_simulation_and_quantiles_invert():
+    m = GammaRenewal.from_params(k=2.0, alpha=3.0, beta=60.0, a=1.0, b=9.0)
+    rng = np.random.default_rng(0)
+    # Posterior for n=3 gaps summing to 90: lambda ~ Gamma(3 + 6, 60 + 90); gap | lambda ~ Gamma(2, lambda).
+    lam = rng.gamma(9.0, 1 / 150.0, 400_000)
+    x = rng.gamma(2.0, 1 / lam)
+    for t in (5.0, 30.0, 80.0):
+        assert m.survival(t, 3, 90.0) == pytest.approx((x > t).mean(), abs=0.004)
+    # Conditional on 40 quiet days, P(order within 30) = P(40 < X <= 70) / P(X > 40).
+    cond = ((x > 40) & (x <= 70)).sum() / (x > 40).sum()
+    assert m.conditional_cdf(30.0, 3, 90.0, 40.0) == pytest.approx(cond, abs=0.005)
+    pa = m.p_alive(3, 90.0, 40.0)
+    assert m.prob_order_within(30.0, 3, 90.0, 40.0) == pytest.approx(pa * cond, abs=0.005)
+    # P(alive): pi S / (1 - pi + pi S) with pi = (b + n) / (a + b + n).
+    pi, s = 12 / 13, m.survival(40.0, 3, 90.0)
+    assert pa == pytest.approx(pi * s / (1 - pi + pi * s))
+    # Quantiles invert the CDF; the defective law's quantile is infinite above P(alive).
+    for q in (0.1, 0.5, 0.8):
+        t = m.residual_quantile(q, 3, 90.0, 40.0)
+        assert m.conditional_cdf(t, 3, 90.0, 40.0) == pytest.approx(q, abs=1e-6)
+        t = m.residual_quantile(q, 3, 90.0, 40.0, p_alive=0.9)
+        assert 0.9 * m.conditional_cdf(t, 3, 90.0, 40.0) == pytest.approx(q, abs=1e-6)
+    assert np.isinf(m.residual_quantile(0.95, 3, 90.0, 40.0, p_alive=0.9))
+
+
+def test_one_order_customer_gets_a_wide_interval():
+    n, S, L, e, _ = _simulate(k=8.0, beta=75.0)  # regular buyers (CV of a gap 0.35), mean gap 120 days
+    m = GammaRenewal().fit(n, S, L, e)
+    one = m.residual_quantile(np.array([0.1, 0.9]), 0, 0.0, 10.0)
+    regular = m.residual_quantile(np.array([0.1, 0.9]), 20, 2400.0, 10.0)
+    assert (one[1] - one[0]) > 1.3 * (regular[1] - regular[0])
+
+
+def test_fit_validates_its_input():
+    with pytest.raises(ValueError):
+        GammaRenewal().fit([1, 2], [3], [0.1, 0.2], [1, 1])
+    with pytest.raises(ValueError):
+        GammaRenewal().fit([2] * 20, [1] * 20, [0] * 20, [5] * 20)  # 2 gaps of whole days cannot sum to 1
+    with pytest.raises(RuntimeError):
+        GammaRenewal().survival(1.0, 0, 0.0)
+
+
+# ----------------------------------------------------------------------------- features vs pandas
+def _lines(until: dt.date | None = AS_OF) -> pd.DataFrame:
+    """Independent pandas reading of the demo files: purchase lines (same rules as test_analysis)."""
+    first, second = (pd.read_csv(p, dtype={"Customer ID": str, "Invoice": str, "StockCode": str},
+                                 parse_dates=["InvoiceDate"]) for p in DEMO)
+    df = pd.concat([first, second[second["InvoiceDate"] > first["InvoiceDate"].max()]])
+    df = df[df["Customer ID"].notna() & ~df["Invoice"].str.startswith("C") & (df["Quantity"] > 0)
+            & (df["Price"] >= 0)]
+    code = df["StockCode"].str.upper()
+    non_product = (code.isin(["POST", "DOT", "M", "C2", "D", "S", "B", "BANK CHARGES", "AMAZONFEE", "CRUK", "PADS"])
+                   | code.str.startswith(("ADJUST", "TEST", "GIFT_"))
+                   | df["Description"].fillna("").str.match(NON_PRODUCT_DESCRIPTION))
+    df = df[~non_product].copy()
+    df["customer_id"] = df["Customer ID"].str.replace(r"\.0+$", "", regex=True)
+    df["day"] = df["InvoiceDate"].dt.normalize()
+    return df if until is None else df[df["day"] < pd.Timestamp(until)]
+
+
+def _gap_stats(days: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    d = days.sort_values([*keys, "day"])
+    d["gap"] = d.groupby(keys)["day"].diff().dt.days
+    g = d.groupby(keys)
+    return pd.DataFrame({"occasions": g.size(), "gap_sum": g["gap"].sum(), "logsum": np.log(d["gap"]).groupby(
+        [d[k] for k in keys]).sum(), "last_gap": g["gap"].last(),
+        "elapsed": (pd.Timestamp(AS_OF) - g["day"].max()).dt.days})
+
+
+@pytest.fixture(scope="module")
+def demo_store(tmp_path_factory):
+    store = open_store(tmp_path_factory.mktemp("timing") / "demo.duckdb")
+    ingest(store, DEMO)
+    yield store
+    store.close()
+
+
+def test_customer_gaps_match_pandas(demo_store):
+    lines = _lines()
+    exp = _gap_stats(lines[["customer_id", "day"]].drop_duplicates(), ["customer_id"])
+    got = customer_gaps(demo_store.table("transactions"), AS_OF).execute().set_index("customer_id").loc[exp.index]
+    assert len(got) == len(exp)
+    assert (got["occasions"] == exp["occasions"]).all()
+    assert (got["n_gaps"] == exp["occasions"] - 1).all()
+    assert np.allclose(got["gap_sum"], exp["gap_sum"])
+    assert np.allclose(got["gap_logsum"], exp["logsum"])
+    assert np.allclose(got["last_gap"].fillna(-1), exp["last_gap"].fillna(-1))
+    assert (got["elapsed"] == exp["elapsed"]).all()
+
+
+def test_product_cycles_match_pandas(demo_store):
+    lines = _lines()
+    days = lines[["customer_id", "StockCode", "day"]].drop_duplicates().rename(columns={"StockCode": "product_id"})
+    exp = _gap_stats(days, ["customer_id", "product_id"])
+    qty = lines.groupby(["customer_id", "StockCode", "day"])["Quantity"].sum().groupby(level=[0, 1]).mean()
+    got = product_cycles(demo_store.table("transactions"), AS_OF).execute()
+    got["product_id"] = got["product_id"].str.upper()
+    got = got.set_index(["customer_id", "product_id"])
+    exp.index = exp.index.set_levels(exp.index.levels[1].str.upper(), level=1)
+    assert len(got) == len(exp)
+    got = got.loc[exp.index]
+    assert (got["occasions"] == exp["occasions"]).all()
+    assert np.allclose(got["gap_sum"], exp["gap_sum"])
+    assert np.allclose(got["gap_logsum"], exp["logsum"])
+    assert (got["elapsed"] == exp["elapsed"]).all()
+    assert np.allclose(got["quantity"], qty.loc[exp.index.tolist()].to_numpy())
+
+
+# ------------------------------------------------------------------------------------- the analysis step
+@pytest.fixture(scope="module")
+def analysed(demo_store):
+    summary = rfm_summary(demo_store.table("transactions"), AS_OF).execute()
+    fitted = fit_base(summary, "bgnbd")
+    table = score(fitted, summary, Settings())
+    ctx = Context(demo_store, AS_OF, Settings(), fitted, table, {"timing": {}}, [])
+    cols = timing(ctx)
+    merged = table.merge(cols, on="customer_id", how="left")
+    write_frame(demo_store, CUSTOMER_TABLE, merged, replace=True)
+    return merged, ctx
+
+
+def test_step_columns_are_consistent(analysed, demo_store):
+    t, ctx = analysed
+    assert set(CONTRACT) <= set(t.columns)
+    assert t["customer_id"].is_unique
+    assert t[["prob_order_30d", "prob_order_60d"]].stack().between(0, 1).all()
+    assert (t["prob_order_30d"] <= t["prob_order_60d"] + 1e-12).all()
+    now = pd.Timestamp(AS_OF)
+    both = t.dropna(subset=["next_order_p10", "next_order_date"])
+    assert (both["next_order_p10"] >= now).all() and (both["next_order_p10"] <= both["next_order_date"]).all()
+    both = t.dropna(subset=["next_order_p90", "next_order_date"])
+    assert (both["next_order_date"] <= both["next_order_p90"]).all()
+    # One-order customers: no cycle of their own, no class, never flagged overdue.
+    one = t["orders"] == 1
+    assert t.loc[one, "cycle_class"].isna().all() and (t.loc[one, "overdue_score"] == 0).all()
+    assert set(t.loc[~one, "cycle_class"]) <= {"short", "long"}
+    # Overdue: flagged rows carry a reason with the numbers; the days since the last order are right.
+    flagged = t[t["overdue_score"] > 0]
+    assert len(flagged) > 0 and flagged["overdue_reason"].notna().all()
+    row = flagged.iloc[0]
+    since = (now - pd.Timestamp(row["last_order"])).days
+    assert f"{since} days since the last" in row["overdue_reason"]
+    assert f"({row['orders']} orders since" in row["overdue_reason"]
+    assert t.loc[t["overdue_score"] == 0, "overdue_reason"].isna().all()
+    assert ((t["cycle_regularity"] > 0) & (t["cycle_regularity"] <= 1)).sum() == t["cycle_regularity"].notna().sum()
+    # Contact schedule: future dates for high-value long-cycle customers only.
+    sched = demo_store.table("contact_schedule").execute()
+    assert len(sched) > 0 and (sched["contact_date"] >= now).all()
+    cls = t.set_index("customer_id").loc[sched["customer_id"], "cycle_class"]
+    assert (cls == "long").all()
+    due = sched.groupby("customer_id")["contact_date"].min()
+    assert (t.set_index("customer_id").loc[due.index, "contact_due_date"] == due).all()
+
+
+def test_reorders_and_next_products(analysed, demo_store):
+    lines = _lines()
+    reorders = demo_store.table("reorders").execute()
+    assert (reorders["times_bought"] >= 2).all()
+    days = lines.groupby(["customer_id", "StockCode"])["day"].agg(["nunique", "max"])
+    days.index = days.index.set_levels(days.index.levels[1].str.upper(), level=1)
+    key = list(zip(reorders["customer_id"], reorders["product_id"].str.upper()))
+    assert (days.loc[key, "nunique"].to_numpy() == reorders["times_bought"].to_numpy()).all()
+    assert (days.loc[key, "max"].to_numpy() == reorders["last_bought"].to_numpy()).all()
+    assert len(reorders) == (days["nunique"] >= 2).sum()
+    assert (reorders["next_reorder_date"] >= pd.Timestamp(AS_OF)).all()
+    late = reorders[reorders["overdue_days"] > 0].iloc[0]
+    assert f"every ~{round(late['cycle_days'])} days" in late["reason"]
+    nxt = demo_store.table("next_products").execute()
+    assert nxt.groupby("customer_id")["rank"].max().le(5).all()
+    assert nxt["probability"].between(0, 1).all()
+    ordered = nxt.sort_values(["customer_id", "rank"])
+    assert (ordered.groupby("customer_id")["probability"].diff().dropna() <= 1e-12).all()
+    # Only products the customer bought before.
+    assert days.index.isin(list(zip(nxt["customer_id"], nxt["product_id"].str.upper()))).sum() == len(nxt)
+    bt = demo_store.table("timing_backtest").execute()
+    assert {"loyalist", "bgnbd", "mean_interval", "last_gap"} <= set(bt["method"])
+
+
+def test_cli_next_overdue_reorders(analysed, demo_store, tmp_path):
+    runner = CliRunner()
+    demo_store.con.execute("CHECKPOINT")  # the CLI opens its own connection: give it a copy of the store
+    db = str(tmp_path / "copy.duckdb")
+    shutil.copy(demo_store.path, db)
+    res = runner.invoke(app, ["next", "--db", db, "--top", "5", "--format", "json"])
+    assert res.exit_code == 0, res.output
+    rows = json.loads(res.stdout)
+    assert len(rows) == 5 and {"next_order_date", "next_order_p10", "next_order_p90", "prob_order_30d"} <= set(rows[0])
+    res = runner.invoke(app, ["overdue", "--db", db, "--min-value", "100", "--format", "csv",
+                              "--out", str(tmp_path / "o.csv")])
+    assert res.exit_code == 0, res.output
+    o = pd.read_csv(tmp_path / "o.csv")
+    t, _ = analysed
+    assert len(o) == ((t["overdue_score"] > 0) & (t["overdue_score"] >= 100)).sum()
+    assert o["overdue_score"].is_monotonic_decreasing and o["overdue_reason"].notna().all()
+    cust = t.loc[t["orders"] >= 5, "customer_id"].iloc[0]
+    res = runner.invoke(app, ["reorders", "--db", db, "--customer", cust, "--format", "parquet",
+                              "--out", str(tmp_path / "r.parquet")])
+    assert res.exit_code == 0, res.output
+    r = pd.read_parquet(tmp_path / "r.parquet")
+    assert (r["customer_id"] == cust).all() and len(r) > 0
+    res = runner.invoke(app, ["reorders", "--db", db, "--next-products", "--customer", cust, "--format", "json"])
+    assert res.exit_code == 0 and [x["rank"] for x in json.loads(res.stdout)] == list(range(1, 6))
+    res = runner.invoke(app, ["next", "--db", db, "--customer", "no-such-customer"])
+    assert res.exit_code == 1 and "no such customer" in res.output
+
+
+def test_cli_before_analyze_says_what_to_run(tmp_path):
+    db = str(tmp_path / "e.duckdb")
+    open_store(db).close()
+    res = CliRunner().invoke(app, ["overdue", "--db", db])
+    assert res.exit_code == 1 and "loyalist analyze" in res.output
+
+
+# --------------------------------------------------------------------------------------- evaluation
+def test_evaluation_counts_the_holdout_independently(demo_store):
+    cutoff, end = dt.date(2011, 6, 1), dt.date(2011, 12, 10)
+    m = evaluate(demo_store.table("transactions"), cutoff, (30, 90), end=end)
+    occ = _lines(until=None)
+    before = set(occ.loc[occ["day"] < pd.Timestamp(cutoff), "customer_id"])
+    orders = m[m["task"] == "orders"]
+    assert (orders["customers"] == len(before)).all()
+    for h in (30, 90):
+        after = occ[(occ["day"] >= pd.Timestamp(cutoff)) & (occ["day"] < pd.Timestamp(cutoff) + pd.Timedelta(days=h))]
+        expected = len(before & set(after["customer_id"]))
+        assert (orders.loc[orders["horizon_days"] == h, "positives"] == expected).all()
+    ours = orders[orders["method"] == "loyalist"]
+    assert ours["auc"].between(0.6, 1).all() and ours["coverage_80"].between(0.6, 0.95).all()
+    assert set(orders["method"]) == {"loyalist", "bgnbd", "paretonbd", "mean_interval", "last_gap"}
+    prods = m[m["task"] == "next_products"]
+    assert set(prods["method"]) == {"loyalist", "most_frequent", "mean_interval", "last_interval"}
+    assert prods["precision_at_5"].between(0, 1).all() and prods["recall_at_5"].between(0, 1).all()
+    vs = versus_baselines(m)
+    assert set(vs["metric"]) == {"auc", "mae_days", "precision_at_5"}
+    row = vs[(vs["metric"] == "auc") & (vs["horizon_days"] == 90)].iloc[0]
+    best = orders[(orders["horizon_days"] == 90) & (orders["method"] != "loyalist")]["auc"].max()
+    assert row["margin"] == pytest.approx(row["loyalist"] - best)
