@@ -40,6 +40,7 @@ from loyalist.store import Store, write_frame
 
 DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 PEAK_INDEX = 1.25
+PEAK_MONTH_INDEX = 1.15
 
 
 def has_category(store: Store) -> bool:
@@ -200,23 +201,28 @@ def describe_peaks(hw: pd.DataFrame, wk: pd.DataFrame) -> list[str]:
         day = hw.groupby("day")["orders"].sum().sort_values(ascending=False)
         total = day.sum()
         out.append(f"Busiest day: {day.index[0]} ({day.iloc[0] / total:.0%} of orders); quietest with orders: "
-                   f"{day.index[-1]} ({day.iloc[-1] / total:.0%}).")
+                   f"{day.index[-1]} ({day.iloc[-1] / total:.1%}).")
         hour = hw.groupby("hour")["orders"].sum()
         top = hour[hour >= hour.max() * 0.8].index.tolist()
         out.append(f"Peak hours: {_hours(top)} ({hour[top].sum() / total:.0%} of orders).")
         cell = hw.sort_values("orders", ascending=False).iloc[0]
         out.append(f"Single busiest slot: {cell['day']} {int(cell['hour']):02d}:00-{int(cell['hour']) + 1:02d}:00 "
                    f"({int(cell['orders']):,} orders over the history).")
-    if len(wk) and wk["peak"].any():
-        pk = wk[wk["peak"]]
-        woy = pk.groupby("week_of_year").size()
-        rng = woy.index.min(), woy.index.max()
-        months = sorted({pd.Timestamp(w).strftime("%B") for w in pk["week"]},
-                        key=lambda m: list(pd.date_range("2000-01-01", periods=12, freq="MS").strftime("%B")).index(m))
-        out.append(f"Peak season: ISO weeks {rng[0]}-{rng[1]} ({', '.join(months)}), {len(pk)} weeks with orders "
-                   f">= {PEAK_INDEX:.2f} x the weekly mean; the busiest, week of "
-                   f"{pd.Timestamp(wk.loc[wk['orders'].idxmax(), 'week']).date()}, had "
-                   f"{wk['index'].max():.2f} x the mean.")
+    if len(wk):
+        w = wk.assign(month=pd.to_datetime(wk["week"]).dt.month)
+        by_month = w.groupby("month")["orders"].mean() / w["orders"].mean()
+        names = {m: pd.Timestamp(2000, m, 1).strftime("%B") for m in range(1, 13)}
+        peak = [m for m in by_month.index if by_month[m] >= PEAK_MONTH_INDEX]
+        if peak:
+            out.append("Peak season: " + ", ".join(f"{names[m]} ({by_month[m]:.2f} x an average week)" for m in peak)
+                       + ".")
+        low = by_month.sort_values().index[0]
+        out.append(f"Quietest month: {names[low]} ({by_month[low]:.2f} x an average week).")
+        if wk["peak"].any():
+            top = wk.loc[wk["orders"].idxmax()]
+            out.append(f"{int(wk['peak'].sum())} weeks had >= {PEAK_INDEX:.2f} x the weekly mean of orders; the "
+                       f"busiest, week of {pd.Timestamp(top['week']).date()} (ISO week {int(top['week_of_year'])}), "
+                       f"had {int(top['orders']):,} orders ({top['index']:.2f} x).")
     return out
 
 

@@ -14,9 +14,12 @@ combinations below):
   season at this year's level;
 - baselines, scored in the backtest but never chosen: SeasonalNaive (52 weeks) and a 13-week moving average
   (WindowAverage).
+ETS+SNaive's intervals are AutoETS's conformal intervals re-centred on the combination (the seasonal naive's
+own conformal windows would need a year of history before each of them).
 The intermittent methods have no model-based intervals, so every method gets conformal intervals
 (statsforecast ConformalIntervals: the empirical distribution of its own rolling-origin errors, Stankeviciute
-et al. 2021), clipped at zero like the point forecast.
+et al. 2021), clipped at zero like the point forecast (3 calibration windows per product, 6 per aggregate series, fewer
+when the history is short).
 
 Candidates per series: the four intermittent methods for an intermittent series, AutoETS (and ETS+SNaive
 once the series has more than 65 weeks) for a smooth one (every aggregate series here).
@@ -56,6 +59,8 @@ MIN_WEEKS = 40
 INTERMITTENT = ("CrostonOptimized", "ADIDA", "IMAPA", "TSB")
 SMOOTH = ("AutoETS", "ETS+SNaive")
 BASELINES = ("SeasonalNaive", "MovingAverage")
+CONFORMAL_WINDOWS = {True: 6, False: 3}
+"""Conformal calibration windows: aggregate series are few, so they get more (better 95% quantiles)."""
 ADI_CUTOFF = 1.32
 """Syntetos & Boylan (2005): above this average inter-demand interval a series is intermittent."""
 
@@ -98,12 +103,12 @@ def classify(y: pd.DataFrame) -> pd.Series:
     return g.size() / g["nz"].sum().clip(lower=1)
 
 
-def _models(names: list[str], h: int, aggregate: bool, intervals: bool):
+def _models(names: list[str], h: int, aggregate: bool, intervals: bool, ci_windows: int = 2):
     from statsforecast.models import (ADIDA, IMAPA, TSB, AutoETS, CrostonOptimized, SeasonalNaive,
                                       WindowAverage)
     from statsforecast.utils import ConformalIntervals
 
-    ci = ConformalIntervals(h=h, n_windows=2) if intervals else None
+    ci = ConformalIntervals(h=h, n_windows=ci_windows) if intervals else None
     make = {
         "CrostonOptimized": lambda: CrostonOptimized(prediction_intervals=ci),
         "ADIDA": lambda: ADIDA(prediction_intervals=ci),
@@ -126,7 +131,11 @@ def _run(y: pd.DataFrame, names: list[str], h: int, aggregate: bool, *, cv_windo
     base = [n for n in names if n != "ETS+SNaive"]
     if "ETS+SNaive" in names:
         base = list(dict.fromkeys(base + ["AutoETS", "SeasonalNaive"]))
-    sf = StatsForecast(models=_models(base, h, aggregate, intervals), freq="W-MON", n_jobs=n_jobs(y["unique_id"].nunique()),
+    shortest = int(y.groupby("unique_id").size().min()) - (cv_windows - 1) * step - (h if cv_windows else 0)
+    ci_windows = max(2, min(CONFORMAL_WINDOWS[aggregate], (shortest - 1) // h))
+    if "SeasonalNaive" in base and "ETS+SNaive" not in names:  # the baseline's own windows need a season before them
+        ci_windows = max(2, min(ci_windows, (shortest - SEASON - 1) // h))
+    sf = StatsForecast(models=_models(base, h, aggregate, intervals, ci_windows), freq="W-MON", n_jobs=n_jobs(y["unique_id"].nunique()),
                        fallback_model=Naive())
     level = list(LEVELS) if intervals else None
     with warnings.catch_warnings():
@@ -137,8 +146,10 @@ def _run(y: pd.DataFrame, names: list[str], h: int, aggregate: bool, *, cv_windo
             out = sf.forecast(h=h, df=y, level=level)
     out = out.reset_index() if "unique_id" not in out.columns else out
     if "ETS+SNaive" in names:
-        for suffix in [""] + ([f"-lo-{lv}" for lv in LEVELS] + [f"-hi-{lv}" for lv in LEVELS] if intervals else []):
-            out[f"ETS+SNaive{suffix}"] = (out[f"AutoETS{suffix}"] + out[f"SeasonalNaive{suffix}"]) / 2
+        combo = (out["AutoETS"] + out["SeasonalNaive"]) / 2
+        out["ETS+SNaive"] = combo
+        for suffix in ([f"-lo-{lv}" for lv in LEVELS] + [f"-hi-{lv}" for lv in LEVELS] if intervals else []):
+            out[f"ETS+SNaive{suffix}"] = combo + (out[f"AutoETS{suffix}"] - out["AutoETS"])
     num = [c for c in out.columns if c not in ("unique_id", "ds", "cutoff", "y")]
     out[num] = out[num].clip(lower=0.0)
     return out
