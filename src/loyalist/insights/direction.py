@@ -15,7 +15,7 @@ Result tables:
         trend_confidence, p_value, orders_per_year_before, orders_per_year_recent, run_rate_before (annual
         spend rate before the recent window), run_rate (annual spend rate in it), spend_12m (last 365 days),
         projected_12m (growing customers: next-12-month spend if the growth continues), volume_pricing_candidate,
-        usual_gap_days, mix_shift, mix_shift_normal, mix_shift_reason, buys_more, buys_less,
+        usual_gap_days, lapse_after_days, mix_shift, mix_shift_normal, mix_shift_reason, buys_more, buys_less,
         flag_returns, flag_baskets, flag_gaps, flag_range, dissatisfaction_flags, as_of.
     `direction_backtest`: see `loyalist.evaluation.direction` (held-out check at as_of - 6 months).
 
@@ -88,7 +88,8 @@ def direction_table(t, products, as_of: dt.date, params: DirectionParams = Direc
                         "p_value": r["p_value"], "orders_per_year_before": r["early_rate"],
                         "orders_per_year_recent": r["recent_rate"], "run_rate_before": r["run_rate_prev"],
                         "run_rate": r["run_rate"], "spend_12m": st["s_12m"].to_numpy(float),
-                        "projected_12m": r["projected_12m"], "usual_gap_days": r["usual_gap_days"]})
+                        "projected_12m": r["projected_12m"], "usual_gap_days": r["usual_gap_days"],
+                        "lapse_after_days": r["lapse_after_days"]})
     days_since = last_age
     months = R / 30.4
     tmonths = params.trend_recent_days / 30.4

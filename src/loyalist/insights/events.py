@@ -1,0 +1,252 @@
+"""Analysis step "events" (order 90): a feed of triggers and life events, each with a plain reason, the
+numbers behind it (JSON) and a suggested action.
+
+Table `events` (appended, never rewritten): event_id, event_date, customer_id, type, reason,
+evidence (JSON text), action, detected_at. Table `event_runs`: as_of, run_at, added.
+
+Types:
+    first_repeat_order, order_milestone (5th, 10th, 25th, 50th, 100th, 250th order), purchase_anniversary,
+    spend_jump (an order over `jump_factor` x the customer's average earlier order, after >= 3 orders),
+    new_category (first order in a product group after >= 3 orders, the group >= 25% of that day's spend;
+    product group as in loyalist.features.direction), reactivation (an order after >= `reactivation_days`
+    without one), lapse (the day the customer passed their lapse threshold, see loyalist.models.direction),
+    entering_overdue (timing step's overdue_days > 0: the day they became overdue), growth_detected,
+    decline_detected, mix_shift (from the direction step), payment_slowdown (DBT over the last 6 months up
+    >= `slowdown_days` on the 6 before, or payment risk >= 0.5), contact_due (table contact_schedule).
+
+Incremental: an event's id is a hash of type + customer + date, and only ids not already stored are
+added, so re-running (with new data or a later as-of date) adds only new events. Dated events from the
+history (orders, anniversaries, lapse dates) are looked for from the previous run's as-of date (at most
+`max_catchup_days` back) or `lookback_days` before as_of, whichever is earlier; state events (growth,
+decline, mix shift, payment slowdown, overdue) are not repeated for a customer within `refire_days` of the
+previous one of the same type.
+
+Settings ([alerts] in loyalist.toml): lookback_days (30), max_catchup_days (365), refire_days (90),
+jump_factor (3), reactivation_days (180), slowdown_days (10), milestones ([5, 10, 25, 50, 100, 250]).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+
+import ibis
+import numpy as np
+import pandas as pd
+
+from loyalist.features.direction import first_group_orders, numbered_occasions
+from loyalist.insights import Context, step
+from loyalist.store import Store, has_table, write_frame
+
+COLUMNS = ["event_id", "event_date", "customer_id", "type", "reason", "evidence", "action", "detected_at"]
+STATE_TYPES = ("entering_overdue", "growth_detected", "decline_detected", "mix_shift", "payment_slowdown")
+ACTIONS = {
+    "first_repeat_order": "Thank them for coming back; suggest what similar customers buy next.",
+    "order_milestone": "Recognise the milestone: a thank-you note or a loyalty perk.",
+    "purchase_anniversary": "Send an anniversary note; review the account with them.",
+    "spend_jump": "Ask what changed (new project, stocking up?); offer volume terms if it lasts.",
+    "new_category": "Follow up on the new range: complementary products, samples, a catalogue.",
+    "reactivation": "Welcome them back; find out why they left and what brought them back.",
+    "lapse": "Win-back contact: call or send a personal offer.",
+    "entering_overdue": "Remind them before they drift: a reorder reminder or a call.",
+    "growth_detected": "Account review: up-sell and volume pricing while they grow.",
+    "decline_detected": "Call to ask about their needs; check service, prices and competitors.",
+    "mix_shift": "Their needs are changing: discuss the new range, check what they now buy elsewhere.",
+    "payment_slowdown": "Credit control: check the account, agree terms before extending more credit.",
+    "contact_due": "Contact between purchases as scheduled.",
+}
+
+
+def event_id(kind: str, customer: str, date) -> str:
+    key = f"{kind}|{customer}|{pd.Timestamp(date).date().isoformat()}"
+    return hashlib.sha1(key.encode()).hexdigest()[:16]
+
+
+def _frame(kind: str, customers, dates, reasons, evidence: list[dict]) -> pd.DataFrame:
+    customers = pd.Series(customers, dtype=object).astype(str).to_numpy()
+    dates = pd.to_datetime(pd.Series(dates)).dt.normalize().to_numpy()
+    return pd.DataFrame({
+        "event_id": [event_id(kind, c, d) for c, d in zip(customers, dates)],
+        "event_date": dates, "customer_id": customers, "type": kind, "reason": list(reasons),
+        "evidence": [json.dumps(e, default=_json_default) for e in evidence], "action": ACTIONS[kind]})
+
+
+def _json_default(x):
+    if isinstance(x, (np.integer,)):
+        return int(x)
+    if isinstance(x, (np.floating,)):
+        return None if np.isnan(x) else round(float(x), 2)
+    if isinstance(x, (pd.Timestamp, dt.date)):
+        return str(pd.Timestamp(x).date())
+    return str(x)
+
+
+def _r(x: float, nd: int = 2):
+    return None if x is None or not np.isfinite(x) else round(float(x), nd)
+
+
+def history_events(store: Store, as_of: dt.date, start: dt.date, cfg: dict, products) -> list[pd.DataFrame]:
+    """Events dated by the order history in [start, as_of)."""
+    t = store.table("transactions")
+    occ = numbered_occasions(t, as_of)
+    occ = occ.filter(occ.day >= ibis.date(start)).execute()
+    out: list[pd.DataFrame] = []
+    if not occ.empty:
+        occ["orders"] = occ["n"] + 1
+        fr = occ[occ["n"] == 1]
+        out.append(_frame("first_repeat_order", fr["customer_id"], fr["day"],
+                          [f"second order ({s:,.0f}) {g:.0f} days after the first" for s, g in zip(fr["spend"], fr["gap"])],
+                          [{"orders": 2, "days_since_first": int(g), "spend": _r(s)}
+                           for s, g in zip(fr["spend"], fr["gap"])]))
+        milestones = cfg.get("milestones", [5, 10, 25, 50, 100, 250])
+        ms = occ[occ["orders"].isin(milestones)]
+        out.append(_frame("order_milestone", ms["customer_id"], ms["day"],
+                          [f"{o:.0f}th order (spend {s:,.0f})" for o, s in zip(ms["orders"], ms["spend"])],
+                          [{"orders": int(o), "spend": _r(s)} for o, s in zip(ms["orders"], ms["spend"])]))
+        factor = float(cfg.get("jump_factor", 3.0))
+        j = occ[(occ["n"] >= 3) & (occ["spend"] > factor * occ["prev_mean_spend"]) & (occ["prev_mean_spend"] > 0)]
+        out.append(_frame("spend_jump", j["customer_id"], j["day"],
+                          [f"order of {s:,.0f}, {s / m:.1f}x their average order of {m:,.0f} over {n:.0f} orders"
+                           for s, m, n in zip(j["spend"], j["prev_mean_spend"], j["n"])],
+                          [{"spend": _r(s), "average_before": _r(m), "ratio": _r(s / m), "orders_before": int(n)}
+                           for s, m, n in zip(j["spend"], j["prev_mean_spend"], j["n"])]))
+        react = float(cfg.get("reactivation_days", 180))
+        ra = occ[occ["gap"] >= react]
+        out.append(_frame("reactivation", ra["customer_id"], ra["day"],
+                          [f"ordered again ({s:,.0f}) after {g:.0f} days without an order" for s, g in
+                           zip(ra["spend"], ra["gap"])],
+                          [{"gap_days": int(g), "spend": _r(s), "orders": int(o)} for g, s, o in
+                           zip(ra["gap"], ra["spend"], ra["orders"])]))
+        ng = first_group_orders(t, products, as_of)
+        ng = ng.filter((ng.day >= ibis.date(start)) & (ng.prior_orders >= 3)).execute()
+        ng = ng.merge(occ[["customer_id", "day", "spend"]].rename(columns={"spend": "day_spend"}),
+                      on=["customer_id", "day"])
+        ng = ng[ng["spend"] >= 0.25 * ng["day_spend"]]
+        ng = ng.sort_values("spend", ascending=False).drop_duplicates(["customer_id", "day"])
+        out.append(_frame("new_category", ng["customer_id"], ng["day"],
+                          [f"first order of {g} ({s:,.0f}, {s / d:.0%} of that order) after {n:.0f} orders"
+                           for g, s, d, n in zip(ng["product_group"], ng["spend"], ng["day_spend"], ng["prior_orders"])],
+                          [{"product_group": g, "spend": _r(s), "share_of_order": _r(s / d), "orders_before": int(n)}
+                           for g, s, d, n in zip(ng["product_group"], ng["spend"], ng["day_spend"], ng["prior_orders"])]))
+    first = rfm_first_orders(t, as_of)
+    if not first.empty:
+        fd = pd.to_datetime(first["first_order"])
+        rows = []
+        for years in range(1, 1 + max(1, (pd.Timestamp(as_of) - fd.min()).days // 365)):
+            ann = fd + pd.DateOffset(years=years)
+            hit = (ann >= pd.Timestamp(start)) & (ann < pd.Timestamp(as_of))
+            if hit.any():
+                rows.append(first[hit].assign(day=ann[hit], years=years))
+        if rows:
+            an = pd.concat(rows)
+            out.append(_frame("purchase_anniversary", an["customer_id"], an["day"],
+                              [f"{y} year{'s' if y > 1 else ''} since the first order; {o:.0f} orders, {r:,.0f} spent"
+                               for y, o, r in zip(an["years"], an["orders"], an["revenue"])],
+                              [{"years": int(y), "orders": int(o), "revenue": _r(r)} for y, o, r in
+                               zip(an["years"], an["orders"], an["revenue"])]))
+    return out
+
+
+def rfm_first_orders(t, as_of: dt.date) -> pd.DataFrame:
+    from loyalist.features import rfm_summary
+
+    return rfm_summary(t, as_of).select("customer_id", "first_order", "orders", "revenue").execute()
+
+
+def state_events(ctx: Context, start: dt.date, cfg: dict) -> list[pd.DataFrame]:
+    """Events from the state the earlier steps found (direction, payment, timing)."""
+    store, as_of, c = ctx.store, ctx.as_of, ctx.customers
+    today = pd.Timestamp(as_of) - pd.Timedelta(days=1)  # the last day of data looked at
+    out: list[pd.DataFrame] = []
+    if has_table(store, "direction"):
+        d = store.table("direction").execute()
+        d = d[pd.to_datetime(d["as_of"]) == pd.Timestamp(as_of)]
+        if "lapse_after_days" in d and not d.empty:
+            lp = d[d["trend"] == "lapsed"].merge(c[["customer_id", "last_order"]], on="customer_id")
+            lp["day"] = pd.to_datetime(lp["last_order"]) + pd.to_timedelta(lp["lapse_after_days"].round(), unit="D")
+            lp = lp[(lp["day"] >= pd.Timestamp(start)) & (lp["day"] < pd.Timestamp(as_of))]
+            out.append(_frame("lapse", lp["customer_id"], lp["day"], lp["trend_reason"],
+                              [{"usual_gap_days": _r(g, 0), "lapse_after_days": _r(a, 0)} for g, a in
+                               zip(lp["usual_gap_days"], lp["lapse_after_days"])]))
+        for label, kind in (("growing", "growth_detected"), ("declining", "decline_detected")):
+            g = d[d["trend"] == label]
+            out.append(_frame(kind, g["customer_id"], [today] * len(g), g["trend_reason"],
+                              [{"growth_rate": _r(a, 3), "p_value": _r(p, 4), "run_rate": _r(r), "run_rate_before": _r(b),
+                                "projected_12m": _r(pj)} for a, p, r, b, pj in
+                               zip(g["growth_rate"], g["p_value"], g["run_rate"], g["run_rate_before"], g["projected_12m"])]))
+        ms = d[d["mix_shift_reason"].notna()]
+        out.append(_frame("mix_shift", ms["customer_id"], [today] * len(ms), ms["mix_shift_reason"],
+                          [{"distance": _r(a, 3), "normal_max": _r(b, 3), "buys_more": m, "buys_less": le} for a, b, m, le in
+                           zip(ms["mix_shift"], ms["mix_shift_normal"], ms["buys_more"], ms["buys_less"])]))
+    if has_table(store, "payment_behaviour"):
+        p = store.table("payment_behaviour").execute()
+        p = p[pd.to_datetime(p["as_of"]) == pd.Timestamp(as_of)]
+        slow = p[(p["dbt_trend_6m"] >= float(cfg.get("slowdown_days", 10))) | (p["payment_risk"] >= 0.5)]
+        out.append(_frame("payment_slowdown", slow["customer_id"], [today] * len(slow), slow["payment_risk_reason"],
+                          [{"dbt_6m": _r(a, 1), "dbt_prev_6m": _r(b, 1), "payment_risk": _r(r, 3),
+                            "overdue_amount": _r(o)} for a, b, r, o in
+                           zip(slow["dbt_6m"], slow["dbt_prev_6m"], slow["payment_risk"], slow["overdue_amount"])]))
+    if "overdue_days" in c.columns:
+        od = c[c["overdue_days"].fillna(0) > 0]
+        day = pd.Timestamp(as_of) - pd.to_timedelta(od["overdue_days"].astype(float), unit="D")
+        keep = (day >= pd.Timestamp(start)).to_numpy()  # became overdue inside the window
+        od, day = od[keep], day[keep]
+        cycle = od["cycle_days"] if "cycle_days" in od else pd.Series(np.nan, index=od.index)
+        out.append(_frame("entering_overdue", od["customer_id"], day,
+                          [f"usually orders every ~{cy:.0f} days; now {o:.0f} days past that" if np.isfinite(cy)
+                           else f"{o:.0f} days past their usual reorder time" for cy, o in zip(cycle, od["overdue_days"])],
+                          [{"overdue_days": int(o), "cycle_days": _r(cy, 1)} for o, cy in zip(od["overdue_days"], cycle)]))
+    if has_table(store, "contact_schedule"):
+        cs = store.table("contact_schedule").execute()
+        cs["contact_date"] = pd.to_datetime(cs["contact_date"])
+        cs = cs[(cs["contact_date"] >= pd.Timestamp(start)) & (cs["contact_date"] < pd.Timestamp(as_of) + pd.Timedelta(days=7))]
+        out.append(_frame("contact_due", cs["customer_id"], cs["contact_date"], cs["reason"].fillna("scheduled contact"),
+                          [{"contact_date": str(x.date())} for x in cs["contact_date"]]))
+    return out
+
+
+def new_events(ctx: Context) -> pd.DataFrame:
+    """The events of this run that are not stored yet (see the module docstring for the rules)."""
+    cfg = ctx.config.get("alerts", {})
+    store, as_of = ctx.store, ctx.as_of
+    lookback = int(cfg.get("lookback_days", 30))
+    start = as_of - dt.timedelta(days=lookback)
+    if has_table(store, "event_runs"):
+        prev = store.table("event_runs").as_of.max().execute()
+        if prev is not None and not pd.isna(prev) and pd.Timestamp(prev).date() < as_of:
+            start = max(min(start, pd.Timestamp(prev).date()),
+                        as_of - dt.timedelta(days=int(cfg.get("max_catchup_days", 365))))
+    from loyalist.insights.direction import products_for
+
+    frames = [f for f in history_events(store, as_of, start, cfg, products_for(store)) + state_events(ctx, start, cfg)
+              if len(f)]
+    if not frames:
+        return pd.DataFrame(columns=COLUMNS)
+    ev = pd.concat(frames, ignore_index=True).drop_duplicates("event_id")
+    if has_table(store, "events"):
+        old = store.table("events").select("event_id", "customer_id", "type", "event_date").execute()
+        ev = ev[~ev["event_id"].isin(old["event_id"])]
+        refire = pd.Timedelta(days=int(cfg.get("refire_days", 90)))
+        last = old[old["type"].isin(STATE_TYPES)].groupby(["customer_id", "type"])["event_date"].max()
+        if len(last):
+            prior = pd.to_datetime(pd.Series(list(zip(ev["customer_id"], ev["type"]))).map(last).to_numpy())
+            recent = ev["type"].isin(STATE_TYPES).to_numpy() & (ev["event_date"].to_numpy() - prior < refire)
+            ev = ev[~np.asarray(recent, bool)]
+    ev["detected_at"] = pd.Timestamp.now(tz="UTC").tz_localize(None)
+    return ev.sort_values(["event_date", "customer_id", "type"])[COLUMNS].reset_index(drop=True)
+
+
+@step("events", 90)
+def events_step(ctx: Context) -> pd.DataFrame | None:
+    ev = new_events(ctx)
+    if len(ev):
+        write_frame(ctx.store, "events", ev, replace=False)
+    elif not has_table(ctx.store, "events"):
+        write_frame(ctx.store, "events", ev.astype({"event_date": "datetime64[ns]", "detected_at": "datetime64[ns]"}),
+                    replace=False)
+    write_frame(ctx.store, "event_runs", pd.DataFrame([{"as_of": pd.Timestamp(ctx.as_of),
+                                                        "run_at": pd.Timestamp.now(tz="UTC").tz_localize(None),
+                                                        "added": len(ev)}]), replace=False)
+    ctx.notes.append(f"events: {len(ev):,} new events in the feed (`loyalist alerts`)")
+    return None
