@@ -398,7 +398,11 @@ def analyze_spark(source: str | list[str], *, out: str, session: "SparkSession |
         store = store or open_store(db)
         try:
             files = str(local.resolve() / CUSTOMER_TABLE / "*.parquet")
-            store.con.execute(f"CREATE OR REPLACE TABLE {CUSTOMER_TABLE} AS SELECT * FROM read_parquet(?)", [files])
+            # the DuckDB engine stores these as TIMESTAMP_S (pandas datetime64[s]): same types for the readers
+            store.con.execute(f"CREATE OR REPLACE TABLE {CUSTOMER_TABLE} AS SELECT * REPLACE ("
+                              "CAST(first_order AS TIMESTAMP_S) AS first_order, "
+                              "CAST(last_order AS TIMESTAMP_S) AS last_order, CAST(as_of AS TIMESTAMP_S) AS as_of) "
+                              "FROM read_parquet(?)", [files])
             write_frame(store, "analysis_runs", pd.DataFrame([{
                 "run_at": pd.Timestamp.now(tz="UTC").tz_localize(None), "as_of": pd.Timestamp(as_of),
                 "model": model, "report": report_json}]), replace=False)

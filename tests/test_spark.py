@@ -1,0 +1,201 @@
+"""The Spark engine (local mode): the per-customer table equals the DuckDB engine's, the weighted fit on
+distinct patterns equals the per-customer fit, steps that cannot run on Spark are refused by name, the CLI
+works end to end. The loopback-cluster run is in test_spark_cluster.py."""
+
+from __future__ import annotations
+
+import datetime as dt
+import subprocess
+import sys
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import REPO, shared_file
+from spark_helpers import BASE_COLUMNS, SYNTH_AS_OF, assert_same_table, duckdb_table, synthetic_store
+from typer.testing import CliRunner
+
+from loyalist import insights
+from loyalist.cli import app
+from loyalist.customer_base import TRANSACTION_MODELS, fit_base
+from loyalist.errors import LoyalistError
+from loyalist.features import rfm_summary
+
+pytest.importorskip("pyspark")
+
+from loyalist.engine.spark import analyze_spark, fit_patterns, spark_session  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def spark():
+    session = spark_session("local[2]", {"spark.driver.memory": "1g", "spark.ui.enabled": "false",
+                                          "spark.sql.shuffle.partitions": "2"})
+    yield session
+    session.stop()
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("synth")
+    store, parquet = synthetic_store(folder)
+    yield store, parquet, folder
+    store.close()
+
+
+@pytest.fixture(scope="module")
+def bgnbd_run(spark, synth):
+    """One Spark run on the synthetic Parquet files, shared by the tests that compare against it."""
+    store, parquet, folder = synth
+    run = analyze_spark(str(parquet), out=str(folder / "out_bgnbd"), session=spark, model="bgnbd", as_of=SYNTH_AS_OF)
+    return run, pd.read_parquet(run.out)
+
+
+def _patterns(summary: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    pat = summary.groupby(["frequency", "recency", "T"]).size().reset_index(name="n")
+    rep = summary[(summary["frequency"] > 0) & (summary["monetary_value"] > 0)]
+    spend = rep.groupby(["frequency", "monetary_value"]).size().reset_index(name="n")
+    return pat, spend
+
+
+@pytest.mark.parametrize("model", list(TRANSACTION_MODELS))
+def test_weighted_fit_on_patterns_equals_per_customer_fit(synth, model):
+    store = synth[0]
+    summary = rfm_summary(store.table("transactions"), SYNTH_AS_OF).execute()
+    pat, spend = _patterns(summary)
+    assert len(pat) < len(summary) and pat["n"].sum() == len(summary)
+    a, b = fit_base(summary, model), fit_patterns(pat, spend, model)
+    for k, v in a.transaction.params_.items():
+        assert b.transaction.params_[k] == pytest.approx(v, rel=1e-9)
+    for k, v in a.spend.params_.items():
+        assert b.spend.params_[k] == pytest.approx(v, rel=1e-9)
+    assert b.transaction.n_customers_ == len(summary)
+
+
+def test_synthetic_spark_equals_duckdb(spark, synth, bgnbd_run, monkeypatch):
+    store, parquet, folder = synth
+    for model in ("bgnbd", "paretonbd"):
+        duck = duckdb_table(store, SYNTH_AS_OF, model, monkeypatch)
+        if model == "bgnbd":
+            run, table = bgnbd_run
+        else:
+            run = analyze_spark(str(parquet), out=str(folder / f"out_{model}"), session=spark, model=model,
+                                as_of=SYNTH_AS_OF)
+            table = pd.read_parquet(run.out)
+        assert list(duck.columns) == BASE_COLUMNS
+        assert_same_table(duck, table)
+        assert run.customers == len(duck) and run.patterns < len(duck)
+        # independent count: customers with at least one purchase line before as_of (plain pandas)
+        raw = pd.read_parquet(parquet)
+        buy = raw[raw["customer_id"].notna() & ~raw["is_return"] & ~raw["is_cancellation"] & ~raw["is_non_product"]]
+        assert set(table["customer_id"]) == set(buy["customer_id"])
+
+
+def test_csv_source_gives_the_same_table(spark, synth, bgnbd_run, tmp_path):
+    store, parquet, _ = synth
+    csv = tmp_path / "tx.csv"
+    pd.read_parquet(parquet).to_csv(csv, index=False)
+    a = bgnbd_run[1]
+    b = pd.read_parquet(analyze_spark(str(csv), out=str(tmp_path / "b"), session=spark, model="bgnbd",
+                                      as_of=SYNTH_AS_OF).out)
+    assert_same_table(a, b)
+
+
+def test_cli_dump_then_analyze_on_spark_into_the_store(spark, tmp_path, monkeypatch):
+    store, _ = synthetic_store(tmp_path, n_customers=800, seed=3)
+    duck = duckdb_table(store, SYNTH_AS_OF, "bgnbd", monkeypatch)
+    store.close()  # the CLI opens the store itself
+    db = tmp_path / "synthetic.duckdb"
+    runner = CliRunner()
+    res = runner.invoke(app, ["dump", "transactions", "--db", str(db), "--out", str(tmp_path / "tx")])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["analyze", "--engine", "spark", "--spark-master", "local[2]", "--source",
+                              str(tmp_path / "tx"), "--out", str(tmp_path / "out"), "--model", "bgnbd",
+                              "--as-of", str(SYNTH_AS_OF), "--db", str(db)])
+    assert res.exit_code == 0, res.output
+    assert "800 customers scored on Spark with bgnbd" in res.output
+    for name in [s.name for s in insights.load_steps() if not s.spark]:  # named as not available on Spark
+        assert name in res.output
+    con = duckdb.connect(str(db), read_only=True)
+    stored = con.execute("SELECT * FROM customer_insights").df()
+    types = dict(con.execute("SELECT column_name, data_type FROM duckdb_columns() "
+                             "WHERE table_name = 'customer_insights'").fetchall())
+    runs = con.execute("SELECT count(*) FROM analysis_runs").fetchall()[0][0]
+    con.close()
+    assert types["first_order"] == "TIMESTAMP_S" and types["as_of"] == "TIMESTAMP_S"
+    assert runs >= 1
+    assert_same_table(duck, stored)
+
+
+@pytest.fixture
+def extra_steps():
+    """Register test steps and remove them afterwards (the registry is process-wide)."""
+    names: list[str] = []
+
+    def add(name: str, fn, spark: bool) -> None:
+        insights.step(name, 999, spark=spark)(fn)
+        names.append(name)
+
+    yield add
+    for n in names:
+        insights._STEPS.pop(n, None)
+
+
+def test_requested_step_not_on_spark_fails_at_once(extra_steps, synth, tmp_path):
+    extra_steps("duckdb_only_demo", lambda ctx: None, spark=False)
+    out = tmp_path / "never"
+    res = CliRunner().invoke(app, ["analyze", "--engine", "spark", "--source", str(synth[1]), "--out", str(out),
+                                   "--model", "bgnbd", "--step", "duckdb_only_demo"])
+    assert res.exit_code == 1
+    assert "not available on the Spark engine: duckdb_only_demo" in res.output
+    assert not out.exists()  # refused before any work
+    with pytest.raises(LoyalistError, match="unknown analysis step"):
+        analyze_spark(str(synth[1]), out=str(out), model="bgnbd", steps=["no_such_step"])
+
+
+def test_spark_capable_step_runs_on_spark(spark, extra_steps, synth, tmp_path):
+    def double_orders(ctx):
+        c = ctx.customers  # an Ibis table on Spark
+        return c.select("customer_id", orders_x2=c.orders * 2)
+
+    extra_steps("orders_x2_demo", double_orders, spark=True)
+    run = analyze_spark(str(synth[1]), out=str(tmp_path / "o"), session=spark, model="bgnbd", as_of=SYNTH_AS_OF)
+    table = pd.read_parquet(run.out)
+    assert (table["orders_x2"] == 2 * table["orders"]).all()
+    assert "orders_x2_demo" not in run.skipped_steps
+
+
+def test_clear_errors(spark, synth, tmp_path):
+    with pytest.raises(LoyalistError, match="--model auto needs a backtest"):
+        analyze_spark(str(synth[1]), out=str(tmp_path / "x"), session=spark)
+    bad = tmp_path / "bad.parquet"
+    pd.DataFrame({"customer_id": ["a"], "order_date": [pd.Timestamp("2024-01-01")]}).to_parquet(
+        bad, coerce_timestamps="us")
+    with pytest.raises(LoyalistError, match="lacks the canonical column"):
+        analyze_spark(str(bad), out=str(tmp_path / "x"), session=spark, model="bgnbd")
+    res = CliRunner().invoke(app, ["analyze", "--engine", "spark", "--model", "bgnbd"])
+    assert res.exit_code == 1 and "needs --source" in res.output
+
+
+def test_default_install_does_not_import_pyspark():
+    code = "import sys, loyalist.cli, loyalist.engine.spark; assert 'pyspark' not in sys.modules, 'pyspark imported'"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+@pytest.mark.slow
+def test_online_retail_spark_equals_duckdb(spark, tmp_path, monkeypatch):
+    files = [shared_file("online_retail_ii", f"online_retail_II_{y}.csv.gz") for y in ("2009-2010", "2010-2011")]
+    from loyalist.ingest import ingest
+    from loyalist.store import open_store
+
+    store = open_store(tmp_path / "orii.duckdb")
+    ingest(store, files)
+    as_of, model = dt.date(2011, 12, 10), "bgnbd"
+    duck = duckdb_table(store, as_of, model, monkeypatch)
+    store.con.execute(f"COPY transactions TO '{tmp_path / 'tx'}' (FORMAT parquet, FILE_SIZE_BYTES '16MB')")
+    store.close()
+    run = analyze_spark(str(tmp_path / "tx"), out=str(tmp_path / "out"), session=spark, model=model, as_of=as_of)
+    table = pd.read_parquet(run.out)
+    assert len(table) > 5000
+    assert_same_table(duck, table)
+    assert np.isfinite(table["clv_12m"]).all()
