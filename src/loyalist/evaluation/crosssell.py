@@ -38,25 +38,6 @@ from loyalist.insights.crosssell import DEFAULTS, CrossSellData, model_for, prep
 METHODS = ("lookalikes", "popularity", "als_default")
 
 
-def ranking_metrics(top: np.ndarray, target: sp.csr_matrix, k: int) -> dict[str, float]:
-    """recall@k, NDCG@k and hit rate of ranked lists `top` (rows, >= k columns, -1 = empty) against the
-    0/1 `target` matrix (same rows); rows with an empty target are skipped."""
-    top = np.asarray(top)[:, :k]
-    sizes = np.diff(target.indptr)
-    use = sizes > 0
-    top, sizes = top[use], sizes[use]
-    target = target[use]
-    rows = np.broadcast_to(np.arange(top.shape[0])[:, None], top.shape)
-    valid = top >= 0
-    hit = np.zeros(top.shape, bool)
-    hit[valid] = np.asarray(target[rows[valid], top[valid]]).ravel() > 0
-    disc = 1.0 / np.log2(np.arange(2, k + 2))
-    dcg = (hit * disc).sum(axis=1)
-    idcg = np.cumsum(disc)[np.minimum(sizes, k) - 1]
-    return {"customers": int(use.sum()), "recall_at_k": float((hit.sum(axis=1) / sizes).mean()),
-            "ndcg_at_k": float((dcg / idcg).mean()), "hit_rate": float(hit.any(axis=1).mean())}
-
-
 def _top_dense(scores: np.ndarray, exclude: sp.csr_matrix, k: int) -> np.ndarray:
     """Top-k columns of dense scores with the excluded cells removed (rows chunked by the caller)."""
     s = np.array(scores, dtype=np.float64)
@@ -93,7 +74,7 @@ def evaluate_cutoff(transactions, cutoff: dt.date, horizon_days: int = 90, k: in
     data = prepare(transactions, cutoff, None, o)
     target = target_matrix(transactions, data, cutoff, horizon_days)
     # Products first bought in the horizon that nobody had bought before the cutoff are not in the columns
-    # (no method can suggest them); they still count in |target| through `all_new` below.
+    # (no method can suggest them); they still count in |target| (`sizes`).
     fp = baskets.first_purchases(transactions, cutoff, horizon_days).execute()
     per_cust = fp.assign(customer_id=fp["customer_id"].astype(str)).groupby("customer_id").size()
     sizes = per_cust.reindex(data.customers).fillna(0).to_numpy()
@@ -104,13 +85,11 @@ def evaluate_cutoff(transactions, cutoff: dt.date, horizon_days: int = 90, k: in
         if method == "lookalikes":
             model = model_for(o)
             model.num_threads = num_threads
-            model.fit(data.strength, attributes=data.attributes, popularity=data.popularity)
+            model.fit(data.strength, data.votes, attributes=data.attributes, popularity=data.popularity)
             top = model.recommend(k, exclude=data.exclude, allowed=data.allowed, customers=rows).items
         elif method == "popularity":
-            pop = np.asarray((data.exclude[:, :] > 0).sum(axis=0)).ravel().astype(float)
             buyers = np.asarray((data.strength > 0).sum(axis=0)).ravel().astype(float)
-            del pop
-            top = _dense_method(lambda r: np.broadcast_to(buyers, (r.size, buyers.size)), rows, data.exclude, k)
+            top = _dense_method(lambda r, b=buyers: np.broadcast_to(b, (r.size, b.size)), rows, data.exclude, k)
         elif method == "als_default":
             from implicit.als import AlternatingLeastSquares
             from threadpoolctl import threadpool_limits
@@ -120,20 +99,19 @@ def evaluate_cutoff(transactions, cutoff: dt.date, horizon_days: int = 90, k: in
                 als = AlternatingLeastSquares(random_state=seed, num_threads=num_threads)
                 als.fit(orders, show_progress=False)
             uf, itf = np.asarray(als.user_factors), np.asarray(als.item_factors)
-            top = _dense_method(lambda r: uf[r] @ itf.T, rows, data.exclude, k)
+            top = _dense_method(lambda r, u=uf, i=itf: u[r] @ i.T, rows, data.exclude, k)
         else:
             raise ValueError(f"unknown method {method!r}")
         seconds = time.perf_counter() - t0
-        full = np.full((len(data.customers), k), -1, np.int64)
-        full[rows] = top
-        m = _metrics_with_sizes(full[rows], target[rows], sizes[rows], k)
+        m = ranking_metrics(top, target[rows], sizes[rows], k)
         out.append({"cutoff": pd.Timestamp(cutoff), "horizon_days": horizon_days, "method": method, **m,
                     "targets": int(sizes.sum()), "k": k, "seconds": round(seconds, 3)})
     return pd.DataFrame(out)
 
 
-def _metrics_with_sizes(top: np.ndarray, target: sp.csr_matrix, sizes: np.ndarray, k: int) -> dict[str, float]:
-    """ranking_metrics where |target| also counts products no method could know (new after the cutoff)."""
+def ranking_metrics(top: np.ndarray, target: sp.csr_matrix, sizes: np.ndarray, k: int) -> dict[str, float]:
+    """recall@k, NDCG@k and hit rate of ranked lists `top` (rows, k columns, -1 = empty) against the 0/1
+    `target` (same rows); `sizes` = |target| per row, which may also count products no method could know."""
     rows = np.broadcast_to(np.arange(top.shape[0])[:, None], top.shape)
     valid = top >= 0
     hit = np.zeros(top.shape, bool)

@@ -1,7 +1,7 @@
 """Customer x product interactions (what, how much, how often) as Ibis expressions, for the cross-sell work.
 
 Written once in Ibis so the DuckDB store runs them embedded and the PySpark backend on a cluster; only
-portable operations are used (count, sum, min, max, nunique, approx_median, argmax).
+portable operations are used (count, sum, min, max, nunique, median, argmax).
 
 A purchase line is `~is_guest & ~is_non_product & ~is_cancellation & ~is_return` with a customer and a
 product code (as in `loyalist.features.summary`). A return line is a product line of a known customer that is
@@ -50,19 +50,18 @@ def interactions(t: ir.Table, as_of: dt.date | dt.datetime | None = None,
                  half_life_days: float | None = None) -> ir.Table:
     """One row per customer and product bought before `as_of` (see the module docstring for the columns)."""
     lines = purchase_lines(t, as_of)
-    per = lines.group_by(["customer_id", "product_id"]).aggregate(
-        orders=lines.order_id.nunique(), days=lines.order_date.date().nunique(),
-        quantity=lines.quantity.sum(), amount=lines.amount.sum().fill_null(0.0),
+    daily = lines.group_by(["customer_id", "product_id", lines.order_date.date().name("day")]).aggregate(
+        orders=lines.order_id.nunique(), quantity=lines.quantity.sum(), amount=lines.amount.sum().fill_null(0.0),
         first_bought=lines.order_date.min(), last_bought=lines.order_date.max())
-    if half_life_days is None:
-        return per
-    if as_of is None:
-        raise ValueError("recency weights need an as_of date")
-    daily = lines.group_by(["customer_id", "product_id", lines.order_date.date().name("day")]).aggregate()
-    age = ibis.date(_ts(as_of).date()).delta(daily.day, unit="day").cast("float64")
-    weights = daily.mutate(w=ibis.literal(0.5) ** (age / float(half_life_days)))
-    weights = weights.group_by(["customer_id", "product_id"]).aggregate(recency_weight=weights.w.sum())
-    return per.join(weights, ["customer_id", "product_id"])
+    aggs = {"orders": daily.orders.sum(), "days": daily.count(), "quantity": daily.quantity.sum(),
+            "amount": daily.amount.sum(), "first_bought": daily.first_bought.min(),
+            "last_bought": daily.last_bought.max()}
+    if half_life_days is not None:
+        if as_of is None:
+            raise ValueError("recency weights need an as_of date")
+        age = ibis.date(_ts(as_of).date()).delta(daily.day, unit="day").cast("float64")
+        aggs["recency_weight"] = (ibis.literal(0.5) ** (age / float(half_life_days))).sum()
+    return daily.group_by(["customer_id", "product_id"]).aggregate(**aggs)
 
 
 def returned(t: ir.Table, as_of: dt.date | dt.datetime | None = None) -> ir.Table:
@@ -81,8 +80,8 @@ def product_stats(t: ir.Table, as_of: dt.date | dt.datetime | None = None) -> ir
     return lines.group_by("product_id").aggregate(
         description=lines.description.argmax(lines.order_date),
         buyers=lines.customer_id.nunique(), orders=lines.order_id.nunique(),
-        typical_quantity=lines.quantity.approx_median(),
-        typical_price=lines.unit_price.approx_median(where=paid),
+        typical_quantity=lines.quantity.median(),
+        typical_price=lines.unit_price.median(where=paid),
         first_sold=lines.order_date.min(), last_sold=lines.order_date.max())
 
 

@@ -69,7 +69,12 @@ def _csr(x, name: str) -> sp.csr_matrix:
 
 
 def top_n_sparse(m: sp.csr_matrix, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top-n columns per row of a CSR matrix by value (ties: lower column first); -1 / 0 pad short rows."""
+    """Top-n columns per row of a non-negative CSR matrix by value (ties: lower column first); -1 / 0 pad
+    short rows.
+
+    O(nnz): each row's values are first bucketed into 256 levels relative to the row's maximum, and only the
+    entries at or above the highest level that already holds n entries are sorted (they contain the top n).
+    """
     m = sp.csr_matrix(m)
     m.sum_duplicates()
     rows_n = m.shape[0]
@@ -77,13 +82,28 @@ def top_n_sparse(m: sp.csr_matrix, n: int) -> tuple[np.ndarray, np.ndarray]:
     scores = np.zeros((rows_n, n))
     if m.nnz == 0 or n == 0:
         return items, scores
-    rows = np.repeat(np.arange(rows_n), np.diff(m.indptr))
-    order = np.lexsort((m.indices, -m.data, rows))
+    counts = np.diff(m.indptr)
+    rows = np.repeat(np.arange(rows_n), counts)
+    data, cols = m.data, m.indices
+    if m.nnz > 4 * n * rows_n:
+        rowmax = np.zeros(rows_n)
+        np.maximum.at(rowmax, rows, data)
+        level = np.floor(255.0 * np.divide(data, rowmax[rows], out=np.zeros_like(data),
+                                            where=rowmax[rows] > 0)).astype(np.int64)
+        hist = np.bincount(rows * 256 + level, minlength=rows_n * 256).reshape(rows_n, 256)
+        above = np.cumsum(hist[:, ::-1], axis=1)
+        threshold = np.where(above[:, -1] >= n, 255 - np.argmax(above >= n, axis=1), 0)
+        keep = level >= threshold[rows]
+        rows, data, cols = rows[keep], data[keep], cols[keep]
+        starts = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=rows_n))])
+    else:
+        starts = m.indptr
+    order = np.lexsort((cols, -data, rows))
     r = rows[order]
-    rank = np.arange(order.size) - m.indptr[r]
+    rank = np.arange(order.size) - starts[r]
     keep = rank < n
-    items[r[keep], rank[keep]] = m.indices[order[keep]]
-    scores[r[keep], rank[keep]] = m.data[order[keep]]
+    items[r[keep], rank[keep]] = cols[order[keep]]
+    scores[r[keep], rank[keep]] = data[order[keep]]
     return items, scores
 
 
@@ -129,7 +149,7 @@ class LookAlikeRecommender:
             x = _l2_rows(sp.hstack([x, a], format="csr"))
         return x
 
-    def fit(self, strength, votes=None, attributes=None, popularity=None) -> "LookAlikeRecommender":
+    def fit(self, strength, votes=None, attributes=None, popularity=None) -> LookAlikeRecommender:
         """Find every customer's look-alikes.
 
         strength: (customers, products) sparse, how strongly each customer bought each product (e.g. the
@@ -187,46 +207,56 @@ class LookAlikeRecommender:
         excl = self.bought_ if exclude is None else _csr(exclude, "exclude")
         if excl.shape != (n_cust, n_prod):
             raise ValueError("exclude must have one row per fitted customer and one column per product")
+        excl = (excl != 0).astype(np.float64).tocsr()
         allow = np.ones(n_prod, bool) if allowed is None else np.asarray(allowed, bool)
-        pop = np.where(allow, self.popularity_, 0.0)
-        # Candidates from the prior: the most popular allowed products, enough to fill every list.
-        n_prior = int(min(np.count_nonzero(pop > 0), n + int(np.diff(excl.indptr).max(initial=0))))
-        prior_items = np.argsort(-pop, kind="stable")[:n_prior]
-        disallowed = sp.diags((~allow).astype(np.float64))
-        out = [], [], []
+        if allow.shape != (n_prod,):
+            raise ValueError("allowed must hold one flag per product")
+        prior = self.popularity_weight * np.where(allow, self.popularity_, 0.0)
+        by_prior = np.argsort(-prior, kind="stable")
+        by_prior = by_prior[prior[by_prior] > 0]
         sim = self.similarity_.copy()
         sim.data = sim.data ** self.similarity_power
         norm = np.asarray(sim.sum(axis=1)).ravel()
-        sim = sp.diags(np.divide(1.0, norm, out=np.zeros_like(norm), where=norm > 0)) @ sim
+        sim = sp.csr_matrix(sp.diags(np.divide(1.0, norm, out=np.zeros_like(norm), where=norm > 0)) @ sim)
         pattern = sim.copy()
         pattern.data[:] = 1.0
+        parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         for start in range(0, rows_all.size, self.chunk_size):
             rows = rows_all[start:start + self.chunk_size]
+            ex = excl[rows]
             score = sp.csr_matrix(sim[rows] @ self.votes_)
-            if n_prior:
-                c = rows.size
-                prior = sp.csr_matrix((np.tile(pop[prior_items], c), np.tile(prior_items, c),
-                                       np.arange(c + 1) * n_prior), shape=(c, n_prod))
-                score = score + self.popularity_weight * prior
-            # Tiny shift so that candidates with a zero score stay explicit until ranked.
-            score.data += 1e-12
-            blocked = (excl[rows] != 0).astype(np.float64) + (score @ disallowed != 0).astype(np.float64)
-            score = score - score.multiply(blocked > 0)
-            score.eliminate_zeros()
+            score.data += prior[score.indices] + 1e-12  # keeps zero-vote candidates explicit until ranked
+            score = _drop(score, ex, allow)
             items, scores = top_n_sparse(score, n)
+            short = np.flatnonzero(items[:, -1] < 0)
+            if short.size and by_prior.size:
+                # Cold start: fill short lists from the prior (popular products the customer lacks).
+                m = int(min(by_prior.size, n + np.diff(ex[short].indptr).max(initial=0) + n))
+                fill = sp.csr_matrix((np.tile(prior[by_prior[:m]], short.size), np.tile(by_prior[:m], short.size),
+                                      np.arange(short.size + 1) * m), shape=(short.size, n_prod))
+                merged = _drop(score[short].maximum(fill), ex[short], allow)
+                items[short], scores[short] = top_n_sparse(merged, n)
             counts = np.zeros(items.shape, dtype=np.int64)
             have = items >= 0
             if have.any():
+                uniq, inv = np.unique(items[have], return_inverse=True)
+                sub = sp.csr_matrix(pattern[rows] @ self.bought_[:, uniq])
                 rr = np.broadcast_to(np.arange(rows.size)[:, None], items.shape)[have]
-                counts[have] = np.asarray((pattern[rows] @ self.bought_)[rr, items[have]]).ravel().round()
-            scores = np.where(have, np.maximum(scores - 1e-12, 0.0), 0.0)
-            out[0].append(items)
-            out[1].append(scores)
-            out[2].append(counts)
-        if not out[0]:
+                counts[have] = np.asarray(sub[rr, inv]).ravel().round().astype(np.int64)
+            parts.append((items, np.where(have, np.maximum(scores - 1e-12, 0.0), 0.0), counts))
+        if not parts:
             empty = np.zeros((0, n))
             return Gaps(empty.astype(np.int64), empty, empty.astype(np.int64), np.zeros(0, np.int64))
-        return Gaps(np.vstack(out[0]), np.vstack(out[1]), np.vstack(out[2]), self.neighbours_[rows_all])
+        return Gaps(np.vstack([p[0] for p in parts]), np.vstack([p[1] for p in parts]),
+                    np.vstack([p[2] for p in parts]), self.neighbours_[rows_all])
+
+
+def _drop(score: sp.csr_matrix, exclude: sp.csr_matrix, allow: np.ndarray) -> sp.csr_matrix:
+    """Remove excluded cells (exclude is 0/1) and disallowed columns from a candidate-score matrix."""
+    score = sp.csr_matrix(score - score.multiply(exclude))
+    score.data[~allow[score.indices]] = 0.0
+    score.eliminate_zeros()
+    return score
 
 
 def _l2_rows(x: sp.csr_matrix) -> sp.csr_matrix:
