@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml $(VENV)/.installed
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e '.[test,spark]'
 	touch $@
 
 install: $(VENV)/.installed
@@ -28,6 +28,7 @@ install-test: $(VENV)/.installed-test
 services:
 	bash scripts/pg_test_server.sh
 	bash scripts/install_chromium.sh
+	bash scripts/install_java.sh
 
 demo: install
 	@mkdir -p out
