@@ -53,10 +53,19 @@ def swagger_ui_dir() -> str:
     return str(swagger_ui_bundle.swagger_ui_path)
 
 
+def _code(text: str):
+    """Escape, then show `quoted` words as code."""
+    import re
+
+    from markupsafe import Markup, escape
+
+    return Markup(re.sub(r"`([^`]+)`", r"<code>\1</code>", str(escape(text))))
+
+
 def templates() -> Jinja2Templates:
     t = Jinja2Templates(directory=str(TEMPLATES))
     env = t.env
-    env.filters.update(num=fmt.number, money=fmt.money, pct=fmt.percent, date=fmt.date, label=fmt.label,
+    env.filters.update(code=_code, num=fmt.number, money=fmt.money, pct=fmt.percent, date=fmt.date, label=fmt.label,
                        missing=fmt.missing, chart=charts.to_json)
     env.globals.update(cell=fmt.cell, numeric=fmt.numeric, LISTS=LISTS, version=__version__, label=fmt.label)
     return t

@@ -255,7 +255,7 @@ class Reader:
             if limit is not None:
                 expr = expr.limit(_Params.LIMIT, offset=_Params.OFFSET)
             sql = str(self._backend().compile(expr))
-            for name in params.names:
+            for name in dict.fromkeys(params.names):
                 sentinel = f"'__lp_{name}__'"
                 if sentinel not in sql:
                     raise RuntimeError(f"placeholder {name} lost in compilation")
