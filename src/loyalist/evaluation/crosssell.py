@@ -13,7 +13,7 @@ Metrics (mean over the evaluated customers; Jarvelin & Kekalainen 2002 for NDCG)
 
 Methods, in the same run:
 - `lookalikes`: loyalist's recommender (loyalist.models.crosssell) with the settings given.
-- `popularity`: products by number of distinct buyers before the cutoff (global popularity).
+- `popularity`: products by number of distinct buyers before the cutoff (global popularity; ties: product id).
 - `als_default`: `implicit.als.AlternatingLeastSquares` with its default settings (factors 100, regularization
   0.01, alpha 1, 15 iterations), fitted on the number of orders per customer and product; seeded.
 
@@ -89,6 +89,7 @@ def evaluate_cutoff(transactions, cutoff: dt.date, horizon_days: int = 90, k: in
             top = model.recommend(k, exclude=data.exclude, allowed=data.allowed, customers=rows).items
         elif method == "popularity":
             buyers = np.asarray((data.strength > 0).sum(axis=0)).ravel().astype(float)
+            buyers -= np.arange(buyers.size) * 1e-6  # ties: the lower product id first
             top = _dense_method(lambda r, b=buyers: np.broadcast_to(b, (r.size, b.size)), rows, data.exclude, k)
         elif method == "als_default":
             from implicit.als import AlternatingLeastSquares

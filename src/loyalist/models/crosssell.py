@@ -171,20 +171,20 @@ class LookAlikeRecommender:
         if pop.shape != (n_prod,) or (pop < 0).any() or not np.isfinite(pop).all():
             raise ValueError("popularity must be one non-negative number per product")
         prof = self.profiles(strength, attributes)
-        k = int(min(self.n_neighbors, max(n_cust - 1, 0)))
+        # Look-alikes are customers who bought something: a customer known only by attributes (no purchase
+        # yet) gets look-alikes but is nobody's look-alike.
+        buyers = np.flatnonzero(np.diff(votes.indptr) > 0)
+        others = np.setdiff1d(np.arange(n_cust), buyers)
+        k = int(min(self.n_neighbors, max(buyers.size - 1, 0)))
+        sim = sp.csr_matrix((n_cust, n_cust))
         if k > 0 and prof.nnz:
-            sim = sp.csr_matrix(all_pairs_knn(sp.csr_matrix(prof.T), k + 1, show_progress=False,
-                                              num_threads=self.num_threads))
-            sim.setdiag(0)
-            sim.eliminate_zeros()
-            sim.data = np.clip(sim.data, 0.0, None)
-            sim.eliminate_zeros()
-            items, scores = top_n_sparse(sim, k)
-            keep = items >= 0
-            rows = np.repeat(np.arange(n_cust), k).reshape(n_cust, k)
-            sim = sp.csr_matrix((scores[keep], (rows[keep], items[keep])), shape=(n_cust, n_cust))
-        else:
-            sim = sp.csr_matrix((n_cust, n_cust))
+            among = sp.csr_matrix(all_pairs_knn(sp.csr_matrix(prof[buyers].T), k + 1, show_progress=False,
+                                                num_threads=self.num_threads))
+            among.setdiag(0)
+            sim = _embed(among, buyers, buyers, k, n_cust)
+            for start in range(0, others.size, self.chunk_size):
+                q = others[start:start + self.chunk_size]
+                sim = sim + _embed(sp.csr_matrix(prof[q] @ prof[buyers].T), q, buyers, k, n_cust)
         self.similarity_ = sim
         self.neighbours_ = np.diff(sim.indptr)
         self.votes_ = votes
@@ -249,6 +249,17 @@ class LookAlikeRecommender:
             return Gaps(empty.astype(np.int64), empty, empty.astype(np.int64), np.zeros(0, np.int64))
         return Gaps(np.vstack([p[0] for p in parts]), np.vstack([p[1] for p in parts]),
                     np.vstack([p[2] for p in parts]), self.neighbours_[rows_all])
+
+
+def _embed(block: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray, k: int, n: int) -> sp.csr_matrix:
+    """The top-k positive similarities of each row of `block` (rows x cols of the full n x n graph)."""
+    block = sp.csr_matrix(block)
+    block.data = np.clip(block.data, 0.0, None)
+    block.eliminate_zeros()
+    items, scores = top_n_sparse(block, k)
+    keep = items >= 0
+    r = np.broadcast_to(rows[:, None], items.shape)[keep]
+    return sp.csr_matrix((scores[keep], (r, cols[items[keep]])), shape=(n, n))
 
 
 def _drop(score: sp.csr_matrix, exclude: sp.csr_matrix, allow: np.ndarray) -> sp.csr_matrix:
