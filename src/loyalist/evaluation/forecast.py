@@ -10,6 +10,11 @@ each series is chosen from the errors of the earlier origins whose whole horizon
 the choice never sees the weeks it is scored on). Only origins with at least one earlier completed origin are
 evaluation origins; every method is scored on the same evaluation origins.
 
+Series scored: those with a full season (52 weeks) of history before the first origin, so the seasonal naive
+is defined at every origin (on Online Retail II most active products; products launched later are forecast
+but not in this table). Coverage counts only the weeks where the method had an interval (the seasonal naive's
+conformal windows need a season before each of them, so its coverage rests on fewer weeks).
+
 Table `forecast_backtest` columns: level, method, series, mase_mean, mase_median, mae, coverage80,
 coverage95, origins, h. For the total level mase_mean = mase_median = the total series' MASE over the
 evaluation origins.

@@ -349,7 +349,7 @@ def run_all(store: Store, as_of: dt.date, customers: pd.DataFrame | None, config
     orders_fc = fc[fc["level"] == "orders"]
     staff = staffing_table(orders_fc, hw, throughput, hours)
     if throughput is None:
-        notes.append("staffing: set [staffing] orders_per_person_hour in loyalist.toml (or `loyalist peaks "
+        notes.append("staffing: set staffing.orders_per_person_hour in loyalist.toml (or `loyalist peaks "
                      "--throughput N`) to turn the order forecast into person-hours")
     tables = {"forecasts": fc, "peak_hours": hw, "peak_weeks": wk, "staffing": staff}
     if backtest:

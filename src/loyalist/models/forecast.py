@@ -179,7 +179,9 @@ def backtest_errors(cv: pd.DataFrame, methods: list[str], scale: pd.Series | Non
         cols = {"ae": "mean"}
         for lv in LEVELS:
             if f"{m}-lo-{lv}" in cv.columns:
-                e[f"in{lv}"] = ((cv["y"] >= cv[f"{m}-lo-{lv}"] - 1e-9) & (cv["y"] <= cv[f"{m}-hi-{lv}"] + 1e-9)).astype(float)
+                lo, hi = cv[f"{m}-lo-{lv}"], cv[f"{m}-hi-{lv}"]
+                inside = ((cv["y"] >= lo - 1e-9) & (cv["y"] <= hi + 1e-9)).astype(float)
+                e[f"in{lv}"] = inside.where(lo.notna() & hi.notna())  # no interval: not scored
                 cols[f"in{lv}"] = "mean"
         g = e.groupby(["unique_id", "cutoff"]).agg(cols).reset_index().rename(
             columns={"ae": "mae", "in80": "coverage80", "in95": "coverage95"})
