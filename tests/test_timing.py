@@ -21,7 +21,8 @@ from loyalist.features import rfm_summary
 from loyalist.features.timing import customer_gaps, product_cycles
 from loyalist.ingest import ingest
 from loyalist.insights import Context
-from loyalist.insights.timing import timing
+from loyalist.insights.timing import (MIX_GRID, base_prob_order, base_summary, fit_customer_model, score_customers,
+                                      select_mix, timing)
 from loyalist.models.next_order import GammaRenewal
 from loyalist.schema import NON_PRODUCT_DESCRIPTION
 from loyalist.store import open_store, write_frame
@@ -174,6 +175,31 @@ def test_product_cycles_match_pandas(demo_store):
     assert np.allclose(got["quantity"], qty.loc[exp.index.tolist()].to_numpy())
 
 
+def test_model_average_with_the_customer_base_model(demo_store):
+    cg = customer_gaps(demo_store.table("transactions"), AS_OF).execute()
+    cm = fit_customer_model(cg)
+    bg = fit_base(base_summary(cg), "bgnbd").transaction
+    alone = score_customers(cm, cg, None, 1.0)
+    half = score_customers(cm, cg, bg, 0.5)
+    for h in (30, 60, 90):
+        assert np.allclose(half[f"prob_order_{h}d"],
+                           0.5 * alone[f"prob_order_{h}d"] + 0.5 * base_prob_order(bg, cg, h))
+    # BG/NBD's own P(order within 90) for the statistics (frequency, recency, T) of rfm_summary.
+    summ = rfm_summary(demo_store.table("transactions"), AS_OF).execute().set_index("customer_id").loc[cg["customer_id"]]
+    direct = bg.probability_of_purchase_within(90, summ["frequency"].to_numpy(float), summ["recency"].to_numpy(float),
+                                               summ["T"].to_numpy(float))
+    assert np.allclose(base_prob_order(bg, cg, 90), direct)
+    # The adjusted P(alive) reproduces the combined 90-day probability where it is not capped at 1.
+    n, S = cg["n_gaps"].to_numpy(float), cg["gap_sum"].to_numpy(float)
+    e = np.maximum(cg["elapsed"].to_numpy(float) - 0.5, 0)
+    F = cm.conditional_cdf(90, n, S, e)
+    ok = half["p_alive_timing"] < 1
+    assert np.allclose((half["p_alive_timing"] * F)[ok], half["prob_order_90d"][ok])
+    assert np.allclose(alone["p_alive_timing"], cm.p_alive(n, S, e))
+    mix, how = select_mix(demo_store.table("transactions"), AS_OF, "bgnbd")
+    assert mix in MIX_GRID and "chosen on the orders of 2011-06-03 to 2011-09-01" in how
+
+
 # ------------------------------------------------------------------------------------- the analysis step
 @pytest.fixture(scope="module")
 def analysed(demo_store):
@@ -293,12 +319,13 @@ def test_evaluation_counts_the_holdout_independently(demo_store):
         assert (orders.loc[orders["horizon_days"] == h, "positives"] == expected).all()
     ours = orders[orders["method"] == "loyalist"]
     assert ours["auc"].between(0.6, 1).all() and ours["coverage_80"].between(0.6, 0.95).all()
-    assert set(orders["method"]) == {"loyalist", "bgnbd", "paretonbd", "mean_interval", "last_gap"}
+    assert set(orders["method"]) == {"loyalist", "renewal_only", "bgnbd", "paretonbd", "mean_interval", "last_gap"}
+    assert orders.loc[orders["method"] == "loyalist", "mix"].isin(MIX_GRID).all()
     prods = m[m["task"] == "next_products"]
     assert set(prods["method"]) == {"loyalist", "most_frequent", "mean_interval", "last_interval"}
     assert prods["precision_at_5"].between(0, 1).all() and prods["recall_at_5"].between(0, 1).all()
     vs = versus_baselines(m)
     assert set(vs["metric"]) == {"auc", "mae_days", "precision_at_5"}
     row = vs[(vs["metric"] == "auc") & (vs["horizon_days"] == 90)].iloc[0]
-    best = orders[(orders["horizon_days"] == 90) & (orders["method"] != "loyalist")]["auc"].max()
+    best = orders[(orders["horizon_days"] == 90) & ~orders["method"].isin(["loyalist", "renewal_only"])]["auc"].max()
     assert row["margin"] == pytest.approx(row["loyalist"] - best)

@@ -1,7 +1,7 @@
 """Held-out evaluation of the timing models (issue 5): fit on everything before a cutoff, score what happens
 after it, against baselines, in one metrics table (stored as `timing_backtest`).
 
-Columns of the table: cutoff, horizon_days, task, method, customers, positives, auc, brier, mae_days,
+Columns of the table: cutoff, horizon_days, task, method, mix, customers, positives, auc, brier, mae_days,
 coverage_80, coverage_n, precision_at_5, recall_at_5, flagged, order_rate, base_rate, lift,
 value_recovered. Empty where a metric does not apply to the task or method.
 
@@ -14,7 +14,9 @@ Tasks and methods:
   whose next order (followed to the end of the data) falls in the 80% interval [p10, p90] of the defective
   law (an open upper end means "may never order again"), over the `coverage_n` customers for whom this can
   be decided with the data after the cutoff.
-  Methods: `loyalist` (the gamma renewal model with dropout, loyalist.models.next_order), `bgnbd` and
+  Methods: `loyalist` (the gamma renewal model with dropout, loyalist.models.next_order, averaged with the
+  customer-base model with the weight `mix` chosen on the 90 days before the cutoff; see
+  loyalist.insights.timing.select_mix), `renewal_only` (mix 1, shown for comparison), `bgnbd` and
   `paretonbd` alone (P(order within h); the median of their Lomax next-purchase time given alive),
   `mean_interval` (next order = last + the customer's mean gap; population mean for one-order customers)
   and `last_gap` (last + the last gap). A rule's score for the AUC is -|due - h/2| (due in the middle of
@@ -40,12 +42,14 @@ from sklearn.metrics import roc_auc_score
 
 from loyalist.customer_base import fit_base
 from loyalist.features.timing import customer_gaps, next_occasion, product_cycles, products_bought
-from loyalist.insights.timing import (ALIVE_WEIGHT, base_p_alive, fit_customer_model, fit_pair_model,
-                                      score_customers, score_pairs, top_k)
+from loyalist.insights.timing import (base_summary, fit_customer_model, fit_pair_model, score_customers,
+                                      score_pairs, select_mix, top_k)
 
 BASELINES = ("bgnbd", "paretonbd", "mean_interval", "last_gap")
 PRODUCT_BASELINES = ("most_frequent", "mean_interval", "last_interval")
 OVERDUE_THRESHOLD = 0.10
+NOT_BASELINES = ("renewal_only",)
+"""Rows shown for comparison that are part of loyalist's own model, not baselines."""
 
 
 def _auc(y: np.ndarray, s: np.ndarray) -> float:
@@ -82,10 +86,12 @@ def _coverage(p10: np.ndarray, p90: np.ndarray, t: np.ndarray, follow: float) ->
 
 
 def evaluate(transactions: ir.Table, cutoff: dt.date, horizons: tuple[int, ...] = (30, 90),
-             end: dt.date | None = None, weight: float = ALIVE_WEIGHT, product_horizon: int = 30, k: int = 5,
-             baselines: tuple[str, ...] = BASELINES, products: bool = True) -> pd.DataFrame:
+             end: dt.date | None = None, base_name: str = "bgnbd", mix: float | None = None,
+             product_horizon: int = 30, k: int = 5, baselines: tuple[str, ...] = BASELINES,
+             products: bool = True) -> pd.DataFrame:
     """The metrics table at one cutoff (see the module docstring). `end`: the end of the data (exclusive);
-    default the day after the last order."""
+    default the day after the last order. `base_name`: the customer-base model loyalist mixes with; `mix`:
+    None chooses it by rolling origin on the 90 days before the cutoff (`select_mix`), as `analyze` does."""
     if end is None:
         last = transactions.order_date.max().execute()
         end = pd.Timestamp(last).date() + dt.timedelta(days=1)
@@ -97,13 +103,17 @@ def evaluate(transactions: ir.Table, cutoff: dt.date, horizons: tuple[int, ...] 
     nx = cg[["customer_id"]].merge(next_occasion(transactions, cutoff, end).execute(), on="customer_id", how="left")
     t_next = (pd.to_datetime(nx["next_day"]) - pd.Timestamp(cutoff)).dt.days.to_numpy(float)
     follow = float((end - cutoff).days)
-    summ = cg.assign(frequency=cg["n_gaps"], recency=cg["gap_sum"], T=cg["gap_sum"] + cg["elapsed"],
-                     monetary_value=np.nan)
+    summ = base_summary(cg)
     f, r, T = (summ[c].to_numpy(float) for c in ("frequency", "recency", "T"))
     n, S, el = cg["n_gaps"].to_numpy(float), cg["gap_sum"].to_numpy(float), cg["elapsed"].to_numpy(float)
     base = {name: fit_base(summ, name).transaction for name in ("bgnbd", "paretonbd") if name in baselines}
+    mixed_with = base.get(base_name) or fit_base(summ, base_name).transaction
+    if mix is None:
+        mix, _ = select_mix(transactions, cutoff, base_name)
     cm = fit_customer_model(cg)
-    sc = score_customers(cm, cg, base_p_alive(base.get("bgnbd"), cg), weight, tuple(sorted({*horizons, 90})))
+    hs = tuple(sorted({*horizons, 90}))
+    sc = score_customers(cm, cg, mixed_with, mix, hs)
+    renewal = score_customers(cm, cg, None, 1.0, hs)
     pop_gap = S[n > 0].sum() / n[n > 0].sum()
     gaps = {"mean_interval": np.where(n > 0, S / np.maximum(n, 1), pop_gap),
             "last_gap": np.where(n > 0, cg["last_gap"].fillna(pop_gap).to_numpy(float), pop_gap)}
@@ -117,9 +127,16 @@ def evaluate(transactions: ir.Table, cutoff: dt.date, horizons: tuple[int, ...] 
         p = sc[f"prob_order_{h}d"].to_numpy(float)
         pred = np.maximum(cm.median_given_within(h, n, S, e_half) - 0.5, 0.0)
         cov, cov_n = _coverage(sc["days_p10"].to_numpy(float), sc["days_p90"].to_numpy(float), t_next, follow)
-        rows.append({**common, "method": "loyalist", "auc": _auc(y, p), "brier": float(np.mean((p - y) ** 2)),
-                     "mae_days": float(np.mean(np.abs(pred - t_next)[ordered])), "coverage_80": cov,
-                     "coverage_n": cov_n})
+        rows.append({**common, "method": "loyalist", "mix": mix, "auc": _auc(y, p),
+                     "brier": float(np.mean((p - y) ** 2)), "mae_days": float(np.mean(np.abs(pred - t_next)[ordered])),
+                     "coverage_80": cov, "coverage_n": cov_n})
+        # The renewal model alone (mix 1), for comparison: part of loyalist, not a baseline.
+        pr = renewal[f"prob_order_{h}d"].to_numpy(float)
+        cov, cov_n = _coverage(renewal["days_p10"].to_numpy(float), renewal["days_p90"].to_numpy(float), t_next,
+                               follow)
+        rows.append({**common, "method": "renewal_only", "mix": 1.0, "auc": _auc(y, pr),
+                     "brier": float(np.mean((pr - y) ** 2)), "mae_days": rows[-1]["mae_days"],
+                     "coverage_80": cov, "coverage_n": cov_n})
         for name, m in base.items():
             pb = m.probability_of_purchase_within(h, f, r, T)
             pred = np.maximum(_lomax_median_within(m, h, f, r, T) - 0.5, 0.0)
@@ -187,7 +204,7 @@ def versus_baselines(metrics: pd.DataFrame) -> pd.DataFrame:
     out = []
     for (cut, h, task), g in metrics.groupby(["cutoff", "horizon_days", "task"]):
         ours = g[g["method"] == "loyalist"]
-        others = g[g["method"] != "loyalist"]
+        others = g[~g["method"].isin(["loyalist", *NOT_BASELINES])]
         if ours.empty or others.empty:
             continue
         for metric, higher in (("auc", True), ("mae_days", False), ("precision_at_5", True)):

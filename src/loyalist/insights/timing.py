@@ -30,8 +30,8 @@ Result tables written by the step:
   allows: cutoff, horizon_days, task, method, metric columns (see that module).
 
 Settings (loyalist.toml, section [timing]): overdue_threshold (0.10), long_cycle_days (median cycle),
-top_products (5), product_horizon_days (30), contact_value_quantile (0.75), alive_weight (see
-`ALIVE_WEIGHT`), backtest (true).
+top_products (5), product_horizon_days (30), contact_value_quantile (0.75), mix (see `MIX_GRID`; default
+chosen by rolling origin), backtest (true).
 """
 
 from __future__ import annotations
@@ -46,19 +46,22 @@ import pandas as pd
 
 from loyalist.features.timing import customer_gaps, product_cycles
 from loyalist.insights import Context, step
-from loyalist.models.next_order import GammaRenewal, blend_alive
+from loyalist.models.next_order import GammaRenewal
 from loyalist.store import write_frame
 
 HALF_DAY = 0.5
 """Gaps are whole days fitted with a continuous law: a silence of e whole days means the gap is at least e,
 i.e. the continuous gap exceeds e - 1/2 (continuity correction)."""
 
-ALIVE_WEIGHT = 1.0
-"""Logit weight of the renewal model's own P(alive) against the customer-base model's (BG/NBD ...), for
-repeat customers. Chosen on the selection cutoff 2010-06-01 of Online Retail II only (never on the
-evaluation cutoffs): weights 0, .25, .5, .75 gave AUC 0.730/0.733 (30/90 days), weight 1 gave 0.735/0.737
-and the lowest Brier score, so the renewal model's own P(alive) is used by default; [timing] alive_weight
-sets another blend."""
+MIX_GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
+DEFAULT_MIX = 0.5
+SELECT_DAYS = 90
+"""P(order within h) is a model average (forecast combination, Bates & Granger 1969, "The combination of
+forecasts", Operational Research Quarterly 20(4)): mix x renewal + (1 - mix) x customer-base model (the BG/NBD,
+Pareto/NBD ... that `analyze` fitted). `mix` is chosen by rolling origin: on the SELECT_DAYS before as_of
+(models fitted on the data before as_of - SELECT_DAYS, scored on the orders in those days: all before
+as_of), the grid value with the best mean AUC over 30 and 90 days. DEFAULT_MIX when the history is too
+short; [timing] mix fixes it."""
 
 PRODUCT_PRIOR_GAPS = 10.0
 """Pseudo-gaps pulling a product's pooled (log) cycle toward the population's."""
@@ -73,14 +76,49 @@ def _days(x) -> pd.Series:
     return pd.to_timedelta(np.where(d <= MAX_DAYS, d, np.nan), unit="D")
 
 
-def base_p_alive(base_model, cg: pd.DataFrame) -> np.ndarray | None:
-    """P(alive) from the fitted customer-base model (BG/NBD, Pareto/NBD ...) on the same statistics."""
-    if base_model is None:
-        return None
+def base_prob_order(base_model, cg: pd.DataFrame, h: int) -> np.ndarray:
+    """P(order within h) from the fitted customer-base model (BG/NBD, Pareto/NBD ...) on the same statistics
+    (frequency = gaps, recency = first to last order, T = first order to as_of)."""
     f = cg["n_gaps"].to_numpy(float)
     r = cg["gap_sum"].to_numpy(float)
     T = r + cg["elapsed"].to_numpy(float)
-    return np.asarray(base_model.conditional_probability_alive(f, r, T), dtype=float)
+    return np.asarray(base_model.probability_of_purchase_within(h, f, r, T), dtype=float)
+
+
+def base_summary(cg: pd.DataFrame) -> pd.DataFrame:
+    """`customer_gaps` in the shape the customer-base models fit on."""
+    return cg.assign(frequency=cg["n_gaps"], recency=cg["gap_sum"], T=cg["gap_sum"] + cg["elapsed"],
+                     monetary_value=np.nan)
+
+
+def select_mix(transactions: ir.Table, as_of: dt.date, base_name: str = "bgnbd") -> tuple[float, str]:
+    """Rolling-origin choice of `mix` (see MIX_GRID): fit at as_of - SELECT_DAYS, judge on the orders up to
+    as_of. Returns (mix, what was done)."""
+    from sklearn.metrics import roc_auc_score
+
+    from loyalist.customer_base import fit_base
+    from loyalist.features.timing import next_occasion
+
+    c0 = as_of - dt.timedelta(days=SELECT_DAYS)
+    cg0 = customer_gaps(transactions, c0).execute()
+    if len(cg0) < 100 or (cg0["n_gaps"] > 0).sum() < 30:
+        return DEFAULT_MIX, f"mix {DEFAULT_MIX} (default: only {len(cg0)} customers before {c0} to choose it on)"
+    cm0 = fit_customer_model(cg0)
+    base0 = fit_base(base_summary(cg0), base_name).transaction
+    nx = cg0[["customer_id"]].merge(next_occasion(transactions, c0, as_of).execute(), on="customer_id", how="left")
+    t_next = (pd.to_datetime(nx["next_day"]) - pd.Timestamp(c0)).dt.days.to_numpy(float)
+    n, S = cg0["n_gaps"].to_numpy(float), cg0["gap_sum"].to_numpy(float)
+    e = np.maximum(cg0["elapsed"].to_numpy(float) - HALF_DAY, 0.0)
+    score = np.zeros(len(MIX_GRID))
+    for h in (30, 90):
+        y = np.nan_to_num(t_next, nan=np.inf) < h
+        if not 0 < y.sum() < len(y):
+            return DEFAULT_MIX, f"mix {DEFAULT_MIX} (default: no variation in orders after {c0})"
+        pr, pb = cm0.prob_order_within(h, n, S, e), base_prob_order(base0, cg0, h)
+        score += [roc_auc_score(y, w * pr + (1 - w) * pb) for w in MIX_GRID]
+    best = int(np.flatnonzero(score >= score.max() - 1e-12)[-1])
+    return MIX_GRID[best], (f"mix {MIX_GRID[best]} of the renewal model with {base_name}, chosen on the orders of "
+                            f"{c0} to {as_of} (mean AUC {score[best] / 2:.3f})")
 
 
 def fit_customer_model(cg: pd.DataFrame, seed: int = 0) -> GammaRenewal:
@@ -88,21 +126,32 @@ def fit_customer_model(cg: pd.DataFrame, seed: int = 0) -> GammaRenewal:
                                        np.maximum(cg["elapsed"].to_numpy(float) - HALF_DAY, 0.0))
 
 
-def score_customers(model: GammaRenewal, cg: pd.DataFrame, p_base: np.ndarray | None = None,
-                    weight: float = ALIVE_WEIGHT, horizons: tuple[int, ...] = (30, 60, 90)) -> pd.DataFrame:
+def score_customers(model: GammaRenewal, cg: pd.DataFrame, base_model=None, mix: float = 1.0,
+                    horizons: tuple[int, ...] = (30, 60, 90)) -> pd.DataFrame:
     """Per customer: P(alive), P(order within h), next-order quantiles (days from as_of), cycle, overdue
-    tail probability. `cg` is `customer_gaps(...)` executed."""
+    tail probability. `cg` is `customer_gaps(...)` executed.
+
+    P(order within h) = mix x renewal + (1 - mix) x `base_model` (when given). The adjusted P(alive) is
+    P(order within 90) / P(order within 90 | active, renewal): the dates are the renewal law's, scaled to
+    the combined chance of ordering at all (equal to the renewal model's own P(alive) when mix = 1)."""
     n = cg["n_gaps"].to_numpy(float)
     S = cg["gap_sum"].to_numpy(float)
     e = np.maximum(cg["elapsed"].to_numpy(float) - HALF_DAY, 0.0)
     pa_own = model.p_alive(n, S, e)
-    # BG/NBD-type models call every one-order customer alive (they cannot drop out before a repeat), so
-    # the blend applies to repeat customers only.
-    pa = pa_own if p_base is None else np.where(n > 0, blend_alive(pa_own, p_base, weight), pa_own)
+    use_base = base_model is not None and mix < 1.0
+
+    def prob(h: int) -> np.ndarray:
+        pr = model.prob_order_within(h, n, S, e, p_alive=pa_own)
+        return mix * pr + (1 - mix) * base_prob_order(base_model, cg, h) if use_base else pr
+
     out = pd.DataFrame({"customer_id": cg["customer_id"].to_numpy()})
+    if use_base:
+        pa = np.clip(prob(SELECT_DAYS) / np.maximum(model.conditional_cdf(SELECT_DAYS, n, S, e), 1e-12), 0.0, 1.0)
+    else:
+        pa = pa_own
     out["p_alive_timing"] = pa
     for h in horizons:
-        out[f"prob_order_{h}d"] = model.prob_order_within(h, n, S, e, p_alive=pa)
+        out[f"prob_order_{h}d"] = prob(h)
     for q, name in ((0.1, "days_p10"), (0.5, "days_p50"), (0.9, "days_p90")):
         # Days from as_of: the continuous gap beyond e - 1/2, back to whole days after as_of.
         out[name] = np.maximum(model.residual_quantile(q, n, S, e, p_alive=pa) - HALF_DAY, 0.0)
@@ -136,10 +185,13 @@ class PairModel:
 
 
 def fit_pair_model(pc: pd.DataFrame, seed: int = 0) -> PairModel:
+    """Fit on a seeded subset of pairs; rows are put in key order first, so the subset (and the fit) does
+    not depend on the order in which the engine returned them."""
     scale = product_scale(pc)
+    o = np.lexsort((pc["product_id"].astype(str).to_numpy(), pc["customer_id"].astype(str).to_numpy()))
     m = GammaRenewal(max_rows=30_000, seed=seed).fit(
-        pc["n_gaps"], pc["gap_sum"], pc["gap_logsum"], np.maximum(pc["elapsed"].to_numpy(float) - HALF_DAY, 0.0),
-        scale)
+        pc["n_gaps"].to_numpy()[o], pc["gap_sum"].to_numpy()[o], pc["gap_logsum"].to_numpy()[o],
+        np.maximum(pc["elapsed"].to_numpy(float)[o] - HALF_DAY, 0.0), scale[o])
     return PairModel(m, scale)
 
 
@@ -176,14 +228,14 @@ class TimingScores:
     pair_model: PairModel
 
 
-def score_all(transactions: ir.Table, as_of: dt.date, base_model=None, weight: float = ALIVE_WEIGHT,
+def score_all(transactions: ir.Table, as_of: dt.date, base_model=None, mix: float = 1.0,
               product_horizon: int = 30, with_products: bool = True) -> TimingScores:
     """Features from the engine, both renewal models fitted at `as_of`, everyone scored."""
     cg = customer_gaps(transactions, as_of).execute()
     if cg.empty:
         raise ValueError(f"no customer bought anything before {as_of}")
     cm = fit_customer_model(cg)
-    cust = cg.merge(score_customers(cm, cg, base_p_alive(base_model, cg), weight), on="customer_id")
+    cust = cg.merge(score_customers(cm, cg, base_model, mix), on="customer_id")
     pairs, pm = pd.DataFrame(), None
     if with_products:
         pc = product_cycles(transactions, as_of).execute()
@@ -312,10 +364,14 @@ def timing(ctx: Context) -> pd.DataFrame | None:
     has_products = t.filter(t.product_id.notnull()).count().execute() > 0
     if not has_products:
         ctx.notes.append("timing: the data has no products, so no re-order cycles or next products")
-    weight = float(cfg.get("alive_weight", ALIVE_WEIGHT))
     horizon = int(cfg.get("product_horizon_days", 30))
     try:
-        ts = score_all(t, ctx.as_of, ctx.fitted.transaction, weight, horizon, has_products)
+        if "mix" in cfg:
+            mix, how = float(cfg["mix"]), f"mix {cfg['mix']} (set in the settings file)"
+        else:
+            mix, how = select_mix(t, ctx.as_of, ctx.fitted.name)
+        ctx.notes.append(f"timing: {how}")
+        ts = score_all(t, ctx.as_of, ctx.fitted.transaction, mix, horizon, has_products)
     except ValueError as exc:
         ctx.notes.append(f"timing skipped: {exc}")
         return None
@@ -331,8 +387,9 @@ def timing(ctx: Context) -> pd.DataFrame | None:
         try:
             if pd.Timestamp(ts.customers["first_day"].min()).date() > cutoff - dt.timedelta(days=90):
                 raise ValueError("less than 90 days of history before the cutoff")
-            metrics = evaluate(t, cutoff, (30, 90), end=ctx.as_of, weight=weight, product_horizon=horizon,
-                               products=has_products)
+            metrics = evaluate(t, cutoff, (30, 90), end=ctx.as_of, base_name=ctx.fitted.name,
+                               product_horizon=horizon, products=has_products,
+                               mix=float(cfg["mix"]) if "mix" in cfg else None)
             write_frame(ctx.store, "timing_backtest", metrics.assign(as_of=pd.Timestamp(ctx.as_of)), replace=True)
         except ValueError as exc:
             ctx.notes.append(f"timing backtest skipped at {cutoff}: {exc}")
