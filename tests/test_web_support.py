@@ -36,7 +36,7 @@ def _shared_dir() -> Path:
         except OSError:
             pass
     run = os.environ.get("PYTEST_XDIST_TESTRUNUID") or f"pid{os.getpid()}"
-    base = root / f"loyalist-web-tests-{run}"
+    base = Path(os.environ.get("LOYALIST_WEB_TEST_DIR") or root / f"loyalist-web-tests-{run}")
     base.mkdir(parents=True, exist_ok=True)
     return base
 

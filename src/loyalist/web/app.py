@@ -7,10 +7,10 @@ nothing is made up. The API (/api/v1, OpenAPI at /docs) is read-only: GET endpoi
 plotly.js is served from the plotly Python package's own copy (no CDN), so the charts work offline.
 """
 
-from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import enum
 import io
 import urllib.parse
 from pathlib import Path
@@ -401,8 +401,9 @@ def create_app(db: str | Path, require_key: bool = False) -> FastAPI:
 
     # ------------------------------------------------------------------ API
     sort_columns = tuple(c for c in reader.schema.get(CUSTOMERS, []))
+    SortColumn = enum.Enum("SortColumn", {c: c for c in sort_columns}, type=str) if sort_columns else str
 
-    @app.get("/api/v1/customers", response_model=CustomerList, tags=["customers"],
+    @app.get("/api/v1/customers", response_model=CustomerList, tags=["customers"], responses={409: {"model": Problem}},
              summary="Customers with every insight column: filter, sort, paginate")
     def api_customers(
         q: Annotated[str | None, Q(max_length=200, description="Text in the customer id.")] = None,
@@ -413,7 +414,7 @@ def create_app(db: str | Path, require_key: bool = False) -> FastAPI:
         min_p_alive: Annotated[float | None, Q(ge=0, le=1)] = None,
         max_p_alive: Annotated[float | None, Q(ge=0, le=1)] = None,
         min_clv_12m: Annotated[float | None, Q(allow_inf_nan=False)] = None,
-        sort: Annotated[str | None, Q(max_length=64, description="A column of customer_insights.")] = None,
+        sort: Annotated[SortColumn | None, Q(description="A column of customer_insights.")] = None,
         order: Literal["asc", "desc"] = "desc",
         page: Annotated[int, Q(ge=1, le=1_000_000)] = 1,
         per_page: Annotated[int, Q(ge=1, le=MAX_PER_PAGE)] = 50,
@@ -422,13 +423,14 @@ def create_app(db: str | Path, require_key: bool = False) -> FastAPI:
         if CUSTOMERS not in reader.schema:
             return CustomerList(computed=False, note=RUN_ANALYZE, total=0, page=page, per_page=per_page, sort=sort,
                                 order=order, items=[])
+        sort = sort.value if isinstance(sort, enum.Enum) else sort
         if sort is not None and sort not in sort_columns:
-            raise HTTPException(422, f"sort: unknown column {sort!r}")
+            raise HTTPException(409, f"sort: {RUN_ANALYZE} (no column {sort!r} yet)")
         filters = {k: v for k, v in dict(segment=segment, value_grade=value_grade, lifecycle_stage=lifecycle_stage,
                                          trend=trend).items() if v is not None}
         for k in filters:
             if not reader.has(CUSTOMERS, k):
-                raise HTTPException(422, f"{k}: {RUN_ANALYZE} (the column is not in the store yet)")
+                raise HTTPException(409, f"{k}: {RUN_ANALYZE} (the column is not in the store yet)")
         for key, v in (("min:p_alive", min_p_alive), ("max:p_alive", max_p_alive), ("min:clv_12m", min_clv_12m)):
             if v is not None:
                 filters[key] = str(v)
@@ -465,8 +467,8 @@ def create_app(db: str | Path, require_key: bool = False) -> FastAPI:
         page: Annotated[int, Q(ge=1, le=1_000_000)] = 1,
         per_page: Annotated[int, Q(ge=1, le=MAX_PER_PAGE)] = 50,
     ) -> Alerts:
-        if since is not None and not (dt.date(1900, 1, 1) <= since <= dt.date(2200, 1, 1)):
-            raise HTTPException(422, "since: give a date between 1900 and 2200")
+        if since is not None:  # dates pandas cannot hold mean "everything" or "nothing yet"
+            since = min(max(since, dt.date(1900, 1, 1)), dt.date(2200, 1, 1))
         got = reader.events(since, type, customer_id, page, per_page)
         if got is None:
             return Alerts(computed=False, note=f"{RUN_ANALYZE} (writes `events`)", total=0, page=page,
