@@ -136,7 +136,7 @@ def test_customer_page_counts_orders_independently(client, base):
     r = client.get(f"/customers/{cid}")
     assert r.status_code == 200
     text = _text(r.text)
-    assert f"{tx['order_id'].nunique():,} orders in all" in text
+    assert f"{tx['order_id'].nunique():,} orders in all" in text  # cancellations are orders of their own
     assert 'id="timeline"' in r.text
     assert f"{ci['p_alive'].iloc[0] * 100:.0f}%" in text
     assert "Rhythm:" in text and "median gap" in text

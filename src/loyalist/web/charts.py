@@ -105,12 +105,13 @@ def _short(v: float) -> str:
 
 def timeline(orders: pd.DataFrame, next_date=None, lo=None, hi=None) -> dict:
     """One bar per order (its amount), returns below zero, and the predicted next order with its interval."""
-    data = [bar(orders["order_date"], orders["amount"], "order amount", PALETTE[0],
+    day = 86_400_000  # ms: bars on a date axis are as wide as this, else a lone order is invisible
+    data = [bar(orders["order_date"], orders["amount"], "order amount", PALETTE[0], width=2 * day,
                 customdata=_list(orders["order_id"]),
                 hovertemplate="%{x|%d %b %Y}: %{y:,.2f} (order %{customdata})<extra></extra>")]
     if "returned" in orders and (orders["returned"] != 0).any():
         back = orders[orders["returned"] != 0]
-        data.append(bar(back["order_date"], back["returned"], "returned / cancelled", PALETTE[4]))
+        data.append(bar(back["order_date"], back["returned"], "returned / cancelled", PALETTE[4], width=2 * day))
     shapes = []
     if next_date is not None and not pd.isna(next_date):
         nd = pd.Timestamp(next_date).isoformat()
