@@ -1,0 +1,193 @@
+"""Spark engine benchmark: the customer-base analysis on DuckDB vs Spark local[2] vs a loopback standalone
+cluster (two 1-core workers), on synthetic canonical transactions (loyalist.engine.sample).
+
+For each scale (customers; lines ~ customers x lines/customer) and engine, one fresh process runs the analysis
+and reports: wall time (features + fit + scoring + writing the per-customer table; the Spark session start is
+reported apart), rows/s (order lines / wall), peak memory of the driver (the Python process's peak RSS, and for
+Spark the driver JVM's peak RSS, VmHWM; in local mode the driver JVM also hosts the executors, on the cluster
+it does not), and the distinct patterns collected to the driver. The growth ratio per doubling of customers is
+(t_big / t_small) ** (1 / log2(n_big / n_small)).
+
+    python bench/spark.py [--customers 250000,500000,1000000] [--lines-per-order 4.5] [--engines duckdb,local,cluster]
+
+Writes bench/results/spark.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import math
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+AS_OF = dt.date(2025, 1, 1)
+
+
+def _hwm_kb(pid: int) -> int | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def one(engine: str, source: Path, work: Path, lines: int) -> dict:
+    """Run one measurement in this process and return its figures."""
+    out: dict = {"engine": engine}
+    if engine == "duckdb":
+        import loyalist.analysis as analysis
+        from loyalist.customer_base import Settings
+        from loyalist.engine.sample import load_into_store
+        from loyalist.store import open_store
+
+        store = open_store(work / "bench.duckdb", memory_limit="4GB")
+        t0 = time.perf_counter()
+        load_into_store(store, source)
+        out["load_store_s"] = round(time.perf_counter() - t0, 2)
+        analysis.run_steps = lambda ctx, on_step=None: ctx.customers  # the customer-base analysis only
+        t0 = time.perf_counter()
+        report, table = analysis.analyze(store, AS_OF, "bgnbd", Settings())
+        out["wall_s"] = round(time.perf_counter() - t0, 2)
+        out["customers"] = len(table)
+        store.close()
+    else:
+        from loyalist.engine.cluster import LoopbackCluster
+        from loyalist.engine.spark import analyze_spark, spark_session
+
+        cluster = None
+        conf = {"spark.ui.enabled": "false", "spark.driver.memory": "2g"}
+        t0 = time.perf_counter()
+        if engine == "cluster":
+            cluster = LoopbackCluster(workers=2, cores=1, memory="3g").start()
+            conf.update(cluster.session_conf("2g"))
+            session = spark_session(cluster.url, conf)
+        else:
+            conf["spark.driver.memory"] = "6g"  # driver JVM = executors in local mode
+            session = spark_session("local[2]", conf)
+        out["session_s"] = round(time.perf_counter() - t0, 2)
+        try:
+            t0 = time.perf_counter()
+            run = analyze_spark(str(source), out=str(work / "out"), session=session, model="bgnbd", as_of=AS_OF)
+            out["wall_s"] = round(time.perf_counter() - t0, 2)
+            out["stages_s"] = run.seconds
+            out["customers"] = run.customers
+            out["patterns"] = run.patterns
+            out["spend_patterns"] = run.spend_patterns
+            jvm = session.sparkContext._gateway.proc.pid
+            out["driver_jvm_peak_mb"] = round((_hwm_kb(jvm) or 0) / 1024, 1)
+        finally:
+            session.stop()
+            if cluster is not None:
+                cluster.stop()
+    out["driver_python_peak_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    out["lines"] = lines
+    out["rows_per_s"] = round(lines / out["wall_s"])
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--customers", default="250000,500000,1000000")
+    ap.add_argument("--lines-per-order", type=float, default=4.5)
+    ap.add_argument("--engines", default="duckdb,local,cluster")
+    ap.add_argument("--work", type=Path, default=None)
+    ap.add_argument("--timeout", type=float, default=1800, help="seconds allowed to one measurement")
+    ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "spark.json")
+    ap.add_argument("--one", nargs=4, metavar=("ENGINE", "SOURCE", "WORK", "LINES"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.one:
+        engine, source, work, lines = args.one
+        import signal
+
+        def give_up(*_):
+            raise TimeoutError(f"not finished within {args.timeout:.0f}s")  # unwinds through cluster.stop()
+
+        signal.signal(signal.SIGALRM, give_up)
+        signal.alarm(int(args.timeout))
+        print(json.dumps(one(engine, Path(source), Path(work), int(lines))))
+        return
+
+    from loyalist.engine.sample import write_synthetic
+
+    def save(results: list, growth: dict) -> None:
+        _save(args, results, growth)
+
+    work = args.work or Path(tempfile.mkdtemp(prefix="loyalist-bench-spark-"))
+    results = []
+    for n in [int(x) for x in args.customers.split(",")]:
+        source = work / f"tx_{n}"
+        t0 = time.perf_counter()
+        shutil.rmtree(source, ignore_errors=True)
+        lines = write_synthetic(source, n, seed=1, lines_per_order=args.lines_per_order)
+        gen = time.perf_counter() - t0
+        print(f"{n:,} customers: {lines:,} lines generated in {gen:.0f}s", flush=True)
+        for engine in args.engines.split(","):
+            run_dir = work / f"{engine}_{n}"
+            shutil.rmtree(run_dir, ignore_errors=True)
+            run_dir.mkdir(parents=True)
+            try:
+                proc = subprocess.run([sys.executable, __file__, "--timeout", str(args.timeout), "--one", engine,
+                                       str(source), str(run_dir), str(lines)], capture_output=True, text=True,
+                                      cwd=REPO, timeout=args.timeout + 180)
+            except subprocess.TimeoutExpired:
+                results.append({"engine": engine, "customers_requested": n, "lines": lines,
+                                "error": f"not finished within {args.timeout:.0f}s"})
+                print(f"  {engine:8s} not finished within {args.timeout:.0f}s", flush=True)
+                continue
+            if proc.returncode != 0:
+                print(proc.stderr[-3000:], file=sys.stderr)
+                results.append({"engine": engine, "customers_requested": n, "lines": lines, "error":
+                                proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed"})
+                continue
+            r = json.loads(proc.stdout.strip().splitlines()[-1])
+            r["customers_requested"] = n
+            results.append(r)
+            print(f"  {engine:8s} {r['wall_s']:8.1f}s  {r['rows_per_s']:>12,} lines/s  python peak "
+                  f"{r['driver_python_peak_mb']:,.0f} MB" + (f", driver JVM peak {r['driver_jvm_peak_mb']:,.0f} MB"
+                                                             if "driver_jvm_peak_mb" in r else ""), flush=True)
+            shutil.rmtree(run_dir, ignore_errors=True)
+            save(results, {})
+        shutil.rmtree(source, ignore_errors=True)
+    growth = {}
+    for engine in args.engines.split(","):
+        rs = sorted((r for r in results if r["engine"] == engine and "wall_s" in r), key=lambda r: r["customers"])
+        if len(rs) >= 2:
+            a, b = rs[0], rs[-1]
+            doublings = math.log2(b["customers"] / a["customers"])
+            growth[engine] = {"from_customers": a["customers"], "to_customers": b["customers"],
+                              "time_ratio_per_doubling": round((b["wall_s"] / a["wall_s"]) ** (1 / doublings), 3)}
+    save(results, growth)
+    print(json.dumps(growth, indent=2))
+    print(f"written {args.out}")
+    if args.work is None:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _save(args, results: list, growth: dict) -> None:
+    doc = {
+        "bench": "spark", "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "machine": {"cores": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "setup": {"as_of": str(AS_OF), "model": "bgnbd", "lines_per_order": args.lines_per_order,
+                  "local": "local[2], driver 6g", "cluster": "standalone on 127.0.0.1: master + 2 workers x 1 core, "
+                  "3g each, executors 2g, driver 2g", "duckdb": "loyalist.analysis.analyze on the store "
+                  "(insight steps off), store memory_limit 4GB"},
+        "results": results, "growth": growth,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(doc, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
