@@ -53,6 +53,7 @@ test: install-test services
 
 bench: install-test
 	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/direction.py
 
 clean:
 	rm -rf out .pytest_cache test-artifacts
