@@ -13,7 +13,9 @@ evaluation origins; every method is scored on the same evaluation origins.
 Series scored: those with a full season (52 weeks) of history before the first origin, so the seasonal naive
 is defined at every origin (on Online Retail II most active products; products launched later are forecast
 but not in this table). Coverage counts only the weeks where the method had an interval (the seasonal naive's
-conformal windows need a season before each of them, so its coverage rests on fewer weeks).
+conformal windows need a season before each of them, so its coverage rests on fewer weeks). At each origin the
+conformal intervals use the calibration windows that history allows (3 for most products at the earliest
+origin); the production forecast uses up to 6 for series with more than 91 weeks.
 
 Table `forecast_backtest` columns: level, method, series, mase_mean, mase_median, mae, coverage80,
 coverage95, origins, h. For the total level mase_mean = mase_median = the total series' MASE over the

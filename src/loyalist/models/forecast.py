@@ -18,13 +18,16 @@ ETS+SNaive's intervals are AutoETS's conformal intervals re-centred on the combi
 own conformal windows would need a year of history before each of them).
 The intermittent methods have no model-based intervals, so every method gets conformal intervals
 (statsforecast ConformalIntervals: the empirical distribution of its own rolling-origin errors, Stankeviciute
-et al. 2021), clipped at zero like the point forecast (3 calibration windows per product, 6 per aggregate series, fewer
-when the history is short).
+et al. 2021), clipped at zero like the point forecast (6 calibration windows for a series with more than 91 weeks of
+history, else 3, fewer when the history is shorter still).
 
-Candidates per series: the four intermittent methods for an intermittent series, AutoETS (and ETS+SNaive
-once the series has more than 65 weeks) for a smooth one (every aggregate series here).
+Candidates per series: the four intermittent methods for an intermittent series; AutoETS (and ETS+SNaive
+once the series has more than 65 weeks) for a smooth aggregate series (total, category, orders); both sets for
+a smooth product.
 Choice per series: the candidate with the lowest mean absolute error over the backtest windows (the last
-`n_windows` origins, 13 weeks apart, each forecasting `h` weeks after the origin from the data before it).
+`n_windows` origins, 13 weeks apart, each forecasting 13 weeks after the origin from the data before it),
+when it beats the class default (the method best across all series with the same candidates) by more than
+10%; otherwise the class default (see `choose`).
 Within one series MAE and MASE rank methods identically.
 
 Series: a product's series starts at its first sale (weeks without sales are zeros); a series with fewer than
@@ -59,6 +62,8 @@ MIN_WEEKS = 40
 INTERMITTENT = ("CrostonOptimized", "ADIDA", "IMAPA", "TSB")
 SMOOTH = ("AutoETS", "ETS+SNaive")
 BASELINES = ("SeasonalNaive", "MovingAverage")
+MARGIN = 0.10
+"""A series leaves its class's default method only for one more than 10% better in its own backtest."""
 CONFORMAL_WINDOWS = {True: 6, False: 3}
 """Conformal calibration windows: aggregate series are few, so they get more (better 95% quantiles)."""
 ADI_CUTOFF = 1.32
@@ -122,7 +127,7 @@ def _models(names: list[str], h: int, aggregate: bool, intervals: bool, ci_windo
 
 
 def _run(y: pd.DataFrame, names: list[str], h: int, aggregate: bool, *, cv_windows: int = 0, step: int = 13,
-         intervals: bool = True) -> pd.DataFrame:
+         intervals: bool = True, max_ci_windows: int | None = None) -> pd.DataFrame:
     """Forecast (cv_windows = 0) or rolling-origin cross-validation of the named statsforecast models, with
     ETS+SNaive added from its parts; output columns <method>, <method>-lo-80 ... clipped at zero."""
     from statsforecast import StatsForecast
@@ -132,7 +137,7 @@ def _run(y: pd.DataFrame, names: list[str], h: int, aggregate: bool, *, cv_windo
     if "ETS+SNaive" in names:
         base = list(dict.fromkeys(base + ["AutoETS", "SeasonalNaive"]))
     shortest = int(y.groupby("unique_id").size().min()) - (cv_windows - 1) * step - (h if cv_windows else 0)
-    ci_windows = max(2, min(CONFORMAL_WINDOWS[aggregate], (shortest - 1) // h))
+    ci_windows = max(2, min(max_ci_windows or CONFORMAL_WINDOWS[aggregate], (shortest - 1) // h))
     if "SeasonalNaive" in base and "ETS+SNaive" not in names:  # the baseline's own windows need a season before them
         ci_windows = max(2, min(ci_windows, (shortest - SEASON - 1) // h))
     sf = StatsForecast(models=_models(base, h, aggregate, intervals, ci_windows), freq="W-MON", n_jobs=n_jobs(y["unique_id"].nunique()),
@@ -165,6 +170,8 @@ def candidates(y: pd.DataFrame, aggregate: bool) -> dict[str, list[str]]:
             names = list(INTERMITTENT)
         else:
             names = ["AutoETS"] + (["ETS+SNaive"] if length[uid] > SEASON + 13 else [])
+            if not aggregate:  # a smooth product is still low-volume: the smoothing methods stay candidates
+                names += list(INTERMITTENT)
         out[uid] = names
     return out
 
@@ -207,14 +214,30 @@ def naive_scale(y: pd.DataFrame, cutoffs) -> pd.Series:
     return sc.set_index(["unique_id", "cutoff"])["scale"]
 
 
-def choose(errors: pd.DataFrame, allowed: dict[str, list[str]]) -> pd.Series:
-    """Per series, the allowed candidate with the lowest mean backtest MAE (ties: the order of `allowed`)."""
+def choose(errors: pd.DataFrame, allowed: dict[str, list[str]], margin: float = MARGIN) -> pd.Series:
+    """Per series, the allowed candidate with the lowest mean backtest MAE — but only when it beats the
+    class default by more than `margin` (10%); otherwise the class default. The class default (per
+    candidate set) is the method with the lowest median relative error (MAE / the series' best MAE) over all
+    series of the class: a few noisy windows of one series rarely justify leaving the method that works best
+    across similar series (a guard against selection noise, cf. Fildes & Petropoulos 2015)."""
     e = errors.groupby(["unique_id", "method"])["mae"].mean().reset_index()
     ok = np.array([m in allowed.get(u, ()) for u, m in zip(e["unique_id"], e["method"])], dtype=bool)
     e = e[ok]
+    if e.empty:
+        return pd.Series(dtype=object)
     order = {m: i for i, m in enumerate(("AutoETS", "ETS+SNaive") + INTERMITTENT)}
-    e = e.assign(rank=e["method"].map(order)).sort_values(["unique_id", "mae", "rank"])
-    return e.drop_duplicates("unique_id").set_index("unique_id")["method"]
+    e = e.assign(rank=e["method"].map(order).fillna(99),
+                 cls=e["unique_id"].map(lambda u: "|".join(allowed.get(u, ()))))
+    e["rel"] = e["mae"] / e.groupby("unique_id")["mae"].transform("min").where(lambda v: v > 0, 1.0)
+    e.loc[e["mae"] == 0, "rel"] = 1.0
+    default = (e.groupby(["cls", "method"]).agg(rel=("rel", "median"), rank=("rank", "first")).reset_index()
+               .sort_values(["cls", "rel", "rank"]).drop_duplicates("cls").set_index("cls")["method"])
+    best = e.sort_values(["unique_id", "mae", "rank"]).drop_duplicates("unique_id").set_index("unique_id")
+    dflt = best["cls"].map(default)
+    dmae = e.set_index(["unique_id", "method"])["mae"]
+    dflt_mae = np.array([dmae.get((u, m), np.inf) for u, m in zip(best.index, dflt)], dtype=float)
+    keep = best["mae"].to_numpy(float) < (1 - margin) * dflt_mae
+    return pd.Series(np.where(keep, best["method"].to_numpy(), dflt.to_numpy()), index=best.index, dtype=object)
 
 
 @dataclass
@@ -238,15 +261,28 @@ def forecast_series(y: pd.DataFrame, h: int = 13, aggregate: bool = False, selec
     chosen = pd.Series({u: allowed[u][0] for u in allowed}, dtype=object)
     mae = pd.Series(np.nan, index=chosen.index)
     if len(can_cv):
-        cv = _run(y[y["unique_id"].isin(can_cv)], all_names, 13, aggregate, cv_windows=select_windows, intervals=False)
-        err = backtest_errors(cv, all_names)
-        best = choose(err, allowed)
-        chosen.loc[best.index] = best
-        m = err.groupby(["unique_id", "method"])["mae"].mean()
-        mae.loc[best.index] = [m[(u, b)] for u, b in best.items()]
+        groups: dict[tuple[str, ...], list[str]] = {}
+        for u in can_cv:
+            groups.setdefault(tuple(allowed[u]), []).append(u)
+        errs = []
+        for names, ids in groups.items():  # each series runs only its own candidates
+            if len(names) == 1:
+                continue
+            cv = _run(y[y["unique_id"].isin(ids)], list(names), 13, aggregate, cv_windows=select_windows,
+                      intervals=False)
+            errs.append(backtest_errors(cv, list(names)))
+        if errs:
+            err = pd.concat(errs, ignore_index=True)
+            best = choose(err, allowed)
+            chosen.loc[best.index] = best
+            m = err.groupby(["unique_id", "method"])["mae"].mean()
+            mae.loc[best.index] = [m[(u, b)] for u, b in best.items()]
     parts = []
-    for method, ids in chosen.groupby(chosen).groups.items():
-        fc = _run(y[y["unique_id"].isin(list(ids))], [method], h, aggregate)
+    # series long enough for more conformal windows get them (better 95% quantiles), the rest the minimum
+    long = (length.reindex(chosen.index) > (CONFORMAL_WINDOWS[True] * 13 + 13)).map({True: "long", False: "short"})
+    for (method, size), ids in chosen.groupby([chosen, long]).groups.items():
+        fc = _run(y[y["unique_id"].isin(list(ids))], [method], h, aggregate,
+                  max_ci_windows=CONFORMAL_WINDOWS[True] if size == "long" else CONFORMAL_WINDOWS[aggregate])
         parts.append(pd.DataFrame({
             "series_id": fc["unique_id"].to_numpy(), "week": pd.to_datetime(fc["ds"]).to_numpy(),
             "forecast": fc[method].to_numpy(float),
