@@ -13,7 +13,13 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import REPO, shared_file
-from spark_helpers import BASE_COLUMNS, SYNTH_AS_OF, assert_same_table, duckdb_table, synthetic_store
+from spark_helpers import (
+    BASE_COLUMNS,
+    SYNTH_AS_OF,
+    assert_same_table,
+    duckdb_table,
+    synthetic_store,
+)
 from typer.testing import CliRunner
 
 from loyalist import insights
@@ -24,7 +30,7 @@ from loyalist.features import rfm_summary
 
 pytest.importorskip("pyspark")
 
-from loyalist.engine.spark import analyze_spark, fit_patterns, spark_session  # noqa: E402
+from loyalist.engine.spark import analyze_spark, fit_patterns, spark_session
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,8 @@ from spark_helpers import SYNTH_AS_OF, assert_same_table, duckdb_table, syntheti
 
 pytest.importorskip("pyspark")
 
-from loyalist.engine.cluster import LoopbackCluster  # noqa: E402
-from loyalist.engine.spark import analyze_spark, spark_session  # noqa: E402
+from loyalist.engine.cluster import LoopbackCluster
+from loyalist.engine.spark import analyze_spark, spark_session
 
 
 @pytest.fixture(scope="module")
