@@ -54,6 +54,7 @@ test: install-test services
 bench: install-test
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/direction.py
+	$(BIN)/python bench/timing.py
 
 clean:
 	rm -rf out .pytest_cache test-artifacts
