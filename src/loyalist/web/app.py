@@ -16,6 +16,7 @@ import urllib.parse
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import numpy as np
 import pandas as pd
 from fastapi import FastAPI, HTTPException, Path as PathParam, Query as Q, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
@@ -272,10 +273,26 @@ def create_app(db: str | Path, require_key: bool = False) -> FastAPI:
         choices = {c: reader.choices(spec, c) for c in spec.choices if not result.missing}
         kinds = {c: reader.column_kind(spec, c) for c in spec.ranges} if not result.missing else {}
         params = {k: v for k, v in request.query_params.items() if k not in ("page",)}
-        return page(request, "list.html", spec=spec, result=result, rows=fmt.rows(result.rows),
+        rows = fmt.rows(result.rows)
+
+        def href(**changes) -> str:
+            return "?" + urllib.parse.urlencode(sorted({**params, **changes}.items()))
+        header = []
+        for c in result.columns:
+            active = c == result.sort
+            nxt = "asc" if (active and result.descending) else "desc"
+            header.append((c, fmt.label(c), None if c == "reason" else href(sort=c, order=nxt),
+                           ("▼" if result.descending else "▲") if active else "",
+                           bool(rows) and fmt.numeric(c, rows[0].get(c))))
+        pager = {"first": href(page=1) if result.page > 1 else None, "prev": href(page=result.page - 1),
+                 "next": href(page=result.page + 1) if result.page < result.pages else None,
+                 "last": href(page=result.pages)}
+        export = urllib.parse.urlencode(sorted(params.items()))
+        return page(request, "list.html", spec=spec, result=result, rows=rows, header=header, pager=pager,
+                    body=fmt.table_body(rows, result.columns, symbol()), export_query=export,
                     query=clean, choices={c: v for c, v in choices.items() if v}, kinds=kinds,
                     ranges=[c for c in spec.ranges if c in kinds and c in reader.list_table_columns(spec)],
-                    params=params, urlencode=urllib.parse.urlencode, raw=request.query_params)
+                    raw=request.query_params)
 
     @app.get("/lists/{name}/export", include_in_schema=False)
     def list_export(request: Request, name: str, format: Literal["csv", "xlsx"] = "csv"):
@@ -513,18 +530,22 @@ def reasons(c: dict[str, Any], orders: pd.DataFrame) -> dict[str, str]:
                           f"{fmt.number(T)} days as a customer, the last {ago} before {fmt.date(as_of)}"
                           if f else "one order only: P(alive) comes from the whole base's behaviour")
     if len(orders):
-        days = pd.to_datetime(orders.loc[orders["lines"] > 0, "order_date"]).dt.normalize().drop_duplicates().sort_values()
-        gaps = days.diff().dt.days.dropna()
+        bought = orders["lines"].to_numpy() > 0
+        stamps = orders["order_date"].to_numpy()[bought].astype("datetime64[D]")
+        days = np.unique(stamps)
+        gaps = np.diff(days).astype(int)
+        first = pd.Timestamp(days[0]) if len(days) else None
         if len(gaps):
-            out["rhythm"] = (f"{len(days):,} order days since {days.iloc[0]:%b %Y}; median gap {gaps.median():,.0f} "
-                             f"days (middle half {gaps.quantile(0.25):,.0f}–{gaps.quantile(0.75):,.0f}); last order "
-                             f"{(as_of - days.iloc[-1]).days:,} days before {fmt.date(as_of)}"
-                             if as_of is not None else f"{len(days)} order days; median gap {gaps.median():.0f} days")
+            q25, q50, q75 = np.percentile(gaps, [25, 50, 75])
+            last_gap = f"; last order {(as_of - pd.Timestamp(days[-1])).days:,} days before {fmt.date(as_of)}" \
+                if as_of is not None else ""
+            out["rhythm"] = (f"{len(days):,} order days since {first:%b %Y}; median gap {q50:,.0f} days "
+                             f"(middle half {q25:,.0f}–{q75:,.0f}){last_gap}")
         else:
-            out["rhythm"] = f"one order day ({days.iloc[0]:%-d %b %Y}): no rhythm yet" if len(days) else "no orders"
-        amounts = orders.loc[orders["lines"] > 0, "amount"]
+            out["rhythm"] = f"one order day ({first:%-d %b %Y}): no rhythm yet" if first is not None else "no orders"
+        amounts = orders["amount"].to_numpy()[bought]
         if len(amounts):
-            out["basket"] = f"usual order {amounts.median():,.2f} (median of {len(amounts):,} orders)"
+            out["basket"] = f"usual order {np.median(amounts):,.2f} (median of {len(amounts):,} orders)"
     if not fmt.missing(c.get("clv_12m")):
         out["clv_12m"] = (f"{fmt.number(c.get('expected_orders_90d'), 2)} orders expected in 90 days × about "
                           f"{fmt.number(c.get('expected_order_value'), 2)} per order, over 12 months, discounted")

@@ -357,17 +357,19 @@ class Reader:
 
     def column_kind(self, spec: ListSpec, column: str) -> str:
         """'number', 'date', 'bool' or 'text' for a column of the list."""
-        t = self._base(spec) if not self.missing(spec) else None
-        if t is None or column not in t.columns:
+        def make():
+            t = self._base(spec) if not self.missing(spec) else None
+            if t is None or column not in t.columns:
+                return "text"
+            ty = t[column].type()
+            if ty.is_boolean():
+                return "bool"
+            if ty.is_numeric():
+                return "number"
+            if ty.is_temporal():
+                return "date"
             return "text"
-        ty = t[column].type()
-        if ty.is_boolean():
-            return "bool"
-        if ty.is_numeric():
-            return "number"
-        if ty.is_temporal():
-            return "date"
-        return "text"
+        return self.cached(f"kind:{spec.name}:{column}", make)
 
     def clean(self, spec: ListSpec, query: Query) -> Query:
         """The query restricted to what the list allows (unknown columns and bad values dropped)."""
