@@ -53,12 +53,22 @@ def _dense_reference(strength: np.ndarray, k: int, k1: float, b: float):
     idf = np.log(n) - np.log1p(df)
     lengths = strength.sum(axis=1)
     norm = (1 - b) + b * lengths / lengths.mean()
-    w = np.where(strength > 0, strength * (k1 + 1) / (k1 * norm[:, None] + strength) * idf, 0.0)
-    w /= np.linalg.norm(w, axis=1, keepdims=True)
+    raw = np.where(strength > 0, strength * (k1 + 1) / (k1 * norm[:, None] + strength) * idf, 0.0)
+    w = raw / np.linalg.norm(raw, axis=1, keepdims=True)
     sim = w @ w.T
     np.fill_diagonal(sim, -np.inf)
     neighbours = np.argsort(-sim, axis=1, kind="stable")[:, :k]
-    return sim, neighbours
+    return sim, neighbours, raw
+
+
+def _dense_item_part(raw: np.ndarray, bought: np.ndarray, k: int) -> np.ndarray:
+    """Product-to-product part: item(u, i) = sum over u's products j among the k nearest of product i (largest
+    dot products of the weighted buyer columns) of that dot product."""
+    t = raw.T @ raw
+    np.fill_diagonal(t, 0)
+    keep = np.zeros_like(t, bool)
+    np.put_along_axis(keep, np.argsort(-t, axis=1, kind="stable")[:, :k], True, axis=1)
+    return bought.astype(float) @ np.where(keep & (t > 0), t, 0.0).T
 
 
 def test_recommender_matches_a_dense_reference_with_exclusions():
@@ -69,15 +79,18 @@ def test_recommender_matches_a_dense_reference_with_exclusions():
     exclude = (strength > 0) | (rng.random((n, m)) < 0.05)  # bought, or "returned"
     allowed = np.ones(m, bool)
     allowed[[3, 17]] = False
-    model = LookAlikeRecommender(n_neighbors=k, popularity_weight=0.0, chunk_size=7, num_threads=1)
+    model = LookAlikeRecommender(n_neighbors=k, popularity_weight=0.0, item_weight=0.3, item_neighbors=6,
+                                 chunk_size=7, num_threads=1)
     model.fit(sp.csr_matrix(strength))
     g = model.recommend(5, exclude=sp.csr_matrix(exclude.astype(float)), allowed=allowed)
-    sim, neighbours = _dense_reference(strength, k, model.bm25_k1, model.bm25_b)
+    sim, neighbours, raw = _dense_reference(strength, k, model.bm25_k1, model.bm25_b)
     bought = strength > 0
+    items_part = _dense_item_part(raw, bought, 6)
     for u in range(n):
         nb = neighbours[u]
         assert set(model.similarity_[u].indices) == set(nb)
-        score = (sim[u, nb][:, None] * bought[nb]).sum(axis=0) / sim[u, nb].sum()
+        user = (sim[u, nb][:, None] * bought[nb]).sum(axis=0)
+        score = 0.7 * user / user.max() + 0.3 * items_part[u] / items_part[u].max()
         score[exclude[u] | ~allowed] = 0
         cand = np.flatnonzero(score > 0)
         want = cand[np.lexsort((cand, -score[cand]))][:5]

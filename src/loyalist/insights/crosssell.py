@@ -18,14 +18,16 @@ look-alikes buy it (recent purchases weigh more: `half_life_days`).
 Settings (`[crosssell]` in loyalist.toml): top (gaps kept per customer, 10), n_neighbors (100), half_life_days
 (365), active_days (180), popularity_days (90), popularity_weight (0.001), attribute_weight (0.5),
 currency_symbol (default: from the data's currency, e.g. GBP -> £, else none), vote_half_life_days (90),
-bm25_k1 (100), bm25_b (1), similarity_power (1), backtest (true: each analysis also backtests the gaps at
+bm25_k1 (100), bm25_b (1), similarity_power (1), item_weight (0.3: share of the product-to-product part of
+the score), item_neighbors (50), backtest (true: each analysis also backtests the gaps at
 as_of - 90 days against popularity, table `crosssell_backtest`, and says the figures in the run's notes).
-The defaults were chosen on a held-out backtest of Online Retail II at 2010-06-01, earlier than the cutoffs
-reported in bench/results/crosssell.json.
+The defaults were chosen on held-out backtests of Online Retail II at 2010-05-01 and 2010-06-01, whose
+90-day windows end before the cutoffs reported in bench/results/crosssell.json.
 
 Tables written:
-- `crosssell_gaps`: customer_id, rank (1 = best), product_id, description, score (the look-alike vote share
-  plus the small popularity prior, 0..1+), evidence (plain words), lookalikes_buying (how many look-alikes
+- `crosssell_gaps`: customer_id, rank (1 = best), product_id, description, score (0..1: the look-alikes' vote
+  and the product-to-product part, each scaled to 1 for the customer's best product, plus a tiny popularity
+  prior), evidence (plain words), lookalikes_buying (how many look-alikes
   bought it), lookalikes (the customer's look-alikes), typical_quantity, typical_price, category (from the
   products table, when known), new_category (the customer never bought from that category), as_of.
   Customers of the `customers` table who bought nothing yet are included when they have attributes.
@@ -53,7 +55,7 @@ from loyalist.store import Store, has_table, write_frame
 DEFAULTS: dict[str, Any] = {
     "top": 10, "n_neighbors": 100, "half_life_days": 365.0, "vote_half_life_days": 90.0, "active_days": 180,
     "popularity_days": 90, "popularity_weight": 0.001, "attribute_weight": 0.5, "similarity_power": 1.0,
-    "bm25_k1": 100.0, "bm25_b": 1.0,
+    "bm25_k1": 100.0, "bm25_b": 1.0, "item_weight": 0.3, "item_neighbors": 50,
     "currency_symbol": None, "backtest": True,
 }
 GAP_COLUMNS = ["customer_id", "rank", "product_id", "description", "score", "evidence", "lookalikes_buying",
@@ -167,7 +169,8 @@ def model_for(opts: dict[str, Any]) -> LookAlikeRecommender:
     return LookAlikeRecommender(n_neighbors=int(opts["n_neighbors"]), bm25_k1=float(opts["bm25_k1"]),
                                 bm25_b=float(opts["bm25_b"]), similarity_power=float(opts["similarity_power"]),
                                 popularity_weight=float(opts["popularity_weight"]),
-                                attribute_weight=float(opts["attribute_weight"]))
+                                attribute_weight=float(opts["attribute_weight"]),
+                                item_weight=float(opts["item_weight"]), item_neighbors=int(opts["item_neighbors"]))
 
 
 def _money(x: float, symbol: str) -> str:
@@ -175,7 +178,8 @@ def _money(x: float, symbol: str) -> str:
 
 
 def evidence(lookalikes_buying: np.ndarray, lookalikes: np.ndarray, quantity: np.ndarray, price: np.ndarray,
-             recent_buyers: np.ndarray, popularity_days: int, symbol: str) -> list[str]:
+             recent_buyers: np.ndarray, popularity_days: int, symbol: str,
+             related: np.ndarray | None = None) -> list[str]:
     """The plain-words reason of each gap (vectorised string building over the gap rows)."""
     k = pd.Series(lookalikes_buying, dtype="int64")
     n = pd.Series(lookalikes, dtype="int64")
@@ -185,7 +189,10 @@ def evidence(lookalikes_buying: np.ndarray, lookalikes: np.ndarray, quantity: np
     popular = ("none of this customer's look-alikes bought it; suggested for its popularity: bought by "
                + pd.Series(recent_buyers, dtype="int64").map("{:,}".format)
                + f" customers in the last {popularity_days} days")
-    text = by_lookalikes.where(k > 0, popular) + "; this customer never has"
+    rel = pd.Series(np.zeros(len(k)) if related is None else related, dtype="float64")
+    with_theirs = "none of this customer's look-alikes bought it; often bought by the buyers of products this " \
+                  "customer buys"
+    text = by_lookalikes.where(k > 0, popular.where(rel <= 0, with_theirs)) + "; this customer never has"
     q = pd.Series(quantity, dtype="float64")
     p = pd.Series(price, dtype="float64")
     qty = q.round().astype("Int64").astype(str).where(q.notna(), "")
@@ -213,7 +220,8 @@ def gaps_table(data: CrossSellData, model: LookAlikeRecommender, top: int, opts:
         "typical_price": info["typical_price"].to_numpy(float)})
     frame.insert(5, "evidence", evidence(frame["lookalikes_buying"].to_numpy(), frame["lookalikes"].to_numpy(),
                                          frame["typical_quantity"].to_numpy(), frame["typical_price"].to_numpy(),
-                                         data.popularity[item], int(opts["popularity_days"]), symbol))
+                                         data.popularity[item], int(opts["popularity_days"]), symbol,
+                                         g.related[have]))
     frame["category"] = info["category"].to_numpy()
     cats = info["category"]
     if cats.notna().any():

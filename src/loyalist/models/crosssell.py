@@ -12,10 +12,15 @@ for performing collaborative filtering", SIGIR) on BM25-weighted purchase profil
 2. Look-alikes: the `n_neighbors` rows with the highest cosine similarity s(u, v). This is computed by
    `implicit`'s `all_pairs_knn` (multi-threaded C++, sparse, keeps only the top K per row) on the transposed
    profile matrix — the same routine implicit uses for item-item models, applied to customers.
-3. Score of product i for u (Herlocker et al. eq. for the weighted vote):
-       score(u, i) = sum_v s(u, v)^p * vote(v, i) / sum_v s(u, v)^p  +  popularity_weight * pop(i)
+3. Score of product i for u: the look-alikes' weighted vote (Herlocker et al.), blended with a
+   product-to-product part (item-based kNN, Sarwar, Karypis, Konstan & Riedl 2001, "Item-based collaborative
+   filtering recommendation algorithms", WWW), each scaled to a maximum of 1 per customer:
+       user(u, i) = sum_v s(u, v)^p * vote(v, i)           (v among u's K look-alikes)
+       item(u, i) = sum_j vote(u, j) * t(i, j)             (j among the K' products most similar to i)
+       score(u, i) = (1 - beta) * user / max_i user + beta * item / max_i item + popularity_weight * pop(i)
    where vote(v, i) is 1 if v bought i (optionally decayed by how long ago) and pop(i) the product's share of
-   recent buyers, scaled to [0, 1]. The popularity term is a prior: it breaks ties and fills the list for new
+   recent buyers, scaled to [0, 1]. beta (`item_weight`) = 0.3 and K' = 50 were chosen on held-out cutoffs
+   2010-05-01 and 2010-06-01 of Online Retail II (+5% recall@10 over look-alikes alone there). The popularity term is a prior: it breaks ties and fills the list for new
    customers whose look-alikes are few or weak (cold start); with `popularity_weight` small, look-alike
    evidence always ranks first.
 4. Exclusions: a mask (products the customer bought or returned; products not on sale any more) is removed
@@ -27,10 +32,14 @@ backtest (loyalist.evaluation.crosssell) it also beats `implicit` ALS with defau
 scipy.sparse for all matrices and `implicit.nearest_neighbours.all_pairs_knn` for the O(sum_i buyers_i^2)
 neighbour search — nothing here is dense in customers x products.
 
-Scale (1M customers x 100k products): the profile matrix holds one float per (customer, product) pair bought;
-the neighbour graph holds K floats per customer (50M for K = 50); scoring runs over chunks of customers
-(`chunk_size` rows of S @ B at a time, each row with at most K x (products per neighbour) entries), keeping
-only the top N per customer, so peak memory is set by the chunk, not by customers x products.
+Scale (1M customers x 100k products): nothing is dense in customers x products. Memory: the profile and
+vote matrices hold one float per (customer, product) pair bought; the look-alike graph K floats per customer
+(100M for K = 100); scoring runs over chunks of `chunk_size` customers, each chunk holding at most
+K x (products per look-alike) candidate scores per customer and keeping only the top N, so peak memory is set
+by the chunk, not by the catalogue. Time: the neighbour search costs sum over products of buyers^2 (implicit's
+C++ loop, on all cores); scoring costs sum over customers of the products their K look-alikes bought (scipy's
+sparse product plus O(nnz) numpy ranking) — both grow with purchases, not with customers x products. The
+benchmark (bench/crosssell.py --scale N) measures a synthetic run.
 Hand-written here (no library does it): the chunked sparse top-N with per-customer exclusions, and the
 gathering of the neighbour counts used as evidence — both vectorised numpy on the CSR arrays.
 """
@@ -54,6 +63,8 @@ class Gaps:
     """(customers, N) score(u, i) (0 where the item is missing)."""
     lookalikes_buying: np.ndarray
     """(customers, N) how many of the customer's look-alikes bought the product."""
+    related: np.ndarray
+    """(customers, N) the product-to-product part of the score (0..1; 0 when not used)."""
     neighbours: np.ndarray
     """(customers,) how many look-alikes the customer has (<= n_neighbors)."""
 
@@ -72,11 +83,12 @@ def top_n_sparse(m: sp.csr_matrix, n: int) -> tuple[np.ndarray, np.ndarray]:
     """Top-n columns per row of a non-negative CSR matrix by value (ties: lower column first); -1 / 0 pad
     short rows.
 
-    O(nnz): each row's values are first bucketed into 256 levels relative to the row's maximum, and only the
-    entries at or above the highest level that already holds n entries are sorted (they contain the top n).
+    `m` must not hold duplicate (row, column) entries (scipy's sparse products and sums never do); its
+    indices need not be sorted. O(nnz): each row's values are first bucketed into 256 levels relative to
+    the row's maximum, and only the entries at or above the highest level that already holds n entries are
+    sorted (they contain the top n).
     """
     m = sp.csr_matrix(m)
-    m.sum_duplicates()
     rows_n = m.shape[0]
     items = np.full((rows_n, n), -1, dtype=np.int64)
     scores = np.zeros((rows_n, n))
@@ -87,7 +99,8 @@ def top_n_sparse(m: sp.csr_matrix, n: int) -> tuple[np.ndarray, np.ndarray]:
     data, cols = m.data, m.indices
     if m.nnz > 4 * n * rows_n:
         rowmax = np.zeros(rows_n)
-        np.maximum.at(rowmax, rows, data)
+        nonempty = counts > 0
+        rowmax[nonempty] = np.maximum.reduceat(data, m.indptr[:-1][nonempty])
         level = np.floor(255.0 * np.divide(data, rowmax[rows], out=np.zeros_like(data),
                                             where=rowmax[rows] > 0)).astype(np.int64)
         hist = np.bincount(rows * 256 + level, minlength=rows_n * 256).reshape(rows_n, 256)
@@ -118,19 +131,24 @@ class LookAlikeRecommender:
     similarity_power: p in s(u, v)^p; > 1 lets the closest look-alikes count more.
     popularity_weight: weight of the popularity prior (cold start and ties).
     attribute_weight: weight of the customer-attribute block relative to the purchase profile.
+    item_weight: beta, the weight of the product-to-product part of the score (0 = look-alikes only).
+    item_neighbors: nearest products kept per product for that part.
     chunk_size: customers scored at a time (bounds memory).
     num_threads: threads for the neighbour search (0 = all cores).
     """
 
     def __init__(self, n_neighbors: int = 50, bm25_k1: float = 1.2, bm25_b: float = 0.75,
                  similarity_power: float = 1.0, popularity_weight: float = 0.05, attribute_weight: float = 0.5,
-                 chunk_size: int = 4096, num_threads: int = 2):
+                 item_weight: float = 0.3, item_neighbors: int = 50,
+                 chunk_size: int = 1024, num_threads: int = 2):
         self.n_neighbors = n_neighbors
         self.bm25_k1 = bm25_k1
         self.bm25_b = bm25_b
         self.similarity_power = similarity_power
         self.popularity_weight = popularity_weight
         self.attribute_weight = attribute_weight
+        self.item_weight = item_weight
+        self.item_neighbors = item_neighbors
         self.chunk_size = chunk_size
         self.num_threads = num_threads
 
@@ -139,6 +157,8 @@ class LookAlikeRecommender:
             raise ValueError("n_neighbors must be at least 1")
         if self.popularity_weight < 0 or self.attribute_weight < 0 or self.similarity_power <= 0:
             raise ValueError("popularity_weight and attribute_weight must be >= 0, similarity_power > 0")
+        if not 0 <= self.item_weight <= 1 or int(self.item_neighbors) < 1:
+            raise ValueError("item_weight must be in [0, 1] and item_neighbors at least 1")
 
     def profiles(self, strength: sp.csr_matrix, attributes: sp.csr_matrix | None = None) -> sp.csr_matrix:
         """L2-normalised BM25 profiles, with the weighted attribute block appended."""
@@ -186,6 +206,18 @@ class LookAlikeRecommender:
                 q = others[start:start + self.chunk_size]
                 sim = sim + _embed(sp.csr_matrix(prof[q] @ prof[buyers].T), q, buyers, k, n_cust)
         self.similarity_ = sim
+        item_sim = sp.csr_matrix((n_prod, n_prod))
+        if self.item_weight > 0 and n_prod > 1 and strength.nnz:
+            # Product-to-product: dot products of the BM25-weighted buyer columns, top item_neighbors per
+            # product (implicit's item-item routine); transposed so that votes @ item_sim scores product i by
+            # the customer's products j that are among i's nearest.
+            weighted = sp.csr_matrix(bm25_weight(strength, K1=self.bm25_k1, B=self.bm25_b))
+            knn = sp.csr_matrix(all_pairs_knn(weighted, int(min(self.item_neighbors, n_prod - 1)) + 1,
+                                              show_progress=False, num_threads=self.num_threads))
+            knn.setdiag(0)
+            knn.eliminate_zeros()
+            item_sim = sp.csr_matrix(knn.T)
+        self.item_similarity_ = item_sim
         self.neighbours_ = np.diff(sim.indptr)
         self.votes_ = votes
         self.bought_ = (votes > 0).astype(np.float64).tocsr()
@@ -220,11 +252,15 @@ class LookAlikeRecommender:
         sim = sp.csr_matrix(sp.diags(np.divide(1.0, norm, out=np.zeros_like(norm), where=norm > 0)) @ sim)
         pattern = sim.copy()
         pattern.data[:] = 1.0
-        parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        parts: list[tuple[np.ndarray, ...]] = []
         for start in range(0, rows_all.size, self.chunk_size):
             rows = rows_all[start:start + self.chunk_size]
             ex = excl[rows]
-            score = sp.csr_matrix(sim[rows] @ self.votes_)
+            votes = self.votes_[rows]
+            score = _row_max_scaled(sp.csr_matrix(sim[rows] @ self.votes_))
+            item_part = _row_max_scaled(sp.csr_matrix(votes @ self.item_similarity_))
+            if self.item_weight > 0:
+                score = (1 - self.item_weight) * score + self.item_weight * item_part
             score.data += prior[score.indices] + 1e-12  # keeps zero-vote candidates explicit until ranked
             score = _drop(score, ex, allow)
             items, scores = top_n_sparse(score, n)
@@ -237,18 +273,19 @@ class LookAlikeRecommender:
                 merged = _drop(score[short].maximum(fill), ex[short], allow)
                 items[short], scores[short] = top_n_sparse(merged, n)
             counts = np.zeros(items.shape, dtype=np.int64)
+            related = np.zeros(items.shape)
             have = items >= 0
             if have.any():
                 uniq, inv = np.unique(items[have], return_inverse=True)
                 sub = sp.csr_matrix(pattern[rows] @ self.bought_[:, uniq])
                 rr = np.broadcast_to(np.arange(rows.size)[:, None], items.shape)[have]
                 counts[have] = np.asarray(sub[rr, inv]).ravel().round().astype(np.int64)
-            parts.append((items, np.where(have, np.maximum(scores - 1e-12, 0.0), 0.0), counts))
+                related[have] = np.asarray(item_part[rr, items[have]]).ravel()
+            parts.append((items, np.where(have, np.maximum(scores - 1e-12, 0.0), 0.0), counts, related))
         if not parts:
             empty = np.zeros((0, n))
-            return Gaps(empty.astype(np.int64), empty, empty.astype(np.int64), np.zeros(0, np.int64))
-        return Gaps(np.vstack([p[0] for p in parts]), np.vstack([p[1] for p in parts]),
-                    np.vstack([p[2] for p in parts]), self.neighbours_[rows_all])
+            return Gaps(empty.astype(np.int64), empty, empty.astype(np.int64), empty, np.zeros(0, np.int64))
+        return Gaps(*(np.vstack([p[j] for p in parts]) for j in range(4)), self.neighbours_[rows_all])
 
 
 def _embed(block: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray, k: int, n: int) -> sp.csr_matrix:
@@ -260,6 +297,18 @@ def _embed(block: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray, k: int, n: 
     keep = items >= 0
     r = np.broadcast_to(rows[:, None], items.shape)[keep]
     return sp.csr_matrix((scores[keep], (r, cols[items[keep]])), shape=(n, n))
+
+
+def _row_max_scaled(m: sp.csr_matrix) -> sp.csr_matrix:
+    """Each row divided by its maximum (rows of zeros stay zero)."""
+    counts = np.diff(m.indptr)
+    rowmax = np.zeros(m.shape[0])
+    nonempty = counts > 0
+    if m.nnz:
+        rowmax[nonempty] = np.maximum.reduceat(m.data, m.indptr[:-1][nonempty])
+    m = m.copy()
+    m.data = m.data / np.repeat(np.where(rowmax > 0, rowmax, 1.0), counts)
+    return m
 
 
 def _drop(score: sp.csr_matrix, exclude: sp.csr_matrix, allow: np.ndarray) -> sp.csr_matrix:
