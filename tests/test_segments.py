@@ -289,6 +289,8 @@ def test_cli_segments(demo, tmp_path):
     assert len(members) == next(r["customers"] for r in rows if r["segment"] == "champions")
     assert (members["rfm_segment"] == "champions").all()
     assert members["clv_12m"].is_monotonic_decreasing
+    b = behaviour(store.table("transactions"), AS_OF).execute().set_index("customer_id")
+    assert (members["days_since_last"].to_numpy() == b.loc[members["customer_id"], "days_since_last"].to_numpy()).all()
     res = runner.invoke(app, ["segments", "--customers", "no such thing", "--db", db])
     assert res.exit_code == 1 and "no such segment" in res.output
     res = runner.invoke(app, ["segments", "--db", db, "--out", str(tmp_path / "seg.xlsx")])

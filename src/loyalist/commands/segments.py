@@ -31,7 +31,7 @@ from loyalist.errors import LoyalistError
 CUSTOMER_TABLE = "customer_insights"
 FmtOption = Annotated[str | None, typer.Option("--format", help="Export as csv, json, parquet or xlsx "
                                                                    "(parquet/xlsx need --out); default: a table.")]
-MEMBER_COLUMNS = ["customer_id", "segment", "rfm_segment", "rfm_score", "orders", "revenue", "recency_days",
+MEMBER_COLUMNS = ["customer_id", "segment", "rfm_segment", "rfm_score", "orders", "revenue", "days_since_last",
                   "p_alive", "clv_12m", "value_grade", "value_score"]
 VALUE_COLUMNS = ["customer_id", "value_grade", "value_percentile", "value_score", "value_clv", "value_margin",
                  "value_growth", "value_risk", "revenue", "orders", "segment", "rfm_segment", "value_reason"]
@@ -95,6 +95,7 @@ def segments(
                 if not match:
                     raise LoyalistError(f"--customers {customers!r}: no such {'RFM ' if rfm else ''}segment "
                                         f"(segments: {', '.join(sorted(names))})")
+                t = t.mutate(days_since_last=t.tenure_days - t.recency_days)  # as_of - last order
                 cols = [c for c in MEMBER_COLUMNS if c in t.columns]
                 expr = t.filter(t[col] == match[0]).select(cols)
                 sort = "clv_12m" if "clv_12m" in cols else "revenue"
@@ -110,7 +111,7 @@ def segments(
                 for name, text in zip(frame["segment"], frame["description"]):
                     out.print(f"[bold]{name}[/]: {text}", highlight=False)
             else:
-                _print(frame, title, {"orders": ",", "revenue": ",.0f", "recency_days": ",", "p_alive": ".2f",
+                _print(frame, title, {"orders": ",", "revenue": ",.0f", "days_since_last": ",", "p_alive": ".2f",
                                       "clv_12m": ",.0f", "value_score": ",.0f"})
             return
         emit(frame, fmt or "csv", out_file, "rows")
