@@ -13,7 +13,8 @@ Rankings compared in the same run:
 - `clv`: predicted 12-month CLV x margin alone
 - `clv_x_p_alive`, `clv_x_growth`: one adjustment each
 - `past_revenue`: the baseline users apply: all revenue before the cutoff
-- `revenue_last_12m`: a stronger naive baseline: revenue in the 365 days before the cutoff
+- `revenue_last_12m`: a stronger naive baseline: revenue in the 365 days before the cutoff (the same as
+  `past_revenue` when the history is shorter than a year, as at both Online Retail II cutoffs of bench/value.py)
 
 Table `value_backtest` (one row per cutoff and ranking): cutoff, horizon_days, model, ranking, customers,
 graded_a, a_revenue (next-year revenue of the A customers), a_revenue_share, a_share_of_all,

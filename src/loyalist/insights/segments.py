@@ -17,6 +17,9 @@ Result tables (one row per segment, largest first), same shape for both:
   avg_p_alive (mean P(alive) from the customer-base model), churn_risk (share of the segment's customers with
   P(alive) < 0.5), growth (the segment's spend in the last 180 days over the 180 days before, minus 1; NULL
   when it bought nothing in the earlier window), suggested_action (rules below).
+  Churn risk and P(alive) are the customer-base model's: under BG/NBD a customer with a single order has
+  P(alive) = 1 by construction, so one-time segments show no churn risk with that model (MBG/NBD and
+  Pareto/NBD do not have this property).
 
 Settings, section [segments] of loyalist.toml: k_min (3), k_max (10), sample (2000 rows for the silhouette),
 seed (0), window_days (180, the trend windows), one_time_recent_days (90).
