@@ -88,7 +88,10 @@ def backtest_direction(t, cutoffs: list[dt.date], params: DirectionParams = Dire
             s.insert(0, "cutoff", pd.Timestamp(cutoff))
             out.append(s)
     table = pd.concat(out, ignore_index=True)
-    return pd.concat([table, pooled(table)], ignore_index=True) if len(cutoffs) > 1 else table
+    if len(cutoffs) < 2:
+        return table
+    extra = pooled(table)[table.columns]
+    return pd.DataFrame({c: pd.concat([table[c], extra[c]], ignore_index=True) for c in table.columns})
 
 
 def pooled(table: pd.DataFrame) -> pd.DataFrame:
