@@ -220,3 +220,28 @@ def test_forecast_and_peaks_commands(store, tmp_path):
     assert any(p.endswith("peak_hours.png") for p in data["charts"])
     r = runner.invoke(app, ["peaks", "--db", str(db), "--throughput", "0"])
     assert r.exit_code == 1
+
+
+def test_category_level_from_the_products_table(raw, tmp_path):
+    from loyalist.ingest import Options
+    from loyalist.schema import Kind
+
+    s = open_store(tmp_path / "cat.duckdb")
+    ingest(s, DEMO)
+    codes = pd.Series(sorted(raw["StockCode"].unique()))
+    cats = pd.DataFrame({"product_id": codes, "category": ["cards", "gifts", "home"] * (len(codes) // 3)
+                         + ["cards", "gifts", "home"][: len(codes) % 3]})
+    cats = cats.iloc[:-5]  # a few products without a category
+    cats.to_csv(tmp_path / "products.csv", index=False)
+    ingest(s, [str(tmp_path / "products.csv")], Options(kind=Kind("products")))
+    assert agg.has_category(s)
+    w = feat.weekly_demand(s.table("transactions"), AS_OF, "category", s.table("products")).execute()
+    m = raw.merge(cats, left_on="StockCode", right_on="product_id", how="left")
+    m["category"] = m["category"].fillna("(no category)")
+    e = m.groupby("category")["Quantity"].sum()
+    got = w.groupby("series_id")["units"].sum()
+    assert got.to_dict() == pytest.approx(e.to_dict())
+    f = agg.compute_forecasts(s, AS_OF, None, 13, ("category",))
+    assert set(f["series_id"]) == set(e.index) and len(f) == 13 * len(e)
+    assert (f["level"] == "category").all() and f["forecast"].notna().all()
+    s.close()
