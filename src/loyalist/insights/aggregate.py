@@ -297,8 +297,9 @@ def compute_lifecycle(store: Store, as_of: dt.date) -> tuple[pd.DataFrame, pd.Da
 
     w = ibis.window(group_by=occ.customer_id, order_by=occ.day)
     ranked = occ.mutate(n=ibis.row_number().over(w))
-    two = ranked.filter(ranked.n <= 1).group_by("customer_id").aggregate(
-        first=ranked.day.min(), second=ranked.day.max()).execute()
+    first_two = ranked.filter(ranked.n <= 1)  # ibis row_number() counts from 0: the first two occasions
+    two = first_two.group_by("customer_id").aggregate(
+        first=first_two.day.min(), second=first_two.day.max()).execute()
     two["first"] = pd.to_datetime(two["first"])
     two["second"] = pd.to_datetime(two["second"])
     two.loc[two["first"] == two["second"], "second"] = pd.NaT

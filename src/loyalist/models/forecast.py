@@ -27,7 +27,7 @@ a smooth product.
 Choice per series: the candidate with the lowest mean absolute error over the backtest windows (the last
 `n_windows` origins, 13 weeks apart, each forecasting 13 weeks after the origin from the data before it),
 when it beats the class default (the method best across all series with the same candidates) by more than
-10%; otherwise the class default (see `choose`).
+30%; otherwise the class default (see `choose`).
 Within one series MAE and MASE rank methods identically.
 
 Series: a product's series starts at its first sale (weeks without sales are zeros); a series with fewer than
@@ -62,8 +62,9 @@ MIN_WEEKS = 40
 INTERMITTENT = ("CrostonOptimized", "ADIDA", "IMAPA", "TSB")
 SMOOTH = ("AutoETS", "ETS+SNaive")
 BASELINES = ("SeasonalNaive", "MovingAverage")
-MARGIN = 0.10
-"""A series leaves its class's default method only for one more than 10% better in its own backtest."""
+MARGIN = 0.30
+"""A series leaves its class's default method only for one more than 30% better in its own backtest
+(on Online Retail II 0.3 gave a lower median product MASE in the nested backtest than 0, 0.1 or 0.2)."""
 CONFORMAL_WINDOWS = {True: 6, False: 3}
 """Conformal calibration windows: aggregate series are few, so they get more (better 95% quantiles)."""
 ADI_CUTOFF = 1.32
@@ -216,7 +217,7 @@ def naive_scale(y: pd.DataFrame, cutoffs) -> pd.Series:
 
 def choose(errors: pd.DataFrame, allowed: dict[str, list[str]], margin: float = MARGIN) -> pd.Series:
     """Per series, the allowed candidate with the lowest mean backtest MAE — but only when it beats the
-    class default by more than `margin` (10%); otherwise the class default. The class default (per
+    class default by more than `margin` (30%); otherwise the class default. The class default (per
     candidate set) is the method with the lowest median relative error (MAE / the series' best MAE) over all
     series of the class: a few noisy windows of one series rarely justify leaving the method that works best
     across similar series (a guard against selection noise, cf. Fildes & Petropoulos 2015)."""
