@@ -81,7 +81,7 @@ def product_stats(t: ir.Table, as_of: dt.date | dt.datetime | None = None) -> ir
         description=lines.description.argmax(lines.order_date),
         buyers=lines.customer_id.nunique(), orders=lines.order_id.nunique(),
         typical_quantity=lines.quantity.median(),
-        typical_price=lines.unit_price.median(where=paid),
+        typical_price=ibis.ifelse(paid, lines.unit_price, ibis.null("float64")).median(),
         first_sold=lines.order_date.min(), last_sold=lines.order_date.max())
 
 
