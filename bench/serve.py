@@ -199,6 +199,7 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=2000)
     ap.add_argument("--clients", type=int, default=20)
     ap.add_argument("--rebuild", action="store_true")
+    ap.add_argument("--workers", type=int, default=2, help="loyalist serve --workers (server processes)")
     args = ap.parse_args()
     db = WORK / f"serve-{args.customers}.duckdb"
     build = None
@@ -216,7 +217,8 @@ def main() -> None:
     con.close()
     port = _free_port()
     exe = Path(sys.executable).parent / "loyalist"
-    server = subprocess.Popen([str(exe), "serve", "--db", str(db), "--port", str(port)], stdin=subprocess.DEVNULL,
+    server = subprocess.Popen([str(exe), "serve", "--db", str(db), "--port", str(port), "--workers", str(args.workers)],
+                              stdin=subprocess.DEVNULL,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -231,7 +233,7 @@ def main() -> None:
         # warm-up: every URL shape once (compiles each query shape), sequentially, not measured
         rng = random.Random(1)
         t0 = time.perf_counter()
-        for _ in range(300):
+        for _ in range(300 * args.workers):  # each worker process compiles its own query shapes
             httpx.get(base + urls(ids, rng)[1], timeout=120)
         warm = time.perf_counter() - t0
         load_before = os.getloadavg()
@@ -249,7 +251,8 @@ def main() -> None:
                          "scoring (analyze, model bgnbd, other steps not run); other capabilities' columns and "
                          "tables written directly with synthetic values of the contract's shape",
                   "build": build},
-        "warmup": {"requests": 300, "seconds": round(warm, 1)},
+        "server": {"workers": args.workers},
+        "warmup": {"requests": 300 * args.workers, "seconds": round(warm, 1)},
         "load_average_before": [round(x, 2) for x in load_before],
         "load_average_after": [round(x, 2) for x in load_after],
         **result,

@@ -20,9 +20,11 @@ app.add_typer(keys_app, name="keys")
 @app.command()
 def serve(
     db: DbOption = None,
-    host: Annotated[Optional[str], typer.Option("--host", help="Address to listen on (default 127.0.0.1, or [serve] "
+    host: Annotated[Optional[str], typer.Option("--host", help="Address to listen on (default 127.0.0.1, or \\[serve] "
                                                               "host). Anything but loopback requires API keys.")] = None,
-    port: Annotated[Optional[int], typer.Option("--port", help="Port (default 8000, or [serve] port).")] = None,
+    port: Annotated[Optional[int], typer.Option("--port", help="Port (default 8000, or \\[serve] port).")] = None,
+    workers: Annotated[Optional[int], typer.Option("--workers", help="Server processes (default 1, or \\[serve] "
+                                                                    "workers); each reads the store read-only.")] = None,
     config_path: ConfigOption = None,
 ) -> None:
     """The dashboard and the REST API on the store: overview, lists with CSV/XLSX downloads, customer pages,
@@ -43,11 +45,24 @@ def serve(
             raise LoyalistError(f"--port {port}: give a port between 1 and 65535")
         path = _db(db, cfg)
         require_key = not auth.is_loopback(host)
-        web = create_app(path, require_key=require_key)
+        workers = int(workers or settings.get("workers", 1))
+        if workers < 1:
+            raise LoyalistError("--workers must be at least 1")
+        web = create_app(path, require_key=require_key)  # also checks the store and the keys before serving
     shown = f"[{host}]" if ":" in host else host
     err.print(f"loyalist dashboard on [bold]http://{shown}:{port}/[/]  (API: /api/v1, docs: /docs; store {path}, "
               f"read-only; Ctrl+C stops)" + ("; API keys required" if require_key else ""), highlight=False)
-    uvicorn.run(web, host=host, port=port, log_level=str(settings.get("log_level", "warning")))
+    log_level = str(settings.get("log_level", "warning"))
+    if workers == 1:
+        uvicorn.run(web, host=host, port=port, log_level=log_level)
+        return
+    import os
+
+    web.state.reader.close()
+    os.environ["LOYALIST_SERVE_DB"] = str(Path(path).resolve())
+    os.environ["LOYALIST_SERVE_REQUIRE_KEY"] = "1" if require_key else "0"
+    uvicorn.run("loyalist.web.app:app_from_env", factory=True, workers=workers, host=host, port=port,
+                log_level=log_level)
 
 
 @keys_app.command("create")

@@ -517,6 +517,14 @@ def create_app(db: str | Path, require_key: bool = False) -> FastAPI:
     return app
 
 
+def app_from_env() -> FastAPI:
+    """The app for `uvicorn --factory` worker processes: store and key rule from the environment
+    (LOYALIST_SERVE_DB, LOYALIST_SERVE_REQUIRE_KEY), set by `loyalist serve --workers N`."""
+    import os
+
+    return create_app(os.environ["LOYALIST_SERVE_DB"], require_key=os.environ.get("LOYALIST_SERVE_REQUIRE_KEY") == "1")
+
+
 def reasons(c: dict[str, Any], orders: pd.DataFrame) -> dict[str, str]:
     """Each insight on the customer page with the numbers behind it, in plain words."""
     out: dict[str, str] = {}

@@ -210,7 +210,8 @@ class Reader:
         self._con.execute("SET TimeZone = 'UTC'")
         self.path = path
         self._local = threading.local()
-        self._cache: dict[str, Any] = {}
+        self._cache: dict[Any, Any] = {}
+        self._totals: dict[tuple, int] = {}
         self._lock = threading.Lock()
         rows = self._con.execute("SELECT table_name, column_name FROM duckdb_columns() "
                                  "WHERE schema_name = 'main' ORDER BY table_name, column_index").fetchall()
@@ -446,9 +447,16 @@ class Reader:
         query = self.clean(spec, query)
         values = self._values(query)
         shape = self._shape(spec, query)
-        total = int(self.prepared(("count",) + shape,
-                                  lambda p: self._filtered(spec, query, p).aggregate(n=ibis._.count()),
-                                  values).iloc[0, 0])
+        key = ("total",) + shape + tuple(sorted(values.items()))
+        total = self._totals.get(key)
+        if total is None:  # the store cannot change while it is open read-only: a count stays true
+            total = int(self.prepared(("count",) + shape,
+                                      lambda p: self._filtered(spec, query, p).aggregate(n=ibis._.count()),
+                                      values).iloc[0, 0])
+            with self._lock:
+                if len(self._totals) > 10_000:
+                    self._totals.clear()
+                self._totals[key] = total
         pages = max(1, math.ceil(total / query.per_page))
         page = min(query.page, pages)
         rows = self.prepared(("rows",) + shape, lambda p: self._select(spec, query, p), values,
