@@ -414,3 +414,9 @@ def test_cli_gaps_and_backtest(tmp_path):
     figures = json.loads(res.output)
     assert {f["method"] for f in figures} == {"lookalikes", "popularity"}
     assert all(re.match(r"2011-09-01", f["cutoff"]) for f in figures)
+    # The held-out figures are shown with the gaps (on standard error, so exports stay clean).
+    res = runner.invoke(app, ["gaps", "--db", db, "--top", "1"])
+    la = next(f for f in figures if f["method"] == "lookalikes")
+    assert f"held out at 2011-09-01 (90 days, {la['customers']:,} customers): recall@10 {la['recall_at_k']:.3f}" \
+        in res.stderr
+    assert res.stdout.startswith("customer_id,rank,product_id")

@@ -29,8 +29,8 @@ from loyalist.errors import LoyalistError
 @app.command()
 def gaps(
     customer: Annotated[str | None, typer.Option("--customer", help="Only this customer's gaps.")] = None,
-    top: Annotated[int, typer.Option("--top", help="Gaps per customer (at most the number stored, "
-                                                   "[crosssell] top, default 10).")] = 10,
+    top: Annotated[int, typer.Option("--top", help="Gaps per customer (at most the number stored: "
+                                                   "top in the crosssell section of loyalist.toml, 10).")] = 10,
     db: DbOption = None,
     as_of: Annotated[str | None, typer.Option("--as-of", help="Compute from orders before this date instead of "
                                                                  "reading the stored table (YYYY-MM-DD).")] = None,
@@ -60,7 +60,10 @@ def gaps(
                 frame = compute_gaps(store, _as_date(as_of, "--as-of"), {"crosssell": {**opts, "top": max(top, 1)}})
             else:
                 frame = stored_or_computed(store, None, cfg.sections)
+        accuracy = _held_out(store)
         store.close()
+        if accuracy:
+            err.print(accuracy, highlight=False, soft_wrap=True)
         if customer is not None:
             frame = frame[frame["customer_id"].astype(str) == customer]
             if frame.empty:
@@ -71,6 +74,26 @@ def gaps(
             _print_customer(frame, customer)
             return
         emit(frame, fmt, out_file, "gaps")
+
+
+def _held_out(store) -> str | None:
+    """One line with the latest held-out figures of the gaps (table crosssell_backtest), if any."""
+    from loyalist.store import has_table
+
+    if not has_table(store, "crosssell_backtest"):
+        return "held-out accuracy: not measured yet (run `loyalist analyze` or `loyalist gaps-backtest`)"
+    b = store.table("crosssell_backtest").execute()
+    b = b[b["run_at"] == b["run_at"].max()]
+    b = b[b["cutoff"] == b["cutoff"].max()].set_index("method")
+    if "lookalikes" not in b.index:
+        return None
+    la = b.loc["lookalikes"]
+    parts = [(f"held out at {la['cutoff']:%Y-%m-%d} ({int(la['horizon_days'])} days, {int(la['customers']):,} "
+             f"customers): recall@{int(la['k'])} {la['recall_at_k']:.3f}")]
+    for method, name in (("popularity", "popularity"), ("als_default", "implicit ALS")):
+        if method in b.index:
+            parts.append(f"{name} {b.loc[method, 'recall_at_k']:.3f}")
+    return ", ".join(parts[:1]) + (" vs " + ", ".join(parts[1:]) if len(parts) > 1 else "")
 
 
 def _print_customer(frame, customer: str) -> None:
