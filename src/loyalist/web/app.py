@@ -278,10 +278,11 @@ def create_app(db: str | Path, require_key: bool = False) -> FastAPI:
         def href(**changes) -> str:
             return "?" + urllib.parse.urlencode(sorted({**params, **changes}.items()))
         header = []
+        sortable = set(reader.list_table_columns(spec))
         for c in result.columns:
             active = c == result.sort
             nxt = "asc" if (active and result.descending) else "desc"
-            header.append((c, fmt.label(c), None if c == "reason" else href(sort=c, order=nxt),
+            header.append((c, fmt.label(c), href(sort=c, order=nxt) if c in sortable else None,
                            ("▼" if result.descending else "▲") if active else "",
                            bool(rows) and fmt.numeric(c, rows[0].get(c))))
         pager = {"first": href(page=1) if result.page > 1 else None, "prev": href(page=result.page - 1),

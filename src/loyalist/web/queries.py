@@ -247,13 +247,16 @@ class Reader:
         return self._backend().execute(expr)
 
     def prepared(self, key: tuple, build: Callable[[_Params], Any], values: dict[str, Any],
-                 limit: int | None = None, offset: int = 0) -> pd.DataFrame:
-        """Run the expression `build(params)` with `values` bound; its SQL is compiled once per `key`."""
+                 limit: int | None = None, offset: int = 0, sliced: bool = False) -> pd.DataFrame:
+        """Run the expression `build(params)` with `values` bound; its SQL is compiled once per `key`.
+
+        `limit`/`offset` are bound too: added at the end, or, with `sliced`, where `build` put
+        `.limit(_Params.LIMIT, offset=_Params.OFFSET)` itself."""
         entry = self._cache.get(("sql",) + key)
         if entry is None:
             params = _Params()
             expr = build(params)
-            if limit is not None:
+            if limit is not None and not sliced:
                 expr = expr.limit(_Params.LIMIT, offset=_Params.OFFSET)
             sql = str(self._backend().compile(expr))
             for name in dict.fromkeys(params.names):
@@ -333,15 +336,17 @@ class Reader:
         return None
 
     def _base(self, spec: ListSpec) -> ir.Table:
+        """The list's rows from its own table (context columns from customer_insights are joined to a page's
+        rows only, after sorting and slicing: joining first would cost a join of the whole table per page)."""
         t = self.table(spec.table)
         cols = set(self.schema[spec.table])
         if spec.where is not None:
             t = t.filter(spec.where(t, cols))
-        join = [c for c in spec.from_customers if self.has(CUSTOMERS, c) and c not in cols]
-        if join:
-            c = self.table(CUSTOMERS).select("customer_id", *join)
-            t = t.left_join(c, t.customer_id == c.customer_id).drop("customer_id_right")
         return t
+
+    def _context(self, spec: ListSpec) -> list[str]:
+        own = set(self.schema.get(spec.table, []))
+        return [c for c in spec.from_customers if self.has(CUSTOMERS, c) and c not in own]
 
     def choices(self, spec: ListSpec, column: str, limit: int = 60) -> list[str]:
         def make():
@@ -354,7 +359,8 @@ class Reader:
         return self.cached(f"choices:{spec.name}:{column}", make)
 
     def list_table_columns(self, spec: ListSpec) -> list[str]:
-        return list(self.schema.get(spec.table, [])) + [c for c in spec.from_customers if self.has(CUSTOMERS, c)]
+        """Columns a list may be filtered and sorted by: its own table's (not the joined context columns)."""
+        return list(self.schema.get(spec.table, []))
 
     def column_kind(self, spec: ListSpec, column: str) -> str:
         """'number', 'date', 'bool' or 'text' for a column of the list."""
@@ -436,9 +442,17 @@ class Reader:
         return t.order_by(keys + tie)
 
     def _select(self, spec: ListSpec, query: Query, p: _Params) -> ir.Table:
+        """Filtered, sorted, sliced (placeholders for LIMIT/OFFSET), then the context columns joined."""
         t = self._filtered(spec, query, p)
         data_cols = [c for c in self.list_columns(spec) if c in t.columns]
-        return self._ordered(t, query, spec).select(*dict.fromkeys(data_cols + self._reason_inputs(spec, t)))
+        t = self._ordered(t, query, spec).select(*dict.fromkeys(data_cols + self._reason_inputs(spec, t)))
+        t = t.limit(_Params.LIMIT, offset=_Params.OFFSET)
+        join = self._context(spec)
+        if join:
+            c = self.table(CUSTOMERS).select("customer_id", *join)
+            t = t.left_join(c, t.customer_id == c.customer_id).drop("customer_id_right")
+            t = self._ordered(t, query, spec)
+        return t
 
     def page(self, spec: ListSpec, query: Query) -> Page:
         why = self.missing(spec)
@@ -460,7 +474,7 @@ class Reader:
         pages = max(1, math.ceil(total / query.per_page))
         page = min(query.page, pages)
         rows = self.prepared(("rows",) + shape, lambda p: self._select(spec, query, p), values,
-                             limit=query.per_page, offset=(page - 1) * query.per_page)
+                             limit=query.per_page, offset=(page - 1) * query.per_page, sliced=True)
         rows = self._decorate(spec, rows)
         return Page(spec, rows, total, page, query.per_page, query.sort or "", bool(query.descending),
                     self.list_columns(spec))
@@ -472,7 +486,7 @@ class Reader:
             raise LoyalistError(why)
         query = self.clean(spec, query)
         rows = self.prepared(("rows",) + self._shape(spec, query), lambda p: self._select(spec, query, p),
-                             self._values(query), limit=EXPORT_LIMIT)
+                             self._values(query), limit=EXPORT_LIMIT, sliced=True)
         rows = self._decorate(spec, rows)
         return rows[[c for c in self.list_columns(spec) if c in rows.columns]]
 
