@@ -55,6 +55,7 @@ bench: install-test
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/direction.py
 	$(BIN)/python bench/timing.py
+	$(BIN)/python bench/forecast.py
 
 clean:
 	rm -rf out .pytest_cache test-artifacts
