@@ -21,7 +21,6 @@ import json
 import math
 import os
 import platform
-import resource
 import shutil
 import subprocess
 import sys
@@ -91,8 +90,10 @@ def one(engine: str, source: Path, work: Path, lines: int) -> dict:
             session.stop()
             if cluster is not None:
                 cluster.stop()
-    out["driver_python_peak_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    # VmHWM, not ru_maxrss: the latter keeps the forking parent's peak across exec
+    out["driver_python_peak_mb"] = round((_hwm_kb(os.getpid()) or 0) / 1024, 1)
     out["lines"] = lines
+    out["machine_load_1m_at_end"] = round(os.getloadavg()[0], 1)  # other work on the 2 cores slows every engine
     out["rows_per_s"] = round(lines / out["wall_s"])
     return out
 
@@ -102,6 +103,9 @@ def main() -> None:
     ap.add_argument("--customers", default="250000,500000,1000000")
     ap.add_argument("--lines-per-order", type=float, default=4.5)
     ap.add_argument("--engines", default="duckdb,local,cluster")
+    ap.add_argument("--more-lines-engines", default="cluster",
+                    help="at the smallest scale, also run these engines on twice the lines per order (same customers, "
+                         "same patterns): does driver memory grow with order lines?")
     ap.add_argument("--work", type=Path, default=None)
     ap.add_argument("--timeout", type=float, default=1800, help="seconds allowed to one measurement")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "spark.json")
@@ -126,14 +130,18 @@ def main() -> None:
 
     work = args.work or Path(tempfile.mkdtemp(prefix="loyalist-bench-spark-"))
     results = []
-    for n in [int(x) for x in args.customers.split(",")]:
+    scales = [int(x) for x in args.customers.split(",")]
+    plan = [(n, args.lines_per_order, args.engines) for n in scales]
+    if args.more_lines_engines:
+        plan.append((scales[0], 2 * args.lines_per_order, args.more_lines_engines))
+    for n, lpo, engines in plan:
         source = work / f"tx_{n}"
         t0 = time.perf_counter()
         shutil.rmtree(source, ignore_errors=True)
-        lines = write_synthetic(source, n, seed=1, lines_per_order=args.lines_per_order)
+        lines = write_synthetic(source, n, seed=1, lines_per_order=lpo)
         gen = time.perf_counter() - t0
         print(f"{n:,} customers: {lines:,} lines generated in {gen:.0f}s", flush=True)
-        for engine in args.engines.split(","):
+        for engine in engines.split(","):
             run_dir = work / f"{engine}_{n}"
             shutil.rmtree(run_dir, ignore_errors=True)
             run_dir.mkdir(parents=True)
@@ -153,6 +161,7 @@ def main() -> None:
                 continue
             r = json.loads(proc.stdout.strip().splitlines()[-1])
             r["customers_requested"] = n
+            r["lines_per_order"] = lpo
             results.append(r)
             print(f"  {engine:8s} {r['wall_s']:8.1f}s  {r['rows_per_s']:>12,} lines/s  python peak "
                   f"{r['driver_python_peak_mb']:,.0f} MB" + (f", driver JVM peak {r['driver_jvm_peak_mb']:,.0f} MB"
@@ -162,12 +171,22 @@ def main() -> None:
         shutil.rmtree(source, ignore_errors=True)
     growth = {}
     for engine in args.engines.split(","):
-        rs = sorted((r for r in results if r["engine"] == engine and "wall_s" in r), key=lambda r: r["customers"])
+        rs = sorted((r for r in results if r["engine"] == engine and "wall_s" in r
+                     and r["lines_per_order"] == args.lines_per_order), key=lambda r: r["customers"])
         if len(rs) >= 2:
             a, b = rs[0], rs[-1]
             doublings = math.log2(b["customers"] / a["customers"])
             growth[engine] = {"from_customers": a["customers"], "to_customers": b["customers"],
                               "time_ratio_per_doubling": round((b["wall_s"] / a["wall_s"]) ** (1 / doublings), 3)}
+    for engine in args.more_lines_engines.split(",") if args.more_lines_engines else []:
+        rs = [r for r in results if r["engine"] == engine and "wall_s" in r and r["customers"] == scales[0]]
+        if len(rs) == 2:
+            a, b = sorted(rs, key=lambda r: r["lines"])
+            growth[f"{engine}_driver_memory_vs_lines"] = {
+                "customers": a["customers"], "lines": [a["lines"], b["lines"]], "patterns": [a["patterns"], b["patterns"]],
+                "driver_jvm_peak_mb": [a["driver_jvm_peak_mb"], b["driver_jvm_peak_mb"]],
+                "driver_python_peak_mb": [a["driver_python_peak_mb"], b["driver_python_peak_mb"]],
+                "wall_s": [a["wall_s"], b["wall_s"]]}
     save(results, growth)
     print(json.dumps(growth, indent=2))
     print(f"written {args.out}")
