@@ -70,7 +70,7 @@ def build_store(path: Path, n: int) -> dict:
         analysis.analyze(store, model="bgnbd")
     timings["analyze_customer_base_s"] = round(time.perf_counter() - t0, 1)
     t0 = time.perf_counter()
-    ci = store.con.execute("SELECT * FROM customer_insights").df()
+    ci = store.con.execute("SELECT * FROM customer_insights ORDER BY customer_id").df()  # as analyze stores it
     rng = np.random.default_rng(SEED)
     m = len(ci)
     as_of = pd.Timestamp(ci["as_of"].iloc[0])
@@ -100,7 +100,7 @@ def build_store(path: Path, n: int) -> dict:
     })
     write_frame(store, "customer_insights", ci.merge(cols, on="customer_id", how="left"), replace=True)
     ids = ci["customer_id"].to_numpy()
-    gap_ids = np.repeat(ids[rng.random(m) < 0.5], 3)
+    gap_ids = np.repeat(ids[rng.random(m) < 0.5], 3)  # every table in customer_id order, as the steps write them
     k = len(gap_ids)
     write_frame(store, "crosssell_gaps", pd.DataFrame({
         "customer_id": gap_ids, "rank": np.tile([1, 2, 3], k // 3), "product_id": rng.choice([f"P{i}" for i in range(500)], k),

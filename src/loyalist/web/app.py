@@ -341,11 +341,13 @@ def create_app(db: str | Path, require_key: bool = False) -> FastAPI:
         for key, frame in (("segments", seg), ("rfm", rfm)):
             if frame is not None and len(frame) and {"segment", "customers"} <= set(frame.columns):
                 f = frame.sort_values("customers", ascending=False)
-                data = [charts.bar(f["segment"], f["customers"], "customers", charts.PALETTE[0])]
+                labels = f["segment"].astype(str)
+                data = [charts.bar(labels, f["customers"], "customers", charts.PALETTE[0], offsetgroup="1")]
                 if "revenue_share" in f:
-                    data.append(charts.bar(f["segment"], f["revenue_share"], "share of revenue", charts.PALETTE[1],
-                                           yaxis="y2"))
+                    data.append(charts.bar(labels, f["revenue_share"], "share of revenue", charts.PALETTE[1],
+                                           yaxis="y2", offsetgroup="2"))
                 figs[key] = charts.figure(data, "Customers and share of revenue", barmode="group",
+                                          xaxis={**charts.BASE_LAYOUT["xaxis"], "type": "category"},
                                           yaxis2={"overlaying": "y", "side": "right", "tickformat": ".0%",
                                                   "showgrid": False})
         return page(request, "segments.html", seg=fmt.rows(seg.sort_values("customers", ascending=False))
@@ -398,7 +400,7 @@ def create_app(db: str | Path, require_key: bool = False) -> FastAPI:
         ctx["cohorts_missing"] = co is None
         if co is not None and len(co) and {"cohort_month", "months_since", "retention"} <= set(co.columns):
             piv = co.pivot_table(index="cohort_month", columns="months_since", values="retention", aggfunc="mean")
-            ctx["cohort_chart"] = charts.heatmap(list(piv.columns), [fmt.date(x)[-8:] for x in piv.index],
+            ctx["cohort_chart"] = charts.heatmap(list(piv.columns), [pd.Timestamp(x).strftime("%b %Y") for x in piv.index],
                                                  piv.to_numpy(), "Share of each cohort still buying, by months "
                                                  "since the first order", "months since first order",
                                                  "cohort (first order month)")

@@ -126,6 +126,7 @@ def timeline(orders: pd.DataFrame, next_date=None, lo=None, hi=None) -> dict:
 
 def heatmap(x, y, z, title: str, xtitle: str = "", ytitle: str = "", colorscale: str = "Blues") -> dict:
     return figure([{"type": "heatmap", "x": _list(x), "y": _list(y), "z": [[_clean(v) for v in row] for row in z],
-                    "colorscale": colorscale}], title,
+                    "colorscale": colorscale, "reversescale": True}], title,
+                  margin={**BASE_LAYOUT["margin"], "l": 90},
                   xaxis={**BASE_LAYOUT["xaxis"], "title": xtitle}, yaxis={**BASE_LAYOUT["yaxis"], "title": ytitle},
                   height=360)

@@ -76,6 +76,8 @@ def kind(column: str) -> str:
         return "text"
     if c.endswith("_pct"):
         return "pct_number"
+    if c.endswith("_share") or c in ("share", "retention"):
+        return "share"
     if c in ("auc", "brier", "mae", "rmse", "score", "overdue_score", "growth_rate", "value_score"):
         return "decimal"
     if any(c == p or c.startswith(p) or c.endswith(p) for p in PROBABILITY):
@@ -102,6 +104,8 @@ def cell(v: Any, column: str, symbol: str = "") -> str:
         return money(v, symbol)
     if k == "probability":
         return f"{float(v):.2f}"
+    if k == "share":
+        return f"{float(v) * 100:.1f}%"
     if k == "decimal":
         return f"{float(v):,.3f}" if abs(float(v)) < 10 else f"{float(v):,.1f}"
     if k == "pct_number":
