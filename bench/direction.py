@@ -145,7 +145,7 @@ def main() -> None:
     result = {
         "benchmark": "direction (issue 7)",
         "machine": {"python": platform.python_version(), "platform": platform.platform()},
-        "when": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "data": "Online Retail II, both exports (../shared/data), cutoffs " + ", ".join(map(str, CUTOFFS))
                 + "; horizon 182 days",
         "verdict": verdict,

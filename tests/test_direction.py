@@ -16,8 +16,14 @@ from loyalist.evaluation.direction import backtest_direction, baseline_labels
 from loyalist.features.direction import direction_stats
 from loyalist.ingest import ingest
 from loyalist.insights.direction import direction_table
-from loyalist.models.direction import (DirectionParams, classify_trend, dissatisfaction, mix_shift,
-                                       poisson_rate_test, seasonal_index)
+from loyalist.models.direction import (
+    DirectionParams,
+    classify_trend,
+    dissatisfaction,
+    mix_shift,
+    poisson_rate_test,
+    seasonal_index,
+)
 from loyalist.store import open_store
 
 DEMO = sorted((REPO / "data" / "demo").glob("*.csv.gz"))

@@ -8,6 +8,7 @@ import json
 import shutil
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import ClassVar
 
 import pandas as pd
 import pytest
@@ -86,7 +87,7 @@ def test_event_ids_are_type_customer_date(fed_store):
 
 
 def test_history_events_match_pandas(fed_store):
-    store, one, two, _, _ = fed_store
+    store, _, two, _, _ = fed_store
     t = store.con.execute("SELECT * FROM transactions").df()
     t = t[~t.is_guest & ~t.is_non_product & ~t.is_cancellation & ~t.is_return & t.customer_id.notna()]
     t["day"] = t["order_date"].dt.normalize()
@@ -108,11 +109,11 @@ def test_history_events_match_pandas(fed_store):
 
 
 class _Hook(BaseHTTPRequestHandler):
-    received: list[dict] = []
-    attempts: dict[str, int] = {}
+    received: ClassVar[list[dict]] = []
+    attempts: ClassVar[dict[str, int]] = {}
     fail_first = 2  # each event's first two POSTs answer 503
 
-    def do_POST(self):  # noqa: N802 - http.server API
+    def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         key = self.headers["Idempotency-Key"]
         n = _Hook.attempts[key] = _Hook.attempts.get(key, 0) + 1

@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import REPO
-from test_events import run_my_steps
 from sklearn.metrics import roc_auc_score
+from test_events import run_my_steps
 from typer.testing import CliRunner
 
 from loyalist.cli import app

@@ -8,15 +8,28 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 from loyalist import config
-from loyalist.cli import ConfigOption, DbOption, FormatOption, JsonOption, OutOption, _as_date, _db, _errors, app, emit, err, out
+from loyalist.cli import (
+    ConfigOption,
+    DbOption,
+    FormatOption,
+    JsonOption,
+    OutOption,
+    _as_date,
+    _db,
+    _errors,
+    app,
+    emit,
+    err,
+    out,
+)
 from loyalist.errors import LoyalistError
 
-TopOption = Annotated[Optional[int], typer.Option("--top", help="Only the first N rows.")]
+TopOption = Annotated[int | None, typer.Option("--top", help="Only the first N rows.")]
 
 
 def _stored(db, config_path, table: str, what: str, hint: str = ""):
@@ -33,7 +46,7 @@ def _stored(db, config_path, table: str, what: str, hint: str = ""):
 @app.command()
 def direction(
     db: DbOption = None,
-    trend: Annotated[Optional[str], typer.Option("--trend", help="Only this trend: growing, stable, declining or "
+    trend: Annotated[str | None, typer.Option("--trend", help="Only this trend: growing, stable, declining or "
                                                                  "lapsed.")] = None,
     flagged: Annotated[bool, typer.Option("--flagged", help="Only customers with a mix shift, a dissatisfaction "
                                                             "flag or a volume-pricing flag.")] = False,
@@ -105,11 +118,11 @@ def payments(
 @app.command()
 def alerts(
     db: DbOption = None,
-    since: Annotated[Optional[str], typer.Option("--since", help="Only events dated on or after this day "
+    since: Annotated[str | None, typer.Option("--since", help="Only events dated on or after this day "
                                                                  "(YYYY-MM-DD).")] = None,
-    type_: Annotated[Optional[list[str]], typer.Option("--type", help="Only this event type; repeatable (e.g. "
+    type_: Annotated[list[str] | None, typer.Option("--type", help="Only this event type; repeatable (e.g. "
                                                                       "lapse, growth_detected, payment_slowdown).")] = None,
-    webhook: Annotated[Optional[str], typer.Option("--webhook", help="POST each event (JSON) to this URL, once per "
+    webhook: Annotated[str | None, typer.Option("--webhook", help="POST each event (JSON) to this URL, once per "
                                                                      "event and URL; retried with back-off.")] = None,
     attempts: Annotated[int, typer.Option("--attempts", help="Tries per event for the webhook.")] = 5,
     backoff: Annotated[float, typer.Option("--backoff", help="First retry delay in seconds (doubles each try).")] = 0.5,

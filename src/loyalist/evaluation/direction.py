@@ -65,11 +65,12 @@ def score_labels(labels: pd.DataFrame, prev: pd.DataFrame, nxt: pd.DataFrame) ->
     return pd.DataFrame(rows)
 
 
-def backtest_direction(t, cutoffs: list[dt.date], params: DirectionParams = DirectionParams(),
+def backtest_direction(t, cutoffs: list[dt.date], params: DirectionParams | None = None,
                        horizon_days: int = 182, products=None) -> pd.DataFrame:
     """The `direction_backtest` table for each cutoff (see the module docstring)."""
     from loyalist.insights.direction import direction_table
 
+    params = params or DirectionParams()
     last = t.order_date.max().execute()
     out = []
     for cutoff in cutoffs:

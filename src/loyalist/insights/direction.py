@@ -70,9 +70,10 @@ def _exposures(t, as_of: dt.date, first_age: np.ndarray, params: DirectionParams
     return e1, e2, (E - begin).astype(float)
 
 
-def direction_table(t, products, as_of: dt.date, params: DirectionParams = DirectionParams(),
+def direction_table(t, products, as_of: dt.date, params: DirectionParams | None = None,
                     volume_min_12m: float | None = None, mix_min_tv: float = 0.35, mix: bool = True) -> pd.DataFrame:
     """The `direction` table (see the module docstring) from the transactions (and products) Ibis tables."""
+    params = params or DirectionParams()
     R = params.recent_days
     st = direction_stats(t, as_of, R, params.trend_recent_days, params.trend_early_days).execute()
     if st.empty:
