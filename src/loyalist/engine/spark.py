@@ -368,7 +368,7 @@ def analyze_spark(source: str | list[str], *, out: str, session: "SparkSession |
         if runnable:
             scored = _run_spark_steps(runnable, con, session, t, scored, as_of, settings, fitted, config, notes)
         target = out.rstrip("/") + f"/{CUSTOMER_TABLE}"
-        scored.write.mode("overwrite").parquet(target)
+        scored.sortWithinPartitions("customer_id").write.mode("overwrite").parquet(target)
         lap("score_and_write")
     finally:
         summary.unpersist()
@@ -401,7 +401,7 @@ def analyze_spark(source: str | list[str], *, out: str, session: "SparkSession |
             store.con.execute(f"CREATE OR REPLACE TABLE {CUSTOMER_TABLE} AS SELECT * REPLACE ("
                               "CAST(first_order AS TIMESTAMP_S) AS first_order, "
                               "CAST(last_order AS TIMESTAMP_S) AS last_order, CAST(as_of AS TIMESTAMP_S) AS as_of) "
-                              "FROM read_parquet(?)", [files])
+                              "FROM read_parquet(?) ORDER BY customer_id", [files])  # as the DuckDB engine
             write_frame(store, "analysis_runs", pd.DataFrame([{
                 "run_at": pd.Timestamp.now(tz="UTC").tz_localize(None), "as_of": pd.Timestamp(as_of),
                 "model": model, "report": report_json}]), replace=False)
