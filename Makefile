@@ -39,9 +39,18 @@ demo: install
 	$(BIN)/loyalist backtest --db $(DEMO_DB) --cutoff 2011-06-01 --horizon 90 --plots out/backtest
 	$(BIN)/loyalist analyze --db $(DEMO_DB)
 	$(BIN)/loyalist customers --db $(DEMO_DB) --out out/customers.csv
+	$(BIN)/loyalist overdue --db $(DEMO_DB) --top 10
+	$(BIN)/loyalist segments --db $(DEMO_DB)
+	$(BIN)/loyalist overdue --db $(DEMO_DB) --out out/overdue.csv
+	$(BIN)/loyalist gaps --db $(DEMO_DB) --out out/crosssell_gaps.csv
+	$(BIN)/loyalist alerts --db $(DEMO_DB) --out out/alerts.csv
+	$(BIN)/loyalist forecast --db $(DEMO_DB) --level total
+	$(BIN)/loyalist report --db $(DEMO_DB) --out out/report.html
 	@echo
 	@echo "Demo store:        $(DEMO_DB)   (inspect with: $(BIN)/loyalist status --db $(DEMO_DB))"
-	@echo "Per-customer table: out/customers.csv   (P(alive), expected orders, CLV per customer)"
+	@echo "Per-customer table: out/customers.csv   (P(alive), CLV, next order, overdue, trend, segment, value grade, lifecycle ...)"
+	@echo "Lists:              out/overdue.csv, out/crosssell_gaps.csv, out/alerts.csv"
+	@echo "Report (one file):  out/report.html"
 	@echo "Backtest plots:     out/backtest/tracking.html, out/backtest/calibration_holdout.html"
 	@echo "P(alive) matrix:    out/demo-reports/analysis_*/p_alive_matrix.html"
 	@echo "Quarantined rows:   out/quarantine.csv"
@@ -53,6 +62,11 @@ test: install-test services
 
 bench: install-test
 	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/btyd.py
+	$(BIN)/python bench/crosssell.py
+	$(BIN)/python bench/value.py
+	$(BIN)/python bench/serve.py
+	$(BIN)/python bench/spark.py
 	$(BIN)/python bench/direction.py
 	$(BIN)/python bench/timing.py
 	$(BIN)/python bench/forecast.py
