@@ -41,20 +41,31 @@ class FittedBase:
 
 def fit_base(summary: pd.DataFrame, model: str = "bgnbd") -> FittedBase:
     """Fit `model` on (frequency, recency, T) and Gamma-Gamma on repeat customers' average spend."""
+    mv = summary["monetary_value"].to_numpy(float)
+    repeat = (summary["frequency"].to_numpy() > 0) & np.isfinite(mv) & (mv > 0)
+    return fit_patterns(summary[["frequency", "recency", "T"]].assign(n=1.0),
+                        summary.loc[repeat, ["frequency", "monetary_value"]].assign(n=1.0), model)
+
+
+def fit_patterns(patterns: pd.DataFrame, spend_patterns: pd.DataFrame, model: str) -> FittedBase:
+    """`fit_base` on weighted rows: `patterns` (frequency, recency, T, n) and `spend_patterns` (frequency,
+    monetary_value, n) of repeat customers with amounts. With n = the number of customers sharing a row, the
+    weighted likelihood equals the per-customer one (how the Spark engine fits on distinct patterns)."""
     if model not in TRANSACTION_MODELS:
         raise ValueError(f"unknown model {model!r}; choose one of {', '.join(TRANSACTION_MODELS)}")
     notes: list[str] = []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        tm = TRANSACTION_MODELS[model]().fit(summary["frequency"].to_numpy(float), summary["recency"].to_numpy(float),
-                                             summary["T"].to_numpy(float))
+        tm = TRANSACTION_MODELS[model]().fit(patterns["frequency"].to_numpy(float),
+                                             patterns["recency"].to_numpy(float), patterns["T"].to_numpy(float),
+                                             weights=patterns["n"].to_numpy(float))
     notes += [f"{model}: {w.message}" for w in caught]
     spend = None
-    mv = summary["monetary_value"].to_numpy(float)
-    repeat = (summary["frequency"].to_numpy() > 0) & np.isfinite(mv) & (mv > 0)
-    if repeat.sum() >= 20:
+    if (spend_patterns["n"].sum() if len(spend_patterns) else 0) >= 20:
         try:
-            spend = GammaGamma().fit(summary["frequency"].to_numpy(float)[repeat], mv[repeat])
+            spend = GammaGamma().fit(spend_patterns["frequency"].to_numpy(float),
+                                     spend_patterns["monetary_value"].to_numpy(float),
+                                     weights=spend_patterns["n"].to_numpy(float))
         except Exception as exc:  # the spend model is optional: say why it is missing
             notes.append(f"spend model not fitted: {exc}")
     else:

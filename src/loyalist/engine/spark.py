@@ -9,8 +9,8 @@ What is computed where:
 2. **Driver**: only the distinct sufficient-statistic patterns are collected — `(frequency, recency, T)` with
    the number of customers sharing each, and `(frequency, monetary_value)` of repeat customers with counts for
    the spend model. The same model classes are fitted with those counts as weights (the likelihoods are sums
-   over customers, so a weighted sum over distinct patterns is the same likelihood; `fit_patterns` mirrors
-   `loyalist.customer_base.fit_base` rule for rule). Driver memory grows with the number of distinct patterns
+   over customers, so a weighted sum over distinct patterns is the same likelihood; both engines fit through
+   `loyalist.customer_base.fit_patterns`). Driver memory grows with the number of distinct patterns
    (bounded by days of history squared for the transaction model), never with order lines.
 3. **Executors** score every customer with `mapInPandas`, running `loyalist.customer_base.score` (the same numpy
    code) on each Arrow batch, with the fitted parameters shipped in the task closure.
@@ -41,7 +41,6 @@ import datetime as dt
 import json
 import os
 import sys
-import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,7 +48,13 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from loyalist.customer_base import TRANSACTION_MODELS, FittedBase, Settings, score
+from loyalist.customer_base import (
+    TRANSACTION_MODELS,
+    FittedBase,
+    Settings,
+    fit_patterns,
+    score,
+)
 from loyalist.errors import LoyalistError
 from loyalist.features import rfm_summary
 from loyalist.insights import Context, Step, load_steps
@@ -83,7 +88,7 @@ def _need_pyspark():
 
 
 def spark_session(master: str | None = None, conf: dict[str, str] | None = None,
-                  app_name: str = "loyalist") -> "SparkSession":
+                  app_name: str = "loyalist") -> SparkSession:
     """A SparkSession: `master` local[N], spark://host:port, yarn, k8s://... or sc://host:port (Spark Connect).
 
     Without `master`, an existing session (e.g. under spark-submit) is reused, else local[*].
@@ -112,9 +117,9 @@ class SparkSource:
     """The `store` of a Spark-capable insight step: the Ibis PySpark backend and the source tables."""
 
     ibis: Any
-    tables: dict[str, "ir.Table"]
+    tables: dict[str, ir.Table]
 
-    def table(self, name: str) -> "ir.Table":
+    def table(self, name: str) -> ir.Table:
         if name not in self.tables:
             raise LoyalistError(f"table {name!r} is not read on the Spark engine (available: {sorted(self.tables)})")
         return self.tables[name]
@@ -125,7 +130,7 @@ def _is_path(source: str) -> bool:
             or source.lower().endswith((".parquet", ".csv", ".csv.gz", ".pq")))
 
 
-def read_transactions(con, source: str | list[str]) -> "ir.Table":
+def read_transactions(con, source: str | list[str]) -> ir.Table:
     """The canonical transactions from Parquet/CSV path(s) (files, folders, globs) or a Spark catalog table,
     cast to the canonical types; a missing required column is an error naming it."""
     import ibis
@@ -156,34 +161,6 @@ def read_transactions(con, source: str | list[str]) -> "ir.Table":
     casts = {c: t[c].cast(ty) for c, ty in TRANSACTION_TYPES.items() if c in t.columns
              and t[c].type() != ibis.dtype(ty)}
     return t.mutate(**casts) if casts else t
-
-
-def fit_patterns(patterns: pd.DataFrame, spend_patterns: pd.DataFrame, model: str) -> FittedBase:
-    """`loyalist.customer_base.fit_base` on distinct patterns with counts (column `n`) instead of one row per
-    customer: the weighted likelihood equals the per-customer one, the rules (spend model only with >= 20
-    repeat customers with amounts, notes on what was skipped) are the same."""
-    if model not in TRANSACTION_MODELS:
-        raise LoyalistError(f"unknown model {model!r}; choose one of {', '.join(TRANSACTION_MODELS)}")
-    notes: list[str] = []
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        tm = TRANSACTION_MODELS[model]().fit(patterns["frequency"].to_numpy(float),
-                                             patterns["recency"].to_numpy(float), patterns["T"].to_numpy(float),
-                                             weights=patterns["n"].to_numpy(float))
-    notes += [f"{model}: {w.message}" for w in caught]
-    spend = None
-    repeat = int(spend_patterns["n"].sum()) if len(spend_patterns) else 0
-    if repeat >= 20:
-        try:
-            spend = GammaGamma().fit(spend_patterns["frequency"].to_numpy(float),
-                                     spend_patterns["monetary_value"].to_numpy(float),
-                                     weights=spend_patterns["n"].to_numpy(float))
-        except Exception as exc:  # the spend model is optional: say why it is missing
-            notes.append(f"spend model not fitted: {exc}")
-    else:
-        notes.append("spend model skipped: fewer than 20 repeat customers with amounts "
-                     "(expected_order_value and clv_12m are empty)")
-    return FittedBase(model, tm, spend, notes)
 
 
 def _portable(fitted: FittedBase) -> FittedBase:
@@ -280,7 +257,7 @@ def _local_dir(out: str) -> Path | None:
     return None if "://" in out else Path(out)
 
 
-def analyze_spark(source: str | list[str], *, out: str, session: "SparkSession | None" = None,
+def analyze_spark(source: str | list[str], *, out: str, session: SparkSession | None = None,
                   master: str | None = None, as_of: dt.date | None = None, model: str = "auto",
                   settings: Settings | None = None, config: dict | None = None, db: Path | str | None = None,
                   steps: list[str] | None = None, on_stage: Callable[[str], None] | None = None,
@@ -414,8 +391,8 @@ def analyze_spark(source: str | list[str], *, out: str, session: "SparkSession |
     return run
 
 
-def _run_spark_steps(runnable: list[Step], con, session, t, scored: "DataFrame", as_of: dt.date,
-                     settings: Settings, fitted: FittedBase, config: dict, notes: list[str]) -> "DataFrame":
+def _run_spark_steps(runnable: list[Step], con, session, t, scored: DataFrame, as_of: dt.date,
+                     settings: Settings, fitted: FittedBase, config: dict, notes: list[str]) -> DataFrame:
     """Run the Spark-capable steps: each gets the per-customer table as an Ibis table on Spark and returns an
     Ibis table keyed by customer_id whose columns are joined on (same rules as `run_steps`)."""
     view = "loyalist_customer_insights"
