@@ -44,12 +44,12 @@ demo: install
 	$(BIN)/loyalist overdue --db $(DEMO_DB) --out out/overdue.csv
 	$(BIN)/loyalist gaps --db $(DEMO_DB) --out out/crosssell_gaps.csv
 	$(BIN)/loyalist alerts --db $(DEMO_DB) --out out/alerts.csv
-	$(BIN)/loyalist forecast --db $(DEMO_DB) --level total
+	$(BIN)/loyalist forecast --db $(DEMO_DB) --level total --out out/forecast_total.csv
 	$(BIN)/loyalist report --db $(DEMO_DB) --out out/report.html
 	@echo
 	@echo "Demo store:        $(DEMO_DB)   (inspect with: $(BIN)/loyalist status --db $(DEMO_DB))"
 	@echo "Per-customer table: out/customers.csv   (P(alive), CLV, next order, overdue, trend, segment, value grade, lifecycle ...)"
-	@echo "Lists:              out/overdue.csv, out/crosssell_gaps.csv, out/alerts.csv"
+	@echo "Lists:              out/overdue.csv, out/crosssell_gaps.csv, out/alerts.csv, out/forecast_total.csv"
 	@echo "Report (one file):  out/report.html"
 	@echo "Backtest plots:     out/backtest/tracking.html, out/backtest/calibration_holdout.html"
 	@echo "P(alive) matrix:    out/demo-reports/analysis_*/p_alive_matrix.html"
