@@ -22,3 +22,19 @@ def shared_file(*parts: str) -> Path:
             "which a user's clone does not have); set LOYALIST_SHARED_DATA to point elsewhere"
         )
     return path
+
+
+DEMO = sorted((REPO / "data" / "demo").glob("*.csv.gz"))
+"""The bundled demo data (two Online Retail II exports, 800 customers)."""
+
+
+@pytest.fixture(scope="module")
+def demo_store(tmp_path_factory):
+    """A fresh store holding the demo data, one per test module."""
+    from loyalist.ingest import ingest
+    from loyalist.store import open_store
+
+    store = open_store(tmp_path_factory.mktemp("demo") / "demo.duckdb")
+    ingest(store, DEMO)
+    yield store
+    store.close()

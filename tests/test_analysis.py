@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import REPO, shared_file
+from conftest import DEMO, shared_file
 from typer.testing import CliRunner
 
 from loyalist.analysis import analyze, run_backtest
@@ -19,7 +19,6 @@ from loyalist.ingest import Options, ingest
 from loyalist.schema import NON_PRODUCT_DESCRIPTION
 from loyalist.store import open_store
 
-DEMO = sorted((REPO / "data" / "demo").glob("*.csv.gz"))
 COLUMNS = ["customer_id", "first_order", "last_order", "orders", "revenue", "frequency", "recency_days",
            "tenure_days", "p_alive", "expected_orders_90d", "prob_order_90d", "expected_order_value", "clv_12m",
            "model"]
@@ -42,14 +41,6 @@ def _occasions(paths: list[Path]) -> pd.DataFrame:
     df["customer_id"] = df["Customer ID"].str.replace(r"\.0+$", "", regex=True)
     df["day"] = df["InvoiceDate"].dt.normalize()
     return df.groupby(["customer_id", "day"]).size().reset_index(name="lines")
-
-
-@pytest.fixture(scope="module")
-def demo_store(tmp_path_factory):
-    store = open_store(tmp_path_factory.mktemp("demo") / "demo.duckdb")
-    ingest(store, DEMO)
-    yield store
-    store.close()
 
 
 def test_backtest_counts_the_holdout_independently(demo_store):

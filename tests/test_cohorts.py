@@ -7,16 +7,19 @@ import datetime as dt
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import REPO
+from conftest import DEMO
 from typer.testing import CliRunner
 
 from loyalist.cli import app
 from loyalist.ingest import ingest
 from loyalist.insights import aggregate as agg
-from loyalist.schema import NON_PRODUCT_CODE_PREFIXES, NON_PRODUCT_CODES, NON_PRODUCT_DESCRIPTION
+from loyalist.schema import (
+    NON_PRODUCT_CODE_PREFIXES,
+    NON_PRODUCT_CODES,
+    NON_PRODUCT_DESCRIPTION,
+)
 from loyalist.store import open_store
 
-DEMO = sorted((REPO / "data" / "demo").glob("*.csv.gz"))
 AS_OF = dt.date(2011, 12, 10)
 
 
@@ -36,11 +39,8 @@ def occasions() -> pd.DataFrame:
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    s = open_store(tmp_path_factory.mktemp("cohorts") / "demo.duckdb")
-    ingest(s, DEMO)
-    yield s
-    s.close()
+def store(demo_store):
+    return demo_store
 
 
 def test_cohort_retention_and_revenue_match_pandas(store):

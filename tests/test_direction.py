@@ -9,12 +9,10 @@ import datetime as dt
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import REPO
 from scipy import stats
 
 from loyalist.evaluation.direction import backtest_direction, baseline_labels
 from loyalist.features.direction import direction_stats
-from loyalist.ingest import ingest
 from loyalist.insights.direction import direction_table
 from loyalist.models.direction import (
     DirectionParams,
@@ -24,9 +22,6 @@ from loyalist.models.direction import (
     poisson_rate_test,
     seasonal_index,
 )
-from loyalist.store import open_store
-
-DEMO = sorted((REPO / "data" / "demo").glob("*.csv.gz"))
 
 
 def simulate(n: int, change: np.ndarray | float = 1.0, seed: int = 0, R: int = 91, E: int = 365):
@@ -128,14 +123,6 @@ def test_dissatisfaction_flags_with_their_numbers():
     assert d["flag_baskets"].tolist() == [True, False] and d["basket_ratio"][0] == pytest.approx(0.4)
     assert d["flag_gaps"].tolist() == [True, False] and d["current_gap_days"][0] == 100
     assert d["flag_range"].tolist() == [True, False]
-
-
-@pytest.fixture(scope="module")
-def demo_store(tmp_path_factory):
-    store = open_store(tmp_path_factory.mktemp("dir") / "demo.duckdb")
-    ingest(store, DEMO)
-    yield store
-    store.close()
 
 
 def _occasions(store) -> pd.DataFrame:

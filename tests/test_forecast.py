@@ -10,7 +10,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import REPO
+from conftest import DEMO
 from typer.testing import CliRunner
 
 from loyalist.cli import app
@@ -18,10 +18,13 @@ from loyalist.features import aggregate as feat
 from loyalist.ingest import ingest
 from loyalist.insights import aggregate as agg
 from loyalist.models import forecast as fm
-from loyalist.schema import NON_PRODUCT_CODE_PREFIXES, NON_PRODUCT_CODES, NON_PRODUCT_DESCRIPTION
+from loyalist.schema import (
+    NON_PRODUCT_CODE_PREFIXES,
+    NON_PRODUCT_CODES,
+    NON_PRODUCT_DESCRIPTION,
+)
 from loyalist.store import open_store
 
-DEMO = sorted((REPO / "data" / "demo").glob("*.csv.gz"))
 AS_OF = dt.date(2011, 12, 10)
 
 
@@ -40,11 +43,8 @@ def raw_demand() -> pd.DataFrame:
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    s = open_store(tmp_path_factory.mktemp("agg") / "demo.duckdb")
-    ingest(s, DEMO)
-    yield s
-    s.close()
+def store(demo_store):
+    return demo_store
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import datetime as dt
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import REPO
+from conftest import DEMO
 from typer.testing import CliRunner
 
 from loyalist.cli import app
@@ -20,7 +20,6 @@ from loyalist.insights import aggregate as agg
 from loyalist.models import lifecycle as lc
 from loyalist.store import has_table, open_store
 
-DEMO = sorted((REPO / "data" / "demo").glob("*.csv.gz"))
 AS_OF = dt.date(2011, 12, 10)
 
 
@@ -80,11 +79,8 @@ def test_first_to_second_conversion():
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    s = open_store(tmp_path_factory.mktemp("life") / "demo.duckdb")
-    ingest(s, DEMO)
-    yield s
-    s.close()
+def store(demo_store):
+    return demo_store
 
 
 def test_lifecycle_step_on_demo(store):
