@@ -76,3 +76,96 @@ def p_alive_matrix(model, max_frequency: int, max_T: float, out: Path) -> list[P
     html.update_layout(title="P(alive) by frequency and recency", xaxis_title="recency (days)",
                        yaxis_title="repeat orders")
     return _save(fig, html, out, "p_alive_matrix")
+
+
+# Charts of the aggregate view (loyalist forecast, peaks, cohorts).
+def forecast_plot(history, fc, title: str, folder: Path, name: str) -> list[Path]:
+    """History, forecast and the 80% / 95% intervals of one series."""
+
+
+    fig, ax = plt.subplots(figsize=(9, 4))
+    ax.plot(history["ds"], history["y"], color="black", lw=1.2, label="history")
+    ax.fill_between(fc["week"], fc["lo95"], fc["hi95"], color="tab:blue", alpha=0.15, label="95% interval")
+    ax.fill_between(fc["week"], fc["lo80"], fc["hi80"], color="tab:blue", alpha=0.3, label="80% interval")
+    ax.plot(fc["week"], fc["forecast"], color="tab:blue", lw=1.8, label=f"forecast ({fc['method'].iloc[0]})")
+    ax.set_title(title)
+    ax.legend(loc="upper left")
+    x = list(fc["week"])
+    html = go.Figure([
+        go.Scatter(x=history["ds"], y=history["y"], name="history", line={"color": "black"}),
+        go.Scatter(x=x + x[::-1], y=list(fc["hi95"]) + list(fc["lo95"])[::-1], fill="toself", name="95% interval",
+                   line={"width": 0}, fillcolor="rgba(31,119,180,0.15)"),
+        go.Scatter(x=x + x[::-1], y=list(fc["hi80"]) + list(fc["lo80"])[::-1], fill="toself", name="80% interval",
+                   line={"width": 0}, fillcolor="rgba(31,119,180,0.3)"),
+        go.Scatter(x=x, y=fc["forecast"], name=f"forecast ({fc['method'].iloc[0]})", line={"color": "#1f77b4"}),
+    ])
+    html.update_layout(title=title, yaxis_title="per week")
+    return _save(fig, html, folder, name)
+
+
+def heatmap_plot(hw, folder: Path) -> list[Path]:
+
+
+    from loyalist.insights.aggregate import DAYS
+
+    hours = list(range(int(hw["hour"].min()), int(hw["hour"].max()) + 1)) if len(hw) else list(range(24))
+    grid = np.zeros((7, len(hours)))
+    for d, h, o in zip(hw["dow"], hw["hour"], hw["orders"]):
+        grid[int(d), hours.index(int(h))] = o
+    fig, ax = plt.subplots(figsize=(9, 3.6))
+    im = ax.imshow(grid, aspect="auto", cmap="magma_r")
+    ax.set_yticks(range(7), DAYS)
+    ax.set_xticks(range(len(hours)), [f"{h:02d}" for h in hours])
+    ax.set_xlabel("hour of day")
+    ax.set_title("Orders by weekday and hour")
+    fig.colorbar(im, ax=ax, label="orders")
+    html = go.Figure(go.Heatmap(z=grid, x=[f"{h:02d}:00" for h in hours], y=list(DAYS), colorscale="Magma",
+                                reversescale=True, colorbar={"title": "orders"}))
+    html.update_layout(title="Orders by weekday and hour", yaxis={"autorange": "reversed"})
+    return _save(fig, html, folder, "peak_hours")
+
+
+def weeks_plot(wk, folder: Path) -> list[Path]:
+
+
+    fig, ax = plt.subplots(figsize=(9, 3.6))
+    traces = []
+    for year, g in wk.groupby("year"):
+        ax.plot(g["week_of_year"], g["orders"], marker=".", label=str(year))
+        traces.append(go.Scatter(x=g["week_of_year"], y=g["orders"], name=str(year), mode="lines+markers"))
+    ax.set_xlabel("ISO week of year")
+    ax.set_ylabel("orders")
+    ax.set_title("Orders by week of year")
+    ax.legend()
+    html = go.Figure(traces)
+    html.update_layout(title="Orders by week of year", xaxis_title="ISO week", yaxis_title="orders")
+    return _save(fig, html, folder, "peak_weeks")
+
+
+def cohort_plot(co, folder: Path) -> list[Path]:
+
+    from plotly.subplots import make_subplots
+
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.2))
+    html = make_subplots(rows=1, cols=2, subplot_titles=("Retention", "Cumulative revenue per customer"))
+    for month, g in co.groupby("cohort_month"):
+        g = g[g["months_since"] > 0] if len(g) > 1 else g
+        label = f"{month:%Y-%m} ({int(g['customers'].iloc[0])})"
+        a1.plot(g["months_since"], g["retention"], lw=1, label=label)
+        a2.plot(g["months_since"], g["cumulative_revenue_per_customer"], lw=1)
+        html.add_trace(go.Scatter(x=g["months_since"], y=g["retention"], name=label, legendgroup=label), 1, 1)
+        html.add_trace(go.Scatter(x=g["months_since"], y=g["cumulative_revenue_per_customer"], name=label,
+                                  legendgroup=label, showlegend=False), 1, 2)
+    a1.set_xlabel("months since first order")
+    a1.set_ylabel("share of the cohort buying")
+    a1.set_title("Retention by acquisition cohort")
+    a2.set_xlabel("months since first order")
+    a2.set_ylabel("cumulative revenue per customer")
+    a2.set_title("Revenue by acquisition cohort")
+    if co["cohort_month"].nunique() <= 14:
+        a1.legend(fontsize=7)
+    html.update_layout(title="Acquisition cohorts (month of first order)")
+    return _save(fig, html, folder, "cohorts")
+
+
+# ---------------------------------------------------------------------------------------------------- helpers

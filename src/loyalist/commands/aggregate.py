@@ -2,8 +2,7 @@
 
 Each reads the table stored by `loyalist analyze` (steps `forecast` and `lifecycle`, loyalist.insights.aggregate)
 when it is there and matches the request, and computes it otherwise. Charts go to STORE-reports/ beside the
-store as PNG (matplotlib) and self-contained offline HTML (plotly with its JavaScript embedded), like
-loyalist.plots. Heavy libraries (statsforecast, matplotlib, plotly) are imported inside the commands only, so
+store as PNG and self-contained offline HTML, drawn by loyalist.plots. Heavy libraries (statsforecast, matplotlib, plotly) are imported inside the commands only, so
 other commands do not pay for them.
 """
 
@@ -27,129 +26,10 @@ PlotsOption = Annotated[Optional[Path], typer.Option("--plots", help="Folder for
                                                                      "default: STORE-reports/<command>/).")]
 
 
-# ---------------------------------------------------------------------------------------------------- charts
-def _save(fig_mpl, fig_html, folder: Path, name: str) -> list[Path]:
-    import matplotlib.pyplot as plt
-
-    folder.mkdir(parents=True, exist_ok=True)
-    png, html = folder / f"{name}.png", folder / f"{name}.html"
-    fig_mpl.savefig(png, dpi=100, bbox_inches="tight")
-    plt.close(fig_mpl)
-    fig_html.write_html(html, include_plotlyjs=True, full_html=True)
-    return [png, html]
-
-
 def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(name))[:80] or "series"
 
 
-def forecast_plot(history, fc, title: str, folder: Path, name: str) -> list[Path]:
-    """History, forecast and the 80% / 95% intervals of one series."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import plotly.graph_objects as go
-
-    fig, ax = plt.subplots(figsize=(9, 4))
-    ax.plot(history["ds"], history["y"], color="black", lw=1.2, label="history")
-    ax.fill_between(fc["week"], fc["lo95"], fc["hi95"], color="tab:blue", alpha=0.15, label="95% interval")
-    ax.fill_between(fc["week"], fc["lo80"], fc["hi80"], color="tab:blue", alpha=0.3, label="80% interval")
-    ax.plot(fc["week"], fc["forecast"], color="tab:blue", lw=1.8, label=f"forecast ({fc['method'].iloc[0]})")
-    ax.set_title(title)
-    ax.legend(loc="upper left")
-    x = list(fc["week"])
-    html = go.Figure([
-        go.Scatter(x=history["ds"], y=history["y"], name="history", line={"color": "black"}),
-        go.Scatter(x=x + x[::-1], y=list(fc["hi95"]) + list(fc["lo95"])[::-1], fill="toself", name="95% interval",
-                   line={"width": 0}, fillcolor="rgba(31,119,180,0.15)"),
-        go.Scatter(x=x + x[::-1], y=list(fc["hi80"]) + list(fc["lo80"])[::-1], fill="toself", name="80% interval",
-                   line={"width": 0}, fillcolor="rgba(31,119,180,0.3)"),
-        go.Scatter(x=x, y=fc["forecast"], name=f"forecast ({fc['method'].iloc[0]})", line={"color": "#1f77b4"}),
-    ])
-    html.update_layout(title=title, yaxis_title="per week")
-    return _save(fig, html, folder, name)
-
-
-def heatmap_plot(hw, folder: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-    import plotly.graph_objects as go
-
-    from loyalist.insights.aggregate import DAYS
-
-    hours = list(range(int(hw["hour"].min()), int(hw["hour"].max()) + 1)) if len(hw) else list(range(24))
-    grid = np.zeros((7, len(hours)))
-    for d, h, o in zip(hw["dow"], hw["hour"], hw["orders"]):
-        grid[int(d), hours.index(int(h))] = o
-    fig, ax = plt.subplots(figsize=(9, 3.6))
-    im = ax.imshow(grid, aspect="auto", cmap="magma_r")
-    ax.set_yticks(range(7), DAYS)
-    ax.set_xticks(range(len(hours)), [f"{h:02d}" for h in hours])
-    ax.set_xlabel("hour of day")
-    ax.set_title("Orders by weekday and hour")
-    fig.colorbar(im, ax=ax, label="orders")
-    html = go.Figure(go.Heatmap(z=grid, x=[f"{h:02d}:00" for h in hours], y=list(DAYS), colorscale="Magma",
-                                reversescale=True, colorbar={"title": "orders"}))
-    html.update_layout(title="Orders by weekday and hour", yaxis={"autorange": "reversed"})
-    return _save(fig, html, folder, "peak_hours")
-
-
-def weeks_plot(wk, folder: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import plotly.graph_objects as go
-
-    fig, ax = plt.subplots(figsize=(9, 3.6))
-    traces = []
-    for year, g in wk.groupby("year"):
-        ax.plot(g["week_of_year"], g["orders"], marker=".", label=str(year))
-        traces.append(go.Scatter(x=g["week_of_year"], y=g["orders"], name=str(year), mode="lines+markers"))
-    ax.set_xlabel("ISO week of year")
-    ax.set_ylabel("orders")
-    ax.set_title("Orders by week of year")
-    ax.legend()
-    html = go.Figure(traces)
-    html.update_layout(title="Orders by week of year", xaxis_title="ISO week", yaxis_title="orders")
-    return _save(fig, html, folder, "peak_weeks")
-
-
-def cohort_plot(co, folder: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
-
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.2))
-    html = make_subplots(rows=1, cols=2, subplot_titles=("Retention", "Cumulative revenue per customer"))
-    for month, g in co.groupby("cohort_month"):
-        g = g[g["months_since"] > 0] if len(g) > 1 else g
-        label = f"{month:%Y-%m} ({int(g['customers'].iloc[0])})"
-        a1.plot(g["months_since"], g["retention"], lw=1, label=label)
-        a2.plot(g["months_since"], g["cumulative_revenue_per_customer"], lw=1)
-        html.add_trace(go.Scatter(x=g["months_since"], y=g["retention"], name=label, legendgroup=label), 1, 1)
-        html.add_trace(go.Scatter(x=g["months_since"], y=g["cumulative_revenue_per_customer"], name=label,
-                                  legendgroup=label, showlegend=False), 1, 2)
-    a1.set_xlabel("months since first order")
-    a1.set_ylabel("share of the cohort buying")
-    a1.set_title("Retention by acquisition cohort")
-    a2.set_xlabel("months since first order")
-    a2.set_ylabel("cumulative revenue per customer")
-    a2.set_title("Revenue by acquisition cohort")
-    if co["cohort_month"].nunique() <= 14:
-        a1.legend(fontsize=7)
-    html.update_layout(title="Acquisition cohorts (month of first order)")
-    return _save(fig, html, folder, "cohorts")
-
-
-# ---------------------------------------------------------------------------------------------------- helpers
 def _open(db, config_path, as_of):
     from loyalist.analysis import data_end
     from loyalist.store import open_store
@@ -211,6 +91,7 @@ def forecast(
     naive for smooth demand) is chosen by a rolling-origin backtest; its error (backtest_mae) is in the
     table. Products also get the bottom-up forecast from the customer-level predictions and the reconciled
     forecast. Writes a chart per series (history, forecast, intervals)."""
+    from loyalist import plots as charts
     from loyalist.insights import aggregate as agg
 
     with _errors():
@@ -249,7 +130,7 @@ def forecast(
             for sid in ids:
                 fc = frame[frame["series_id"] == sid]
                 hs = hist[hist["unique_id"] == sid]
-                files += forecast_plot(hs, fc, f"{level} {sid}: weekly {'orders' if level == 'orders' else 'units'}",
+                files += charts.forecast_plot(hs, fc, f"{level} {sid}: weekly {'orders' if level == 'orders' else 'units'}",
                                        folder, f"{level}_{_safe(sid)}")
         store.close()
         summary = frame.groupby("method")["series_id"].nunique().to_dict()
@@ -279,6 +160,7 @@ def peaks(
 ) -> None:
     """Peak demand: orders and lines by hour of day x weekday (heatmap) and by week of year, the peak periods
     in words, and a staffing table for the next weeks from the orders forecast and your throughput."""
+    from loyalist import plots as charts
     from loyalist.insights import aggregate as agg
 
     with _errors():
@@ -303,7 +185,7 @@ def peaks(
                 fc = agg.compute_forecasts(store, when, None, h, ("orders",))
         staff = agg.staffing_table(fc, hw, float(tp) if tp else None, hpp)
         folder = plots or _reports(path) / f"peaks_{when}"
-        files = heatmap_plot(hw, folder) + weeks_plot(wk, folder)
+        files = charts.heatmap_plot(hw, folder) + charts.weeks_plot(wk, folder)
         store.close()
     frames = {"staffing": staff, "hours": hw, "weeks": wk}
     if out_file is not None or fmt != "csv":
@@ -346,6 +228,7 @@ def cohorts(
 ) -> None:
     """Acquisition cohorts (month of first order): the share of each cohort buying in each later month
     (retention) and revenue per customer, with retention and revenue curves."""
+    from loyalist import plots as charts
     from loyalist.insights import aggregate as agg
 
     with _errors():
@@ -360,7 +243,7 @@ def cohorts(
 
         co["cohort_month"] = pd.to_datetime(co["cohort_month"])
         folder = plots or _reports(path) / f"cohorts_{when}"
-        files = cohort_plot(co, folder)
+        files = charts.cohort_plot(co, folder)
         store.close()
     if out_file is not None or fmt != "csv":
         emit(co, fmt, out_file, "cohort rows")
