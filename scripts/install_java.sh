@@ -8,16 +8,5 @@ if command -v java >/dev/null 2>&1; then
         exit 0
     fi
 fi
-sudo=()
-if [ "$(id -u)" -ne 0 ]; then
-    if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
-        sudo=(sudo -n)
-    else
-        echo "install_java: no Java >= 17 and installing it needs root: apt-get install -y openjdk-17-jre-headless" >&2
-        exit 1
-    fi
-fi
-echo "install_java: installing Debian's openjdk-17-jre-headless (apt-get) ..." >&2
-"${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q </dev/null >&2
-"${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q openjdk-17-jre-headless </dev/null >&2
+bash "$(dirname "$0")/apt_install.sh" openjdk-17-jre-headless
 command -v java >/dev/null 2>&1 || { echo "install_java: apt-get finished but java is not on PATH" >&2; exit 1; }
