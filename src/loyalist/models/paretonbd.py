@@ -96,13 +96,23 @@ def _hyp_series(b, c, v, grad: bool, w=None, d=None):
         zero = v <= 0
         gv[zero] = (b / c)[zero]
     pos = v > 0
+    # runs of equal (b, c) (callers sort by frequency): fixed-length polynomials, Horner's rule
+    done = _hyp_poly(b, c, v, grad, logG, gb, gc, gv)
+    if done is not None:
+        pos &= ~done
     # series feasibility: the stopping rule t_N (N+1) <= 1e-16 w^2 (G >= 1) holds at N terms,
-    # with log t_N = N log v + log (b)_N - log (c)_N (terms decrease, so it then stops by N)
+    # with log t_N = N log v + log (b)_N - log (c)_N (terms decrease, so it then stops by N);
+    # t_N <= v^N settles most elements without the log-gamma functions
     N = float(_SERIES_TERMS - 2)
     with np.errstate(divide="ignore", invalid="ignore"):
-        logtN = (N * np.log(np.where(pos, v, 1.0)) + sc.gammaln(b + N) - sc.gammaln(b)
-                 - sc.gammaln(c + N) + sc.gammaln(c))
-        fast = pos & (logtN + np.log(N + 1.0) <= np.log(1e-16) + 2.0 * np.log(w) - 1.0)
+        lim = np.log(1e-16) + 2.0 * np.log(w) - 1.0 - np.log(N + 1.0)
+        lv = N * np.log(np.where(pos, v, 1.0))
+        fast = pos & (lv <= lim)
+        hard = np.flatnonzero(pos & ~fast)
+        if hard.size:
+            bh, ch = b[hard], c[hard]
+            logtN = lv[hard] + sc.gammaln(bh + N) - sc.gammaln(bh) - sc.gammaln(ch + N) + sc.gammaln(ch)
+            fast[hard] = logtN <= lim[hard]
     todo = np.flatnonzero(fast)
     left = []
     for s0 in range(0, todo.size, _CHUNK):
@@ -127,6 +137,103 @@ def _hyp_series(b, c, v, grad: bool, w=None, d=None):
         if grad:
             gb[k], gc[k], gv[k] = db, dc, dv
     return logG, gb, gc, gv
+
+
+_POLY_VMAX = 0.5  # runs of equal (b, c): elements with v up to this use _hyp_poly
+_POLY_MAX_TERMS = 80
+_POLY_MIN_RUN = 256  # shorter runs are left to the term recurrences (Python overhead per run)
+
+
+def _poly_terms(vmax: float, ratio: float) -> int | None:
+    """Terms ``N`` after which the tails of ``G`` and of its derivative series are below ~1e-17
+    of their sums for every ``v <= vmax``: the coefficients ``(b)_n/(c)_n`` are at most 1 and
+    the derivative weights at most ``n (1 + c/b)``, so ``vmax^(N+1) (N+2) <= 1e-17 (1-vmax)^2
+    min(1, b/c)`` bounds every geometric tail."""
+    if vmax <= 0.0:
+        return 1
+    lv = float(np.log(vmax))
+    target = float(np.log(1e-17) + 2.0 * np.log1p(-vmax) + min(0.0, np.log(ratio)))
+    for N in range(1, _POLY_MAX_TERMS + 1):
+        if (N + 1) * lv + np.log(N + 2.0) <= target:
+            return N
+    return None
+
+
+def _hyp_poly(b, c, v, grad, logG, gb, gc, gv) -> np.ndarray | None:
+    """``2F1(1, b; c; v)`` where the elements come in runs of equal ``(b, c)``, in place.
+
+    In the likelihood ``b`` and ``c`` depend on the frequency only (a few dozen distinct values
+    for 1e5 customers) and ``v`` mostly stays small, so within a run the series is a polynomial
+    with *scalar* coefficients ``(b)_n/(c)_n`` of a length fixed in advance (:func:`_poly_terms`),
+    and so are the derivative series (coefficients times ``sum_{k<n} 1/(b+k)``,
+    ``-sum_{k<n} 1/(c+k)`` and ``n``): each is evaluated by Horner's rule, two vector operations
+    per term instead of the dozen of :func:`_hyp_block`'s term recurrences.  ``log G`` is taken
+    as ``log1p(v H)`` with ``H = sum_{n>=1} (b)_n/(c)_n v^(n-1)`` (no rounding of the leading 1).
+    All coefficients are positive (``c`` sums negative), so the sums do not cancel.  Returns the
+    mask of elements done (None when the input has no useful runs).
+    """
+    n = v.size
+    if n < _POLY_MIN_RUN:
+        return None
+    chg = np.flatnonzero((b[1:] != b[:-1]) | (c[1:] != c[:-1])) + 1
+    if chg.size > n // 16:
+        return None
+    edges = np.concatenate([[0], chg, [n]])
+    long_ = np.flatnonzero(np.diff(edges) >= _POLY_MIN_RUN)
+    if long_.size == 0:
+        return None
+    done = np.zeros(n, bool)
+    small = (v >= 0) & (v <= _POLY_VMAX)
+    for i0, i1 in zip(edges[long_].tolist(), edges[long_ + 1].tolist()):
+        ok = small[i0:i1]
+        allok = bool(ok.all())
+        if allok:
+            vv = v[i0:i1]
+            idx = slice(i0, i1)
+        elif ok.any():
+            idx = np.arange(i0, i1)[ok]
+            vv = v[idx]
+        else:
+            continue
+        bb, cc = float(b[i0]), float(c[i0])
+        N = _poly_terms(float(vv.max()), bb / cc)
+        if N is None:
+            continue
+        k = np.arange(N, dtype=float)
+        a = np.empty(N + 1)
+        a[0] = 1.0
+        np.cumprod((bb + k) / (cc + k), out=a[1:])
+        al = a.tolist()
+        H = np.full(vv.size, al[N])  # sum_{n>=1} a_n v^(n-1)
+        for j in range(N - 1, 0, -1):
+            H *= vv
+            H += al[j]
+        H *= vv
+        logG[idx] = np.log1p(H)
+        done[idx] = True
+        if grad:
+            P = np.zeros(N + 1)
+            np.cumsum(1.0 / (bb + k), out=P[1:])
+            Q = np.zeros(N + 1)
+            np.cumsum(-1.0 / (cc + k), out=Q[1:])
+            ab, ac = (a * P).tolist(), (a * Q).tolist()
+            av = (np.arange(1, N + 1) * a[1:]).tolist()  # d/dv: sum n a_n v^(n-1)
+            Gb = np.full(vv.size, ab[N])
+            Gc = np.full(vv.size, ac[N])
+            Gv = np.full(vv.size, av[N - 1])
+            for j in range(N - 1, -1, -1):
+                Gb *= vv
+                Gb += ab[j]
+                Gc *= vv
+                Gc += ac[j]
+            for j in range(N - 2, -1, -1):
+                Gv *= vv
+                Gv += av[j]
+            H += 1.0  # G
+            gb[idx] = Gb / H
+            gc[idx] = Gc / H
+            gv[idx] = Gv / H
+    return done
 
 
 def _hyp_block(idx, b, c, v, w, grad, logG, gb, gc, gv) -> np.ndarray:
@@ -504,7 +611,9 @@ def log_J(y, p, q, alpha: float, beta: float, grad: bool = True, shift=None):
     q = np.broadcast_to(np.asarray(q, float), y.shape)
     A = alpha + y
     B = beta + y
-    lA, lB = np.log(A), np.log(B)
+    la0, lb0 = np.log(alpha), np.log(beta)
+    L1a, L1b = np.log1p(y / alpha), np.log1p(y / beta)
+    lA, lB = L1a + la0, L1b + lb0  # log(alpha + y), log(beta + y)
     c = p + q
     K = c - 1.0
     if alpha >= beta:
@@ -522,8 +631,7 @@ def log_J(y, p, q, alpha: float, beta: float, grad: bool = True, shift=None):
         base = -p * lA - q * lB
     else:
         ka, kb = shift
-        base = (-p * np.log1p(y / alpha) - (p - ka) * np.log(alpha)
-                - q * np.log1p(y / beta) - (q - kb) * np.log(beta))
+        base = -p * L1a - (p - ka) * la0 - q * L1b - (q - kb) * lb0
     logJ = base + lm - np.log(K) + logG
     if not grad:
         return logJ
@@ -538,6 +646,17 @@ def log_J(y, p, q, alpha: float, beta: float, grad: bool = True, shift=None):
         d_alpha = -p / A + 1.0 / A - gv / B
         d_beta = -q / B + gv * (A / (B * B))
     return logJ, d_p, d_q, d_alpha, d_beta
+
+
+def _pairs(x: np.ndarray, y: np.ndarray):
+    """Distinct ``(x, y)`` pairs sorted by ``x`` (stable), and each row's pair index: the
+    ``2F1`` parameters depend on ``x`` only, so sorted pairs form the runs :func:`_hyp_poly`
+    evaluates as polynomials."""
+    (px, py), _, inv = compress(x, y)
+    order = np.argsort(px, kind="stable")
+    rank = np.empty_like(order)
+    rank[order] = np.arange(order.size)
+    return px[order], py[order], rank[inv]
 
 
 def _g_ratio(a, u):
@@ -592,11 +711,30 @@ class ParetoNBD(BaseModel):
         w = pat.counts
         ux, uT = pat.levels[0], pat.levels[2]
         ix, iT = pat.codes[0], pat.codes[2]
+        # patterns in order of x (the sum does not care): with all-distinct T (continuous
+        # data) the (x, T) pairs are then the patterns themselves, in the same order, and the
+        # gathers / scatters between the two become no-ops (``None`` below)
+        order = np.argsort(x, kind="stable")
+        x, tx, T, w, ix = x[order], tx[order], T[order], w[order], ix[order]
+        if uT.size == x.size:
+            uT, iT = T, None
+        else:
+            iT = iT[order]
         wx = np.bincount(ix, weights=w, minlength=ux.size)
-        (pxT, pT), _, iPT = compress(x, T)  # distinct (x, T) pairs
-        (pxt, ptx), _, iPt = compress(x, tx)  # distinct (x, t_x) pairs
+        pxT, pT, iPT = _pairs(x, T)  # distinct (x, T) pairs
+        pxt, ptx, iPt = _pairs(x, tx)  # distinct (x, t_x) pairs
+        if pT.size == x.size:
+            iPT = None
+        if ptx.size == x.size:
+            iPt = None
         W = float(w.sum())
         same = tx == T  # J(t_x) - J(T) is exactly 0
+
+        def gather(a, idx):
+            return a if idx is None else a[idx]
+
+        def scatter(idx, wts, size):
+            return wts if idx is None else np.bincount(idx, weights=wts, minlength=size)
 
         def loglik(theta):
             r, alpha, s, beta = theta
@@ -610,15 +748,17 @@ class ParetoNBD(BaseModel):
             ll = float(np.sum(wx * lg))
             g = np.array([dot(wx, dlg) + W * la_, W * r / alpha, W * lb_, W * s / beta])
 
-            lAu = np.log(alpha + uT)
-            lBu = np.log(beta + uT)
+            L1a = np.log1p(uT / alpha)
+            L1b = np.log1p(uT / beta)
+            lAu = L1a + la_  # log(alpha + T)
+            lBu = L1b + lb_
             # alive-at-T term times alpha^r beta^s
-            la = -(r + x) * np.log1p(uT / alpha)[iT] - x * la_ - s * np.log1p(uT / beta)[iT]
+            la = -(r + x) * gather(L1a, iT) - x * la_ - s * gather(L1b, iT)
             J2, J2p, J2q, J2a, J2b = log_J(pT, r + pxT, s + 1.0, alpha, beta, shift=(r, s))
             J1, J1p, J1q, J1a, J1b = log_J(ptx, r + pxt, s + 1.0, alpha, beta, shift=(r, s))
             ls = np.log(s)
-            lj2 = J2[iPT]
-            lj1 = J1[iPt]
+            lj2 = gather(J2, iPT)
+            lj1 = gather(J1, iPt)
             # likelihood bracket relative to exp(M): A_T + s (J(t_x) - J(T))
             M = np.maximum(la, ls + lj1)
             ea = np.exp(la - M)
@@ -636,10 +776,10 @@ class ParetoNBD(BaseModel):
             w1[off] = 0.0
             w2[off] = 0.0
             # sum over customers of w * dJ[pair] = dJ @ (weights aggregated per pair)
-            c1 = np.bincount(iPt, weights=w1, minlength=ptx.size)
-            c2 = np.bincount(iPT, weights=w2, minlength=pT.size)
-            cA = np.bincount(iT, weights=wa, minlength=uT.size)
-            cAx = np.bincount(iT, weights=wa * x, minlength=uT.size)
+            c1 = scatter(iPt, w1, ptx.size)
+            c2 = scatter(iPT, w2, pT.size)
+            cA = scatter(iT, wa, uT.size)
+            cAx = scatter(iT, wa * x, uT.size)
             iAu = 1.0 / (alpha + uT)
             iBu = 1.0 / (beta + uT)
             s12 = float(c1.sum() - c2.sum())
@@ -657,8 +797,8 @@ class ParetoNBD(BaseModel):
         multiplied by ``alpha^r beta^s`` (no cancellation of large terms, see :func:`log_J`)."""
         r, alpha, s, beta = self._theta()
         la = -(r + x) * np.log1p(T / alpha) - x * np.log(alpha) - s * np.log1p(T / beta)
-        (ux, ut), _, inv1 = compress(x.ravel(), tx.ravel())
-        (vx, vT), _, inv2 = compress(x.ravel(), T.ravel())
+        ux, ut, inv1 = _pairs(x.ravel(), tx.ravel())
+        vx, vT, inv2 = _pairs(x.ravel(), T.ravel())
         sh = (r, s)
         lj1 = np.log(s) + log_J(ut, r + ux, s + 1.0, alpha, beta, False, sh)[inv1].reshape(x.shape)
         lj2 = np.log(s) + log_J(vT, r + vx, s + 1.0, alpha, beta, False, sh)[inv2].reshape(x.shape)
@@ -715,9 +855,9 @@ class ParetoNBD(BaseModel):
         x, tx, T = prediction_inputs(frequency, recency, T)
         t, x, tx, T = np.broadcast_arrays(t, x, tx, T)
         xf, Tf, tf = x.ravel(), T.ravel(), t.ravel()
-        (ux, uT), _, inv = compress(xf, Tf)
+        ux, uT, inv = _pairs(xf, Tf)
         lj0 = log_J(uT, r + ux + 1.0, s, alpha, beta, grad=False)[inv]
-        (vx, vT), _, inv2 = compress(xf, Tf + tf)
+        vx, vT, inv2 = _pairs(xf, Tf + tf)
         lj1 = log_J(vT, r + vx + 1.0, s, alpha, beta, grad=False)[inv2]
         pre = np.log(r + xf) + (r + xf) * np.log(alpha + Tf) + s * np.log(beta + Tf)
         with np.errstate(divide="ignore"):
