@@ -1,18 +1,28 @@
 """Direction benchmark (issue 7): held-out evaluation of the trend labels on Online Retail II against the
-simple rule (last 3 months vs the 3 before), false alarms on stable synthetic customers for both, the
-payment-risk AUC on synthetic invoice histories, and the time of one direction run on the full data.
+simple rule (last 3 months vs the 3 before), with the settings chosen on separate, earlier cutoffs; false
+alarms on stable synthetic customers; the payment-risk AUC on synthetic invoice histories; the time of one
+direction run on the full data.
 
-For each cutoff, customers are labelled with data before it; then, per label:
-- growing / declining: lift = (label group's next-6-month revenue / its previous-6-month revenue) divided by
-  the same ratio over all customers (growing should be > 1 and higher than the baseline's; declining < 1
-  and lower than the baseline's);
-- lapsed: precision = share with no purchase in the next 6 months.
-The pooled rows sum revenues (and weight precision by customers) over all cutoffs.
+Tuning / evaluation split (Online Retail II starts 2009-12-01 and ends 2011-12-09; outcome window 182 days):
+- tuning cutoffs 2010-04-01 .. 2010-09-01 (monthly): `tune_direction` scores a grid of settings (recent
+  window, seasonal exposure on/off, which tests, minimum orders) there only and picks one by a fixed rule
+  (see loyalist.evaluation.direction.tune_direction); the library defaults are that pick;
+- evaluation cutoffs 2010-12-01 .. 2011-06-01 (monthly), never used to choose anything. Their outcome
+  windows start after the tuning cutoffs' feature windows, but the outcome windows of the tuning cutoffs
+  (up to 2011-03-01) overlap the first evaluation cutoffs' outcomes; the strict subset 2011-03-01 ..
+  2011-06-01 has no overlap at all and is reported pooled on its own.
+Monthly cutoffs share most of their windows, so they are not independent samples.
 
-    python bench/direction.py [--db STORE] [--out bench/results/direction.json]
+Per label (see loyalist.evaluation.direction): growing / declining lift = (group's next-6-month revenue /
+its previous-6-month revenue) / (same ratio over all customers); growing: higher is better, declining:
+lower is better; lapsed precision = share with no purchase in the next 6 months, higher is better. 95%
+intervals from a Poisson bootstrap over customers; equal-size comparisons against the rule's top-N by its
+own change score (N = loyalist's count) and loyalist's top-N by its trend score (N = the rule's count).
+
+    python bench/direction.py [--db STORE] [--out bench/results/direction.json] [--boot 1000]
 
 Without --db, both Online Retail II exports (../shared/data) are ingested into a temporary store. The
-`direction_backtest` table with these rows is written into the store.
+`direction_backtest` table (evaluation cutoffs) is written into the store.
 """
 
 from __future__ import annotations
@@ -20,9 +30,11 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import platform
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -30,47 +42,10 @@ import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
 ORII = REPO.parent / "shared" / "data" / "online_retail_ii"
-CUTOFFS = [dt.date(2010, 9, 1), dt.date(2010, 12, 1), dt.date(2011, 3, 1), dt.date(2011, 6, 1)]
-
-
-def stable_false_alarms(n: int = 20000, seed: int = 11) -> dict:
-    """Simulate customers whose buying does NOT change (Poisson orders, lognormal order values, 120-900
-    days of history) and count how many each method labels growing or declining."""
-    from loyalist.models.direction import DirectionParams, classify_trend
-
-    rng = np.random.default_rng(seed)
-    p = DirectionParams()
-    R, E = p.trend_recent_days, p.trend_early_days
-    age = rng.uniform(120, 900, n)
-    lam = rng.gamma(1.2, 1 / 25, n)
-    mu, sig = rng.normal(5, 1, n), rng.uniform(0.3, 1.3, n)
-    k = rng.poisson(lam * age)
-    cust = np.repeat(np.arange(n), k)
-    when = rng.uniform(0, age[cust])  # days before as_of
-    value = np.exp(mu[cust] + sig[cust] * rng.standard_normal(len(cust)))
-    first_extra = age  # the first purchase sits at `age` days before as_of
-
-    def agg(mask, what):
-        return np.bincount(cust[mask], what[mask], n)
-
-    one = np.ones(len(cust))
-    rec, early = when < R, (when >= R) & (when < R + E)
-    n1, s1, q1 = agg(early, one), agg(early, value), agg(early, value ** 2)
-    n2, s2, q2 = agg(rec, one), agg(rec, value), agg(rec, value ** 2)
-    last = np.full(n, np.inf)
-    np.minimum.at(last, cust, when)
-    last = np.minimum(last, first_extra)
-    d1 = np.clip(age - R, 0, E)
-    r = classify_trend(age, last, 1 + k, n1, s1, q1, n2, s2, q2, d1, np.full(n, float(R)), d1, p)
-    ours = np.isin(r["trend"], ["growing", "declining"])
-    last3, prior3 = agg(when < 91, value), agg((when >= 91) & (when < 182), value)
-    base_label = np.where(last3 <= 0, "lapsed", np.where((prior3 > 0) & (last3 > 1.25 * prior3), "growing",
-                                                         np.where(last3 < 0.75 * prior3, "declining", "stable")))
-    base = np.isin(base_label, ["growing", "declining"])
-    return {"customers": n, "loyalist_labelled_share": float(ours.mean()),
-            "loyalist_labelled_share_of_eligible": float(ours[r["eligible"]].mean()),
-            "loyalist_eligible_share": float(r["eligible"].mean()),
-            "baseline_labelled_share": float(base.mean()), "target": "<= 0.05 labelled growing or declining"}
+TUNE = [dt.date(2010, m, 1) for m in range(4, 10)]
+EVAL = [dt.date(2010, 12, 1)] + [dt.date(2011, m, 1) for m in range(1, 7)]
+STRICT = [dt.date(2011, m, 1) for m in range(3, 7)]
+PREVIOUS = {"trend_recent_days": 91, "seasonal": True, "trend_test": "orders+spend", "min_orders": 3}
 
 
 def payment_auc(seeds=(0, 1, 2)) -> list[dict]:
@@ -94,14 +69,64 @@ def payment_auc(seeds=(0, 1, 2)) -> list[dict]:
     return out
 
 
+def _num(x):
+    return None if x is None or (isinstance(x, float) and not np.isfinite(x)) else round(float(x), 4)
+
+
+def summarise(bt: pd.DataFrame, cutoffs) -> dict:
+    """Per label: the per-cutoff comparison (ours vs the rule, CIs, paired difference, equal-size), wins."""
+    out = {}
+    for label, col in (("growing", "lift"), ("declining", "lift"), ("lapsed", "precision")):
+        better = np.greater if label != "declining" else np.less
+        per, wins, eq_wins, eq2_wins = [], 0, 0, 0
+        for c in list(cutoffs) + [None]:
+            rows = bt[(bt["label"] == label) & (bt["cutoff"].isna() if c is None else bt["cutoff"] == pd.Timestamp(c))]
+            r = {m: rows[rows["method"] == m].iloc[0] for m in rows["method"]}
+            o, b = r["loyalist"], r["baseline"]
+            item = {"cutoff": "pooled" if c is None else str(c),
+                    "loyalist": _num(o[col]), "loyalist_ci": [_num(o[f"{col}_lo"]), _num(o[f"{col}_hi"])],
+                    "loyalist_customers": int(o["customers"]),
+                    "baseline": _num(b[col]), "baseline_ci": [_num(b[f"{col}_lo"]), _num(b[f"{col}_hi"])],
+                    "baseline_customers": int(b["customers"]),
+                    "diff_loyalist_minus_baseline": _num(o["diff"]),
+                    "diff_ci": [_num(o["diff_lo"]), _num(o["diff_hi"])],
+                    "loyalist_better": bool(better(o[col], b[col])) if np.isfinite(o[col]) else False}
+            t = r["baseline_top_n"]
+            item["baseline_top_n_at_loyalist_size"] = _num(t[col])
+            item["baseline_top_n_ci"] = [_num(t[f"{col}_lo"]), _num(t[f"{col}_hi"])]
+            item["loyalist_better_than_baseline_top_n"] = bool(better(o[col], t[col])) if np.isfinite(o[col]) else False
+            if "loyalist_top_n" in r:
+                t2 = r["loyalist_top_n"]
+                item["loyalist_top_n_at_baseline_size"] = _num(t2[col])
+                item["loyalist_top_n_ci"] = [_num(t2[f"{col}_lo"]), _num(t2[f"{col}_hi"])]
+                item["loyalist_top_n_better_than_baseline"] = bool(better(t2[col], b[col]))
+            if c is None:
+                pooled = item
+            else:
+                per.append(item)
+                wins += item["loyalist_better"]
+                eq_wins += item["loyalist_better_than_baseline_top_n"]
+                eq2_wins += item.get("loyalist_top_n_better_than_baseline", False)
+        n = len(per)
+        out[label] = {"metric": col, "better": {"growing": "higher", "declining": "lower", "lapsed": "higher"}[label],
+                      "cutoffs_loyalist_better": f"{wins} of {n}",
+                      "cutoffs_loyalist_better_than_baseline_top_n": f"{eq_wins} of {n}",
+                      **({"cutoffs_loyalist_top_n_better_than_baseline": f"{eq2_wins} of {n}"}
+                         if label != "lapsed" else {}),
+                      "pooled": pooled, "per_cutoff": per}
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--db")
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "direction.json"))
+    ap.add_argument("--boot", type=int, default=1000)
     args = ap.parse_args()
-    from loyalist.evaluation.direction import backtest_direction
+    from loyalist.evaluation.direction import backtest_direction, stable_false_alarms, tune_direction
     from loyalist.ingest import ingest
     from loyalist.insights.direction import direction_table
+    from loyalist.models.direction import DirectionParams
     from loyalist.store import open_store, write_frame
 
     tmp = None
@@ -114,57 +139,67 @@ def main() -> None:
         ingest(store, sorted(ORII.glob("*.csv.gz")))
         print(f"ingested Online Retail II in {time.perf_counter() - t0:.1f} s")
     t = store.table("transactions")
+    timing = {}
     t0 = time.perf_counter()
-    bt = backtest_direction(t, CUTOFFS)
-    backtest_s = time.perf_counter() - t0
+    grid, chosen = tune_direction(t, TUNE)
+    timing["tuning_grid"] = round(time.perf_counter() - t0, 2)
+    defaults = DirectionParams()
+    match = all(getattr(defaults, k) == v for k, v in chosen.items())
+    print("tuning pick:", chosen, "defaults match:", match)
+    t0 = time.perf_counter()
+    bt = backtest_direction(t, EVAL, defaults, n_boot=args.boot)
+    timing["evaluation_7_cutoffs"] = round(time.perf_counter() - t0, 2)
     write_frame(store, "direction_backtest", bt, replace=True)
+    strict = backtest_direction(t, STRICT, defaults, n_boot=args.boot)
+    previous = backtest_direction(t, EVAL, DirectionParams(**PREVIOUS), n_boot=args.boot)
     t0 = time.perf_counter()
     table = direction_table(t, None, dt.date(2011, 12, 10))
-    run_s = time.perf_counter() - t0
+    timing["direction_full_data"] = round(time.perf_counter() - t0, 2)
     store.close()
     if tmp:
         tmp.cleanup()
 
-    def pick(method, label, cutoff=None):
-        rows = bt[(bt["method"] == method) & (bt["label"] == label)
-                  & (bt["cutoff"].isna() if cutoff is None else bt["cutoff"] == pd.Timestamp(cutoff))]
-        return rows.iloc[0]
-
-    verdict = {}
-    for label, col, better in (("growing", "lift", np.greater), ("declining", "lift", np.less),
-                               ("lapsed", "precision", np.greater)):
-        ours, base = pick("loyalist", label)[col], pick("baseline", label)[col]
-        wins = sum(bool(better(pick("loyalist", label, c)[col], pick("baseline", label, c)[col])) for c in CUTOFFS)
-        verdict[label] = {"metric": col, "loyalist_pooled": float(ours), "baseline_pooled": float(base),
-                          "loyalist_better_pooled": bool(better(ours, base)),
-                          "cutoffs_where_loyalist_better": f"{wins} of {len(CUTOFFS)}",
-                          "loyalist_customers_pooled": int(pick("loyalist", label)["customers"]),
-                          "baseline_customers_pooled": int(pick("baseline", label)["customers"])}
+    verdict = summarise(bt, EVAL)
+    strict_v = {k: {"pooled": v["pooled"], "cutoffs_loyalist_better": v["cutoffs_loyalist_better"]}
+                for k, v in summarise(strict, STRICT).items()}
+    prev_v = {k: {"pooled": v["pooled"], "cutoffs_loyalist_better": v["cutoffs_loyalist_better"]}
+              for k, v in summarise(previous, EVAL).items()}
     rows = bt.assign(cutoff=bt["cutoff"].dt.date.astype(str).replace("NaT", "pooled"))
     rows = rows.replace({np.nan: None}).to_dict("records")
     result = {
         "benchmark": "direction (issue 7)",
-        "machine": {"python": platform.python_version(), "platform": platform.platform()},
+        "machine": {"python": platform.python_version(), "platform": platform.platform(),
+                    "load_average": [round(x, 2) for x in os.getloadavg()]},
         "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "data": "Online Retail II, both exports (../shared/data), cutoffs " + ", ".join(map(str, CUTOFFS))
-                + "; horizon 182 days",
-        "verdict": verdict,
-        "backtest": rows,
-        "stable_synthetic_false_alarms": stable_false_alarms(),
+        "data": "Online Retail II, both exports (../shared/data); horizon 182 days",
+        "split": {"tuning_cutoffs": [str(c) for c in TUNE], "evaluation_cutoffs": [str(c) for c in EVAL],
+                  "strict_evaluation_cutoffs": [str(c) for c in STRICT],
+                  "note": "settings chosen on the tuning cutoffs only; evaluation cutoffs never used to choose. "
+                          "Tuning outcome windows (to 2011-03-01) overlap the first evaluation outcomes; the "
+                          "strict subset does not. Monthly cutoffs share windows: not independent."},
+        "tuning": {"rule": tune_direction.__doc__.split("Rule")[1].split("Returns")[0].strip(),
+                   "chosen": chosen, "defaults": asdict(defaults), "defaults_match_tuning_pick": match,
+                   "grid": grid.round(4).replace({np.nan: None}).to_dict("records")},
+        "metric": {"growing": "lift = (group next-6m / previous-6m revenue) / (same ratio over all customers); "
+                              "higher is better",
+                   "declining": "same lift; lower is better", "lapsed": "precision = share with no purchase in "
+                   "the next 6 months; higher is better",
+                   "ci": f"95% Poisson bootstrap over customers, {args.boot} replicates; diff = loyalist minus "
+                         "baseline with paired replicates"},
+        "verdict_evaluation": verdict,
+        "verdict_strict_subset": strict_v,
+        "previous_defaults_on_evaluation": {"settings": PREVIOUS, "verdict": prev_v},
+        "backtest_evaluation": rows,
+        "stable_synthetic_false_alarms": stable_false_alarms(defaults),
         "payment_risk_synthetic": payment_auc(),
-        "timing_s": {"backtest_4_cutoffs": round(backtest_s, 2), "direction_full_data": round(run_s, 2)},
+        "timing_s": timing,
         "labels_at_data_end": table["trend"].value_counts().to_dict(),
-        "notes": "Lift = (group next-6-month revenue / previous-6-month revenue) / (same ratio over all customers). "
-                 "Groups labelled by loyalist are small because labels need statistical evidence "
-                 "(p < 0.05, Bonferroni over the order-rate and spend-rate tests); the baseline labels many more "
-                 "customers but also labels a large share of customers whose behaviour did not change "
-                 "(see stable_synthetic_false_alarms). Settings chosen while developing on these same cutoffs "
-                 "(trend window 3 months vs the year before, seasonal exposure, >= 3 repeat orders): not an "
-                 "untouched test set.",
     }
     Path(args.out).write_text(json.dumps(result, indent=1, default=str))
-    print(json.dumps({"verdict": verdict, "stable": result["stable_synthetic_false_alarms"],
-                      "payment": result["payment_risk_synthetic"], "timing_s": result["timing_s"]}, indent=1))
+    short = {k: {"cutoffs_loyalist_better": v["cutoffs_loyalist_better"], "pooled": v["pooled"]}
+             for k, v in verdict.items()}
+    print(json.dumps({"chosen": chosen, "verdict": short, "strict": strict_v,
+                      "stable": result["stable_synthetic_false_alarms"], "timing_s": timing}, indent=1))
     print(f"wrote {args.out}")
 
 

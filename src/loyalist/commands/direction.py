@@ -82,7 +82,9 @@ def direction_backtest(db: DbOption = None, fmt: FormatOption = "csv", out_file:
                        config_path: ConfigOption = None) -> None:
     """The held-out check of the direction labels written by `loyalist analyze`: customers labelled at
     as_of - 6 months, their next 6 months' revenue vs the 6 before (lift against all customers), precision
-    of 'lapsed', next to the last-3-months-vs-prior-3-months rule."""
+    of 'lapsed', next to the last-3-months-vs-prior-3-months rule, with 95% bootstrap intervals and the
+    equal-size comparisons (the rule's top-N at loyalist's size, loyalist's top-N at the rule's size).
+    Growing: higher lift is better; declining: lower lift is better; lapsed: higher precision."""
     with _errors():
         store = _stored(db, config_path, "direction_backtest", "direction backtest")
         frame = store.table("direction_backtest").execute()

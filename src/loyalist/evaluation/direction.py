@@ -1,31 +1,52 @@
 """Held-out check of the direction labels: label customers with data before a cutoff, then look at what they
-spent in the `horizon_days` after it.
+spent in the `horizon_days` after it; and the tuning grid that chose the defaults on separate, earlier cutoffs.
 
-For each cutoff and method (loyalist's tests, and the baseline rule), and for each label:
-- declining / growing: the group's revenue in the next `horizon_days` divided by its revenue in the
-  previous `horizon_days` (change), and that change divided by the same ratio over all customers with a
-  purchase before the cutoff (lift; below 1 = the group fell more than the base, above 1 = it grew more);
-- lapsed: precision = share of the customers labelled lapsed with no purchase in the next `horizon_days`.
+Metric (issue 7), for each cutoff, method and label:
+- declining / growing: change = the group's revenue in the next `horizon_days` / its revenue in the previous
+  `horizon_days`; lift = change / (the same ratio over all customers with a purchase before the cutoff).
+  Growing: HIGHER lift is better (the group grows more than the base). Declining: LOWER lift is better (the
+  group falls more than the base).
+- lapsed: precision = share of the customers labelled lapsed with no purchase in the next `horizon_days`
+  (higher is better).
 
 Baseline (the usual spreadsheet rule): spend in the last 3 months vs the 3 months before: growing if up by
 more than 25%, declining if down by more than 25% (but not zero), lapsed if no purchase in the last 3 months.
+Its own change score is last3 / prior3 (and for lapsed, days since the last purchase).
 
-Table `direction_backtest` columns: cutoff, horizon_days, method (loyalist | baseline), label, customers,
-share (of customers with a purchase before the cutoff), prev_revenue, next_revenue, change, base_change,
-lift, precision (lapsed only), customers_total, base_prev_revenue, base_next_revenue; with several cutoffs,
-also one pooled row per method and label (cutoff NULL) over all of them.
+Equal-size comparisons (so a win is not just "fewer, more extreme picks"):
+- `baseline_top_n`: the rule's N most extreme customers by its own change score, N = loyalist's group size
+  (growing: highest last3/prior3; declining: lowest, last3 > 0; lapsed: longest since the last purchase among
+  those with none in 3 months);
+- `loyalist_top_n`: loyalist's N strongest by its trend score (signed -log10 p), N = the rule's group size.
+
+Uncertainty: 95% percentile intervals from a Poisson bootstrap over customers (each customer weighted by a
+Poisson(1) draw per replicate, Hanley & MacGibbon 2006; Chamandy et al. 2012), the same weights for every
+method, so the interval of the paired difference (loyalist's metric minus the baseline's) is also given.
+Pooled rows sum the revenues (and counts) of all cutoffs within each replicate.
+
+Table `direction_backtest` columns: cutoff (NULL for pooled rows), horizon_days, method (loyalist | baseline
+| baseline_top_n | loyalist_top_n), label, customers, share (of customers with a purchase before the cutoff),
+prev_revenue, next_revenue, change, base_change, lift, lift_lo, lift_hi, precision, precision_lo,
+precision_hi, compared_with (the other method of the pair), diff (loyalist's metric minus the baseline's in
+the pair: lift for growing/declining, precision for lapsed), diff_lo, diff_hi, customers_total,
+base_prev_revenue, base_next_revenue.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import itertools
+from dataclasses import replace
 
 import ibis
 import numpy as np
 import pandas as pd
 
 from loyalist.features import purchases
-from loyalist.models.direction import DirectionParams
+from loyalist.models.direction import DirectionParams, classify_trend
+
+LABELS = ("growing", "declining", "lapsed")
+BETTER = {"growing": "higher lift", "declining": "lower lift", "lapsed": "higher precision"}
 
 
 def _window_spend(t, start: dt.date, end: dt.date) -> pd.DataFrame:
@@ -34,81 +55,268 @@ def _window_spend(t, start: dt.date, end: dt.date) -> pd.DataFrame:
     return occ.group_by("customer_id").aggregate(spend=occ.spend.sum(), orders=occ.count()).execute()
 
 
-def baseline_labels(t, cutoff: dt.date) -> pd.DataFrame:
-    """customer_id, trend by the last-3-months vs prior-3-months rule (see the module docstring)."""
+def _rule_windows(t, cutoff: dt.date) -> pd.DataFrame:
     occ = purchases(t, dt.datetime.combine(cutoff, dt.time()))
     a, b = ibis.date(cutoff - dt.timedelta(days=91)), ibis.date(cutoff - dt.timedelta(days=182))
-    per = occ.group_by("customer_id").aggregate(
+    return occ.group_by("customer_id").aggregate(
         last3=ibis.ifelse(occ.day >= a, occ.spend, 0.0).sum(),
-        prior3=ibis.ifelse((occ.day >= b) & (occ.day < a), occ.spend, 0.0).sum()).execute()
-    trend = np.where(per["last3"] <= 0, "lapsed",
-                     np.where((per["prior3"] > 0) & (per["last3"] > 1.25 * per["prior3"]), "growing",
-                              np.where(per["last3"] < 0.75 * per["prior3"], "declining", "stable")))
-    return pd.DataFrame({"customer_id": per["customer_id"], "trend": trend})
+        prior3=ibis.ifelse((occ.day >= b) & (occ.day < a), occ.spend, 0.0).sum(),
+        last_day=occ.day.max()).execute()
 
 
-def score_labels(labels: pd.DataFrame, prev: pd.DataFrame, nxt: pd.DataFrame) -> pd.DataFrame:
-    df = labels.merge(prev.rename(columns={"spend": "prev", "orders": "prev_orders"}), on="customer_id", how="left")
-    df = df.merge(nxt.rename(columns={"spend": "next", "orders": "next_orders"}), on="customer_id", how="left")
-    df[["prev", "next", "next_orders"]] = df[["prev", "next", "next_orders"]].fillna(0)
-    base_change = df["next"].sum() / df["prev"].sum()
+def _rule_trend(last3: np.ndarray, prior3: np.ndarray) -> np.ndarray:
+    return np.where(last3 <= 0, "lapsed", np.where((prior3 > 0) & (last3 > 1.25 * prior3), "growing",
+                                                   np.where(last3 < 0.75 * prior3, "declining", "stable")))
+
+
+def baseline_labels(t, cutoff: dt.date) -> pd.DataFrame:
+    """customer_id, trend by the last-3-months vs prior-3-months rule (see the module docstring)."""
+    per = _rule_windows(t, cutoff)
+    return pd.DataFrame({"customer_id": per["customer_id"], "trend": _rule_trend(per["last3"], per["prior3"])})
+
+
+def cutoff_frame(t, cutoff: dt.date, params: DirectionParams, horizon_days: int = 182) -> pd.DataFrame:
+    """One row per customer with a purchase before `cutoff`: prev / next revenue and next orders, loyalist's
+    trend and trend_score, the rule's trend, last3, prior3 and days since the last purchase."""
+    from loyalist.insights.direction import trend_inputs
+
+    st, r = trend_inputs(t, cutoff, params)
+    if st.empty:
+        raise ValueError(f"no purchases before {cutoff}")
+    df = pd.DataFrame({"customer_id": st["customer_id"], "trend": r["trend"], "trend_score": r["trend_score"]})
+    prev = _window_spend(t, cutoff - dt.timedelta(days=horizon_days), cutoff).set_index("customer_id")
+    nxt = _window_spend(t, cutoff, cutoff + dt.timedelta(days=horizon_days)).set_index("customer_id")
+    rule = _rule_windows(t, cutoff).set_index("customer_id")
+    ids = df["customer_id"]
+    df["prev"] = prev["spend"].reindex(ids).fillna(0.0).to_numpy()
+    df["next"] = nxt["spend"].reindex(ids).fillna(0.0).to_numpy()
+    df["next_orders"] = nxt["orders"].reindex(ids).fillna(0).to_numpy()
+    df["last3"] = rule["last3"].reindex(ids).fillna(0.0).to_numpy()
+    df["prior3"] = rule["prior3"].reindex(ids).fillna(0.0).to_numpy()
+    df["days_since"] = st["last_age"].to_numpy(float)
+    df["rule"] = _rule_trend(df["last3"].to_numpy(), df["prior3"].to_numpy())
+    return df
+
+
+def _top(score: np.ndarray, eligible: np.ndarray, n: int) -> np.ndarray:
+    """Mask of the n highest `score` among `eligible` (stable order for ties)."""
+    idx = np.flatnonzero(eligible)
+    pick = idx[np.argsort(-score[idx], kind="stable")[:n]]
+    m = np.zeros(len(score), bool)
+    m[pick] = True
+    return m
+
+
+def groups(df: pd.DataFrame) -> dict[tuple[str, str], np.ndarray]:
+    """(method, label) -> customer mask, including the equal-size selections (see the module docstring)."""
+    l3, p3 = df["last3"].to_numpy(float), df["prior3"].to_numpy(float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratio = np.where((p3 > 0) & (l3 > 0), l3 / p3, np.nan)
+    both = np.isfinite(ratio)
+    # ties in the ratio are broken by the size of the change
+    up_score = np.nan_to_num(ratio) + 1e-12 * (l3 - p3)
+    down_score = -np.nan_to_num(ratio) - 1e-12 * (l3 - p3)
+    score = df["trend_score"].to_numpy(float)
+    ours_live = df["trend"].to_numpy() != "lapsed"
+    out = {}
+    for label in LABELS:
+        mine, rule = df["trend"].to_numpy() == label, df["rule"].to_numpy() == label
+        out[("loyalist", label)], out[("baseline", label)] = mine, rule
+        if label == "growing":
+            out[("baseline_top_n", label)] = _top(up_score, both, int(mine.sum()))
+            out[("loyalist_top_n", label)] = _top(score, ours_live, int(rule.sum()))
+        elif label == "declining":
+            out[("baseline_top_n", label)] = _top(down_score, both, int(mine.sum()))
+            out[("loyalist_top_n", label)] = _top(-score, ours_live, int(rule.sum()))
+        else:
+            out[("baseline_top_n", label)] = _top(df["days_since"].to_numpy(float), l3 <= 0, int(mine.sum()))
+    return out
+
+
+PAIRS = {"loyalist": "baseline", "loyalist_top_n": "baseline", "baseline_top_n": "loyalist"}
+
+
+def _sums(df: pd.DataFrame, masks: dict, weights: np.ndarray | None) -> dict:
+    """Group sums (point estimate when weights is None, else one per bootstrap replicate)."""
+    prev, nxt = df["prev"].to_numpy(float), df["next"].to_numpy(float)
+    gone = (df["next_orders"].to_numpy() == 0).astype(float)
+    dot = (lambda v: float(v.sum())) if weights is None else (lambda v: weights @ v)
+    s = {"base": (dot(prev), dot(nxt))}
+    for key, m in masks.items():
+        mf = m.astype(float)
+        s[key] = (dot(prev * mf), dot(nxt * mf), dot(mf), dot(gone * mf))
+    return s
+
+
+def _boot_sums(df: pd.DataFrame, masks: dict, rng: np.random.Generator, n_boot: int) -> dict:
+    """_sums for `n_boot` Poisson-bootstrap replicates, drawn in chunks of replicates so that the weight
+    matrix stays below ~20M entries however many customers there are."""
+    chunk = max(1, min(n_boot, int(2e7 // max(len(df), 1))))
+    parts = [_sums(df, masks, rng.poisson(1.0, (min(chunk, n_boot - i), len(df))).astype(float))
+             for i in range(0, n_boot, chunk)]
+    return {k: tuple(np.concatenate([p[k][j] for p in parts]) for j in range(len(parts[0][k]))) for k in parts[0]}
+
+
+def _metrics(s: dict, key) -> tuple:
+    """(lift, precision) from summed (group prev, next, count, gone) and base (prev, next)."""
+    bp, bn = s["base"]
+    gp, gn, c, gone = s[key]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        lift = np.where(np.asarray(gp) > 0, (np.asarray(gn) / gp) / (np.asarray(bn) / bp), np.nan)
+        precision = np.where(np.asarray(c) > 0, np.asarray(gone) / c, np.nan)
+    return lift, precision
+
+
+def _add(a: dict | None, b: dict) -> dict:
+    if a is None:
+        return b
+    return {k: tuple(x + y for x, y in zip(a[k], b[k])) for k in a}
+
+
+def _rows(s: dict, boot: dict | None, cutoff, horizon_days: int, n_total: int) -> list[dict]:
     rows = []
-    for label in ("growing", "declining", "lapsed"):
-        g = df[df["trend"] == label]
-        change = g["next"].sum() / g["prev"].sum() if g["prev"].sum() > 0 else np.nan
-        rows.append({"label": label, "customers": len(g), "share": len(g) / len(df), "prev_revenue": g["prev"].sum(),
-                     "next_revenue": g["next"].sum(), "change": change, "base_change": base_change,
-                     "lift": change / base_change if label != "lapsed" else np.nan,
-                     "precision": (g["next_orders"] == 0).mean() if label == "lapsed" and len(g) else np.nan,
-                     "customers_total": len(df), "base_prev_revenue": df["prev"].sum(),
-                     "base_next_revenue": df["next"].sum()})
-    return pd.DataFrame(rows)
+    bp, bn = s["base"]
+    for key in s:
+        if key == "base":
+            continue
+        method, label = key
+        gp, gn, c, _ = s[key]
+        lift, prec = (float(x) for x in _metrics(s, key))
+        row = {"cutoff": cutoff, "horizon_days": horizon_days, "method": method, "label": label,
+               "customers": int(round(c)), "share": c / n_total if n_total else np.nan, "prev_revenue": gp,
+               "next_revenue": gn, "change": gn / gp if gp > 0 else np.nan, "base_change": bn / bp,
+               "lift": lift if label != "lapsed" else np.nan, "lift_lo": np.nan, "lift_hi": np.nan,
+               "precision": prec if label == "lapsed" else np.nan, "precision_lo": np.nan, "precision_hi": np.nan,
+               "compared_with": None, "diff": np.nan, "diff_lo": np.nan, "diff_hi": np.nan,
+               "customers_total": n_total, "base_prev_revenue": bp, "base_next_revenue": bn}
+        col = "precision" if label == "lapsed" else "lift"
+        other = PAIRS.get(method)
+        if other is not None and (other, label) in s:
+            row["compared_with"] = other
+            mine, theirs = (key, (other, label)) if method != "baseline_top_n" else ((other, label), key)
+            row["diff"] = _metrics(s, mine)[col == "precision"] - _metrics(s, theirs)[col == "precision"]
+            row["diff"] = float(row["diff"])
+        if boot is not None:
+            v = _metrics(boot, key)[col == "precision"]
+            if np.isfinite(v).mean() > 0.9:
+                row[f"{col}_lo"], row[f"{col}_hi"] = np.nanpercentile(v, [2.5, 97.5])
+            if row["compared_with"] is not None:
+                d = _metrics(boot, mine)[col == "precision"] - _metrics(boot, theirs)[col == "precision"]
+                if np.isfinite(d).mean() > 0.9:
+                    row["diff_lo"], row["diff_hi"] = np.nanpercentile(d, [2.5, 97.5])
+        rows.append(row)
+    return rows
 
 
 def backtest_direction(t, cutoffs: list[dt.date], params: DirectionParams | None = None,
-                       horizon_days: int = 182, products=None) -> pd.DataFrame:
-    """The `direction_backtest` table for each cutoff (see the module docstring)."""
-    from loyalist.insights.direction import direction_table
-
+                       horizon_days: int = 182, products=None, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """The `direction_backtest` table for each cutoff, plus pooled rows when there are several (see the module
+    docstring). `n_boot` = 0 skips the bootstrap intervals."""
     params = params or DirectionParams()
     last = t.order_date.max().execute()
-    out = []
+    rng = np.random.default_rng(seed)
+    rows, pooled_s, pooled_b, n_all = [], None, None, 0
     for cutoff in cutoffs:
         if last is None or pd.Timestamp(cutoff) + pd.Timedelta(days=horizon_days) > pd.Timestamp(last) + pd.Timedelta(days=1):
             raise ValueError(f"the data ends {pd.Timestamp(last).date() if last is not None else '-'}, before "
                              f"{cutoff} + {horizon_days} days")
-        prev = _window_spend(t, cutoff - dt.timedelta(days=horizon_days), cutoff)
-        nxt = _window_spend(t, cutoff, cutoff + dt.timedelta(days=horizon_days))
-        ours = direction_table(t, products, cutoff, params, mix=False)[["customer_id", "trend"]]
-        if ours.empty:
-            raise ValueError(f"no purchases before {cutoff}")
-        for method, labels in (("loyalist", ours), ("baseline", baseline_labels(t, cutoff))):
-            s = score_labels(labels, prev, nxt)
-            s.insert(0, "method", method)
-            s.insert(0, "horizon_days", horizon_days)
-            s.insert(0, "cutoff", pd.Timestamp(cutoff))
-            out.append(s)
-    table = pd.concat(out, ignore_index=True)
-    if len(cutoffs) < 2:
-        return table
-    extra = pooled(table)[table.columns]
-    return pd.DataFrame({c: pd.concat([table[c], extra[c]], ignore_index=True) for c in table.columns})
-
-
-def pooled(table: pd.DataFrame) -> pd.DataFrame:
-    """One row per method and label over all cutoffs (cutoff NULL): revenues summed over the cutoffs, lift
-    against the pooled change of all customers, precision over all customers labelled lapsed."""
-    rows = []
-    for (method, label), g in table.groupby(["method", "label"], sort=False):
-        base_change = g["base_next_revenue"].sum() / g["base_prev_revenue"].sum()
-        change = g["next_revenue"].sum() / g["prev_revenue"].sum() if g["prev_revenue"].sum() > 0 else np.nan
-        n = int(g["customers"].sum())
-        rows.append({"cutoff": pd.NaT, "horizon_days": int(g["horizon_days"].iloc[0]), "method": method,
-                     "label": label, "customers": n, "share": n / g["customers_total"].sum(),
-                     "prev_revenue": g["prev_revenue"].sum(), "next_revenue": g["next_revenue"].sum(),
-                     "change": change, "base_change": base_change,
-                     "lift": change / base_change if label != "lapsed" else np.nan,
-                     "precision": (g["precision"] * g["customers"]).sum() / n if label == "lapsed" and n else np.nan,
-                     "customers_total": int(g["customers_total"].sum()),
-                     "base_prev_revenue": g["base_prev_revenue"].sum(), "base_next_revenue": g["base_next_revenue"].sum()})
+        df = cutoff_frame(t, cutoff, params, horizon_days)
+        masks = groups(df)
+        s = _sums(df, masks, None)
+        b = _boot_sums(df, masks, rng, n_boot) if n_boot else None
+        rows += _rows(s, b, pd.Timestamp(cutoff), horizon_days, len(df))
+        pooled_s = _add(pooled_s, s)
+        pooled_b = _add(pooled_b, b) if b is not None else None
+        n_all += len(df)
+    if len(cutoffs) > 1:
+        rows += _rows(pooled_s, pooled_b, pd.NaT, horizon_days, n_all)
     return pd.DataFrame(rows)
+
+
+def stable_false_alarms(params: DirectionParams | None = None, n: int = 20000, seed: int = 11) -> dict:
+    """Simulate customers whose buying does NOT change (Poisson orders, lognormal order values, 120-900 days
+    of history, no seasonality) and count how many loyalist and the rule label growing or declining."""
+    p = params or DirectionParams()
+    rng = np.random.default_rng(seed)
+    R, E = p.trend_recent_days, p.trend_early_days
+    age = rng.uniform(120, 900, n)
+    lam = rng.gamma(1.2, 1 / 25, n)
+    mu, sig = rng.normal(5, 1, n), rng.uniform(0.3, 1.3, n)
+    k = rng.poisson(lam * age)
+    cust = np.repeat(np.arange(n), k)
+    when = rng.uniform(0, age[cust])  # days before as_of
+    value = np.exp(mu[cust] + sig[cust] * rng.standard_normal(len(cust)))
+
+    def agg(mask, what):
+        return np.bincount(cust[mask], what[mask], n)
+
+    one = np.ones(len(cust))
+    rec, early = when < R, (when >= R) & (when < R + E)
+    last = np.full(n, np.inf)
+    np.minimum.at(last, cust, when)
+    last = np.minimum(last, age)  # the first purchase sits at `age` days before as_of
+    d1 = np.clip(age - R, 0, E)
+    r = classify_trend(age, last, 1 + k, agg(early, one), agg(early, value), agg(early, value ** 2), agg(rec, one),
+                       agg(rec, value), agg(rec, value ** 2), d1, np.full(n, float(R)), d1, p, gap_exposure=last)
+    ours = np.isin(r["trend"], ["growing", "declining"])
+    base = np.isin(_rule_trend(agg(when < 91, value), agg((when >= 91) & (when < 182), value)),
+                   ["growing", "declining"])
+    return {"customers": n, "loyalist_labelled_share": float(ours.mean()),
+            "loyalist_labelled_share_of_eligible": float(ours[r["eligible"]].mean()),
+            "loyalist_eligible_share": float(r["eligible"].mean()),
+            "baseline_labelled_share": float(base.mean()), "target": "<= 0.05 labelled growing or declining"}
+
+
+TUNING_GRID = {"trend_recent_days": (61, 91, 122), "seasonal": (True, False),
+               "trend_test": ("orders+spend", "spend", "spend+silence", "orders+spend+silence"),
+               "min_orders": (3, 5), "alpha": (0.05,)}
+
+
+def tune_direction(t, cutoffs: list[dt.date], grid: dict | None = None, horizon_days: int = 182,
+                   max_false_alarms: float = 0.05) -> tuple[pd.DataFrame, dict]:
+    """Score every setting of `grid` on the tuning `cutoffs` (no bootstrap) and pick one.
+
+    Rule (fixed before looking at the evaluation cutoffs): among settings with <= `max_false_alarms` of
+    stable synthetic customers labelled, the most cutoffs where loyalist beats the rule (growing and declining
+    counted together; a cutoff where loyalist labels nobody is a loss), then the largest pooled margin
+    (loyalist's growing lift - the rule's) + (the rule's declining lift - loyalist's).
+    Returns (grid table, chosen setting)."""
+    from loyalist.insights.direction import classify_from, trend_inputs
+
+    grid = grid or TUNING_GRID
+    rows = []
+    frames = {}
+    for R, seasonal in itertools.product(grid["trend_recent_days"], grid["seasonal"]):
+        base = DirectionParams(trend_recent_days=R, seasonal=seasonal)
+        for c in cutoffs:
+            st, _ = trend_inputs(t, c, base)
+            frames[c] = (st, cutoff_frame(t, c, base, horizon_days))
+        for test, mo, alpha in itertools.product(grid["trend_test"], grid["min_orders"], grid["alpha"]):
+            p = replace(base, trend_test=test, min_orders=mo, alpha=alpha)
+            total, wins = None, {"growing": 0, "declining": 0}
+            for c in cutoffs:
+                st, df = frames[c]
+                df = df.assign(trend=classify_from(st, p)["trend"])
+                masks = {k: v for k, v in groups(df).items() if k[0] in ("loyalist", "baseline")}
+                s = _sums(df, masks, None)
+                for label in wins:
+                    mine, theirs = _metrics(s, ("loyalist", label))[0], _metrics(s, ("baseline", label))[0]
+                    wins[label] += bool(mine > theirs) if label == "growing" else bool(mine < theirs)
+                total = _add(total, s)
+            m = {f"{who}_{label}": float(_metrics(total, (who, label))[0])
+                 for who in ("loyalist", "baseline") for label in ("growing", "declining")}
+            fa = stable_false_alarms(p, n=10000)["loyalist_labelled_share"]
+            rows.append({"trend_recent_days": R, "seasonal": seasonal, "trend_test": test, "min_orders": mo,
+                         "alpha": alpha, "false_alarms": fa, "wins_growing": wins["growing"],
+                         "wins_declining": wins["declining"], **m,
+                         "growing_customers": int(total[("loyalist", "growing")][2]),
+                         "declining_customers": int(total[("loyalist", "declining")][2])})
+    g = pd.DataFrame(rows)
+    g["wins"] = g["wins_growing"] + g["wins_declining"]
+    g["margin"] = (np.nan_to_num(g["loyalist_growing"] - g["baseline_growing"], nan=-1)
+                   + np.nan_to_num(g["baseline_declining"] - g["loyalist_declining"], nan=-1))
+    ok = g[g["false_alarms"] <= max_false_alarms]
+    best = ok.sort_values(["wins", "margin"], ascending=False).iloc[0]
+    chosen = {k: best[k].item() if hasattr(best[k], "item") else best[k]
+              for k in ("trend_recent_days", "seasonal", "trend_test", "min_orders", "alpha")}
+    return g, chosen

@@ -11,7 +11,9 @@ Per-customer columns added to `customer_insights`:
     trend_reason (the plain-words reason behind the trend).
 
 Result tables:
-    `direction` (one row per customer): customer_id, trend, trend_reason, growth_rate, order_growth_rate,
+    `direction` (one row per customer): customer_id, trend, trend_score (signed -log10 p of the trend tests,
+        > 0 evidence of growth, < 0 of decline, 0 when not judged), trend_driver (orders / spend / silence:
+        the test that decided), trend_reason, growth_rate, order_growth_rate,
         trend_confidence, p_value, orders_per_year_before, orders_per_year_recent, run_rate_before (annual
         spend rate before the recent window), run_rate (annual spend rate in it), spend_12m (last 365 days),
         projected_12m (growing customers: next-12-month spend if the growth continues), volume_pricing_candidate,
@@ -20,8 +22,10 @@ Result tables:
     `direction_backtest`: see `loyalist.evaluation.direction` (held-out check at as_of - 6 months).
 
 Settings ([direction] in loyalist.toml): recent_days (182, dissatisfaction and mix windows),
-trend_recent_days (91), trend_early_days (365), alpha (0.05), min_history_days (90), min_orders (3), lapse_min_days (180), lapse_factor (3), volume_pricing_min_12m (default: the 75th
-percentile of the last 12 months' spend of active customers), mix_min_tv (0.35), backtest (true).
+trend_recent_days (61), trend_early_days (365), alpha (0.05), min_history_days (90), min_orders (3),
+trend_test ("spend+silence"), seasonal (true), lapse_min_days (180), lapse_factor (3), volume_pricing_min_12m (default: the 75th
+percentile of the last 12 months' spend of active customers), mix_min_tv (0.35), backtest (true),
+backtest_bootstrap (200: bootstrap replicates of the held-out check's intervals; 0 = none).
 """
 
 from __future__ import annotations
@@ -52,22 +56,50 @@ def _pct(x: float) -> str:
     return "n/a" if not np.isfinite(x) else f"{x:+.0%}/yr"
 
 
-def _exposures(t, as_of: dt.date, first_age: np.ndarray, params: DirectionParams):
-    """Seasonal exposure of each customer's early and recent trend windows, and the early window's days."""
+def _exposures(t, as_of: dt.date, first_age: np.ndarray, last_age: np.ndarray, params: DirectionParams):
+    """Exposure of each customer's early and recent trend windows and of the time since their last order
+    (seasonal when params.seasonal, else days), and the early window's days."""
     R, E = params.trend_recent_days, params.trend_early_days
     days = R + E
-    daily = daily_activity(t, as_of, days).execute()
-    start = pd.Timestamp(as_of) - pd.Timedelta(days=days)
-    counts = np.zeros(days)
-    pos = (pd.to_datetime(daily["day"]) - start).dt.days.to_numpy()
-    ok = (pos >= 0) & (pos < days)
-    counts[pos[ok]] = daily["occasions"].to_numpy(float)[ok]
-    cum = np.concatenate([[0.0], np.cumsum(seasonal_index(counts))])
+    if params.seasonal:
+        daily = daily_activity(t, as_of, days).execute()
+        start = pd.Timestamp(as_of) - pd.Timedelta(days=days)
+        counts = np.zeros(days)
+        pos = (pd.to_datetime(daily["day"]) - start).dt.days.to_numpy()
+        ok = (pos >= 0) & (pos < days)
+        counts[pos[ok]] = daily["occasions"].to_numpy(float)[ok]
+        index = seasonal_index(counts)
+    else:
+        index = np.ones(days)
+    cum = np.concatenate([[0.0], np.cumsum(index)])
     # day index (0 = start) where each customer's early window begins: after their first purchase
     begin = np.clip(days - first_age + 1, 0, E).astype(int)
     e1 = cum[E] - cum[begin]
     e2 = np.full(len(first_age), cum[days] - cum[E])
-    return e1, e2, (E - begin).astype(float)
+    after_last = np.clip(days - last_age + 1, 0, days).astype(int)
+    e_gap = cum[days] - cum[after_last]
+    return e1, e2, (E - begin).astype(float), e_gap
+
+
+def trend_inputs(t, as_of: dt.date, params: DirectionParams) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+    """The per-customer aggregates (`direction_stats`) and the classify_trend result for them."""
+    st = direction_stats(t, as_of, params.recent_days, params.trend_recent_days, params.trend_early_days).execute()
+    if st.empty:
+        return st, {}
+    end = pd.Timestamp(as_of)
+    first_age = (end - pd.to_datetime(st["first_day"])).dt.days.to_numpy(float)
+    last_age = (end - pd.to_datetime(st["last_day"])).dt.days.to_numpy(float)
+    e1, e2, d1, e_gap = _exposures(t, as_of, first_age, last_age, params)
+    st["first_age"], st["last_age"] = first_age, last_age
+    st["e_early"], st["e_recent"], st["d_early"], st["e_gap"] = e1, e2, d1, e_gap
+    return st, classify_from(st, params)
+
+
+def classify_from(st: pd.DataFrame, params: DirectionParams) -> dict[str, np.ndarray]:
+    """classify_trend on a `trend_inputs` frame (used again by the tuning grid with other settings)."""
+    return classify_trend(st["first_age"], st["last_age"], st["orders"], st["n_early"], st["s_early"],
+                          st["q_early"], st["n_recent"], st["s_recent"], st["q_recent"], st["e_early"],
+                          st["e_recent"], st["d_early"], params, gap_exposure=st["e_gap"])
 
 
 def direction_table(t, products, as_of: dt.date, params: DirectionParams | None = None,
@@ -75,16 +107,12 @@ def direction_table(t, products, as_of: dt.date, params: DirectionParams | None 
     """The `direction` table (see the module docstring) from the transactions (and products) Ibis tables."""
     params = params or DirectionParams()
     R = params.recent_days
-    st = direction_stats(t, as_of, R, params.trend_recent_days, params.trend_early_days).execute()
+    st, r = trend_inputs(t, as_of, params)
     if st.empty:
-        return pd.DataFrame(columns=["customer_id", "trend"])
-    end = pd.Timestamp(as_of)
-    first_age = (end - pd.to_datetime(st["first_day"])).dt.days.to_numpy(float)
-    last_age = (end - pd.to_datetime(st["last_day"])).dt.days.to_numpy(float)
-    e1, e2, d1 = _exposures(t, as_of, first_age, params)
-    r = classify_trend(first_age, last_age, st["orders"], st["n_early"], st["s_early"], st["q_early"],
-                       st["n_recent"], st["s_recent"], st["q_recent"], e1, e2, d1, params)
-    out = pd.DataFrame({"customer_id": st["customer_id"], "trend": r["trend"], "growth_rate": r["growth_rate"],
+        return pd.DataFrame(columns=["customer_id", "trend", "trend_score"])
+    last_age = st["last_age"].to_numpy(float)
+    out = pd.DataFrame({"customer_id": st["customer_id"], "trend": r["trend"], "trend_score": r["trend_score"],
+                        "trend_driver": r["driver"], "growth_rate": r["growth_rate"],
                         "order_growth_rate": r["order_growth_rate"], "trend_confidence": r["trend_confidence"],
                         "p_value": r["p_value"], "orders_per_year_before": r["early_rate"],
                         "orders_per_year_recent": r["recent_rate"], "run_rate_before": r["run_rate_prev"],
@@ -94,16 +122,21 @@ def direction_table(t, products, as_of: dt.date, params: DirectionParams | None 
     days_since = last_age
     months = R / 30.4
     tmonths = params.trend_recent_days / 30.4
+    adj = ", seasonally adjusted" if params.seasonal else ""
     reason = np.where(
         out["trend"] == "lapsed",
         [f"no order for {d:.0f} days (usual gap {g:.0f} days; lapsed after {la:.0f})" if np.isfinite(g)
          else f"one order only, {d:.0f} days ago" for d, g, la in zip(days_since, r["usual_gap_days"],
                                                                        r["lapse_after_days"])],
-        [f"spend {_money(a)}/yr over the last {tmonths:.0f} months vs {_money(b)}/yr in the year before "
-         f"(growth {_pct(g)}, seasonally adjusted); {o2:.1f} vs {o1:.1f} orders/yr; "
+        [(f"no order for {d:.0f} days, unlikely for {n:.0f} orders in the last {w:.0f} days at an even pace; "
+          if drv == "silence" and np.isfinite(p) and p < params.alpha else "")
+         + f"spend {_money(a)}/yr over the last {tmonths:.0f} months vs {_money(b)}/yr in the year before "
+         f"(growth {_pct(g)}{adj}); {o2:.1f} vs {o1:.1f} orders/yr; "
          + (f"p = {p:.3f}" if np.isfinite(p) else "too little history to judge (stable by default)")
-         for a, b, g, o2, o1, p in zip(out["run_rate"], out["run_rate_before"], out["growth_rate"],
-                                       out["orders_per_year_recent"], out["orders_per_year_before"], out["p_value"])])
+         for a, b, g, o2, o1, p, drv, d, n, w in zip(
+             out["run_rate"], out["run_rate_before"], out["growth_rate"], out["orders_per_year_recent"],
+             out["orders_per_year_before"], out["p_value"], out["trend_driver"], days_since,
+             st["n_early"] + st["n_recent"], st["d_early"] + params.trend_recent_days)])
     out["trend_reason"] = reason
     live = out.loc[out["trend"] != "lapsed", "spend_12m"]
     threshold = volume_min_12m if volume_min_12m is not None else (float(live.quantile(0.75)) if len(live) else 0.0)
@@ -212,7 +245,8 @@ def direction_step(ctx: Context) -> pd.DataFrame | None:
 
         cutoff = ctx.as_of - dt.timedelta(days=params.recent_days)
         try:
-            bt = backtest_direction(t, [cutoff], params, horizon_days=params.recent_days)
+            bt = backtest_direction(t, [cutoff], params, horizon_days=params.recent_days,
+                                    n_boot=int(cfg.get("backtest_bootstrap", 200)))
             write_frame(ctx.store, "direction_backtest", bt, replace=True)
         except ValueError as exc:
             ctx.notes.append(f"direction: no held-out check ({exc})")
