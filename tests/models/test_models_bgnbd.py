@@ -223,3 +223,40 @@ def test_expectation_when_dropout_law_is_very_concentrated():
     assert np.all(np.isfinite(e)) and np.all(e > 0) and np.all(np.diff(e) > 0)
     # Dropout only removes purchases: below the posterior mean rate times t, and close to it when p ~ 0.003.
     assert 0.9 < e[-1] / ((0.83 + 40) / (70.8 + 320) * 90) < 1.0
+
+
+def test_series_runs_equal_term_by_term_sum_and_scipy_hyp2f1():
+    """Scoring many customers sums the FHL 2005 eq. (10) series per frequency by Horner's rule
+    (``_series_runs``); it must equal the term-by-term loop and the closed form with scipy's
+    ``hyp2f1`` (the form lifetimes uses)."""
+    from scipy.special import hyp2f1
+
+    from loyalist.models import BGNBD
+    from loyalist.models.bgnbd import _series_sum
+
+    rng = np.random.default_rng(5)
+    n = 20000
+    x = rng.poisson(2.0, n).astype(float)
+    T = rng.uniform(26.0, 104.0, n)
+    tx = np.where(x > 0, T * rng.uniform(0, 1, n), 0.0)
+    m = BGNBD.from_params(r=0.25, alpha=4.0, a=0.8, b=2.5)
+    r, alpha, a, b = 0.25, 4.0, 0.8, 2.5
+    t = 13.0
+    got = m.conditional_expected_number_of_purchases_up_to_time(t, x, tx, T)
+    # closed form, FHL 2005 eq. (10)
+    z = t / (alpha + T + t)
+    pa = 1.0 / (1.0 + (x > 0) * a / (b + x - 1.0) * ((alpha + T) / (alpha + tx)) ** (r + x))
+    want = ((a + b + x - 1.0) / (a - 1.0)
+            * (1.0 - ((alpha + T) / (alpha + T + t)) ** (r + x) * hyp2f1(r + x, b + x, a + b + x - 1.0, z)) * pa)
+    np.testing.assert_allclose(got, want, rtol=1e-11)
+    # the loop it replaces, on the same inputs
+    eps = a - 1.0
+    u = t / (alpha + T)
+    L1 = -np.log1p(u)
+    zz = u / (1.0 + u)
+    C = eps + b + x
+    from scipy import special as sc
+
+    head = -C * L1 * sc.exprel(eps * L1)
+    loop = (head - np.exp(eps * L1) * _series_sum(zz, r + x, eps, C, head)) * pa
+    np.testing.assert_allclose(got, loop, rtol=1e-13)

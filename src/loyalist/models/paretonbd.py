@@ -39,6 +39,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from scipy import special as sc
 
 from loyalist.models._base import (
@@ -89,9 +90,12 @@ def _hyp_series(b, c, v, grad: bool, w=None, d=None):
     d = c - b if d is None else np.asarray(d, float)
     n_el = v.size
     logG = np.zeros(n_el)
-    gb = np.zeros(n_el)
-    gc = np.zeros(n_el)
-    gv = np.zeros(n_el)
+    if grad:
+        gb = np.zeros(n_el)
+        gc = np.zeros(n_el)
+        gv = np.zeros(n_el)
+    else:  # never read: one shared scratch array
+        gb = gc = gv = np.empty(n_el)
     if grad:
         zero = v <= 0
         gv[zero] = (b / c)[zero]
@@ -652,11 +656,36 @@ def _pairs(x: np.ndarray, y: np.ndarray):
     """Distinct ``(x, y)`` pairs sorted by ``x`` (stable), and each row's pair index: the
     ``2F1`` parameters depend on ``x`` only, so sorted pairs form the runs :func:`_hyp_poly`
     evaluates as polynomials."""
-    (px, py), _, inv = compress(x, y)
-    order = np.argsort(px, kind="stable")
+    x = np.asarray(x, float) + 0.0  # + 0.0 merges -0.0 into 0.0
+    y = np.asarray(y, float) + 0.0
+    n = y.size
+    if n > 8192:
+        # hashing pays only when pairs repeat: judge from an evenly spaced sample of 2,048 rows
+        k = np.arange(0, n, n // 2048)
+        sx, sy = x[k], y[k]
+        o = np.lexsort((sy, sx))
+        distinct = 1 + np.count_nonzero((np.diff(sx[o]) != 0) | (np.diff(sy[o]) != 0))
+        many_distinct = distinct > 0.6 * k.size
+    else:
+        many_distinct = False
+    if many_distinct:  # e.g. continuous times: evaluate every row, in order of x
+        px, py, inv = x, y, None
+    elif (fy := pd.factorize(y, sort=False))[1].size == n:
+        px, py, inv = x, y, None
+    else:
+        cy, uy = fy
+        cx, ux = pd.factorize(x, sort=False)
+        inv, uk = pd.factorize(cx.astype(np.int64) * uy.size + cy, sort=False)
+        uk = np.asarray(uk, np.int64)
+        px, py = np.asarray(ux, float)[uk // uy.size], np.asarray(uy, float)[uk % uy.size]
+    if px.size < 2 or np.all(px[1:] >= px[:-1]):
+        return px, py, (np.arange(px.size) if inv is None else inv)
+    # frequencies are whole numbers: a 16-bit key sorts by radix
+    key = px.astype(np.int16) if px.max() < 2**15 else px
+    order = np.argsort(key, kind="stable")
     rank = np.empty_like(order)
     rank[order] = np.arange(order.size)
-    return px[order], py[order], rank[inv]
+    return px[order], py[order], (rank if inv is None else rank[inv])
 
 
 def _g_ratio(a, u):
