@@ -25,6 +25,10 @@ def serve(
     port: Annotated[Optional[int], typer.Option("--port", help="Port (default 8000, or \\[serve] port).")] = None,
     workers: Annotated[Optional[int], typer.Option("--workers", help="Server processes (default 1, or \\[serve] "
                                                                     "workers); each reads the store read-only.")] = None,
+    preload: Annotated[Optional[bool], typer.Option("--preload/--no-preload", help="Read the lists and customer "
+                                                    "tables into memory at start (default, or \\[serve] preload): pages "
+                                                    "in milliseconds at the cost of start time and memory per worker; "
+                                                    "--no-preload queries the store per page.")] = None,
     config_path: ConfigOption = None,
 ) -> None:
     """The dashboard and the REST API on the store: overview, lists with CSV/XLSX downloads, customer pages,
@@ -48,7 +52,13 @@ def serve(
         workers = int(workers or settings.get("workers", 1))
         if workers < 1:
             raise LoyalistError("--workers must be at least 1")
-        web = create_app(path, require_key=require_key)  # also checks the store and the keys before serving
+        preload = bool(settings.get("preload", True)) if preload is None else preload
+        if workers > 1:  # each worker process builds its own copy: only check the store and keys here
+            create_app(path, require_key=require_key, preload=False).state.reader.close()
+            web = None
+        else:
+            with err.status("reading the lists and customer tables into memory ...") if preload else _null():
+                web = create_app(path, require_key=require_key, preload=preload)
     shown = f"[{host}]" if ":" in host else host
     err.print(f"loyalist dashboard on [bold]http://{shown}:{port}/[/]  (API: /api/v1, docs: /docs; store {path}, "
               f"read-only; Ctrl+C stops)" + ("; API keys required" if require_key else ""), highlight=False)
@@ -58,11 +68,17 @@ def serve(
         return
     import os
 
-    web.state.reader.close()
     os.environ["LOYALIST_SERVE_DB"] = str(Path(path).resolve())
     os.environ["LOYALIST_SERVE_REQUIRE_KEY"] = "1" if require_key else "0"
+    os.environ["LOYALIST_SERVE_PRELOAD"] = "1" if preload else "0"
     uvicorn.run("loyalist.web.app:app_from_env", factory=True, workers=workers, host=host, port=port,
                 log_level=log_level)
+
+
+def _null():
+    import contextlib
+
+    return contextlib.nullcontext()
 
 
 @keys_app.command("create")

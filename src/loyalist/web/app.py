@@ -66,6 +66,7 @@ def _code(text: str):
 def templates() -> Jinja2Templates:
     t = Jinja2Templates(directory=str(TEMPLATES))
     env = t.env
+    env.auto_reload = False  # templates are compiled once per process, not re-checked on disk per request
     env.filters.update(code=_code, num=fmt.number, money=fmt.money, pct=fmt.percent, date=fmt.date, label=fmt.label,
                        missing=fmt.missing, chart=charts.to_json)
     env.globals.update(cell=fmt.cell, numeric=fmt.numeric, LISTS=LISTS, version=__version__, label=fmt.label)
@@ -133,9 +134,11 @@ def _rows(frame: pd.DataFrame | None, table: str) -> Rows:
 
 
 # ---------------------------------------------------------------------------------------------- the app
-def create_app(db: str | Path, require_key: bool = False) -> FastAPI:
-    """The ASGI app serving the store at `db`. With `require_key`, every API call and page needs a valid key."""
-    reader = Reader(db)
+def create_app(db: str | Path, require_key: bool = False, preload: bool = True) -> FastAPI:
+    """The ASGI app serving the store at `db`. With `require_key`, every API call and page needs a valid key.
+    With `preload` (the default), the lists and customer pages are served from memory (`loyalist.web.memory`),
+    read when the app is created."""
+    reader = Reader(db, preload=preload)
     digests = auth.valid_digests(reader._con)
     if require_key and not digests:
         reader.close()
@@ -525,7 +528,8 @@ def app_from_env() -> FastAPI:
     (LOYALIST_SERVE_DB, LOYALIST_SERVE_REQUIRE_KEY), set by `loyalist serve --workers N`."""
     import os
 
-    return create_app(os.environ["LOYALIST_SERVE_DB"], require_key=os.environ.get("LOYALIST_SERVE_REQUIRE_KEY") == "1")
+    return create_app(os.environ["LOYALIST_SERVE_DB"], require_key=os.environ.get("LOYALIST_SERVE_REQUIRE_KEY") == "1",
+                      preload=os.environ.get("LOYALIST_SERVE_PRELOAD", "1") == "1")
 
 
 def reasons(c: dict[str, Any], orders: pd.DataFrame) -> dict[str, str]:

@@ -34,6 +34,14 @@ CUSTOMERS = "customer_insights"
 RUN_ANALYZE = "not computed yet: run `loyalist analyze`"
 MAX_PER_PAGE = 500
 EXPORT_LIMIT = 1_048_575  # an XLSX sheet holds 1,048,576 rows including the header
+TIES = ("customer_id", "rank", "product_id", "event_id")
+"""Sort ties are broken by these columns (those the list's table has), ascending."""
+PER_CUSTOMER = [("reorders", "next_reorder_date", False), ("next_products", "rank", False),
+                ("crosssell_gaps", "rank", False), ("contact_schedule", "contact_date", False),
+                ("events", "event_date", True), ("payment_behaviour", None, False)]
+"""The customer page's tables: (table, order column, descending)."""
+PER_CUSTOMER_LIMIT = 200
+ORDERS_LIMIT = 5000
 
 
 # --------------------------------------------------------------------------------------------- the lists
@@ -198,7 +206,9 @@ class _Params:
 class Reader:
     """Read-only access to one store for all of a server's threads."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, preload: bool = False) -> None:
+        """With `preload`, the lists and the per-customer tables are read into memory now
+        (`loyalist.web.memory`): pages then cost milliseconds instead of a DuckDB query each."""
         path = Path(path)
         if not path.exists():
             raise LoyalistError(f"{path}: no store here yet; run `loyalist ingest FILE --db {path}` first")
@@ -218,6 +228,17 @@ class Reader:
         self.schema: dict[str, list[str]] = {}
         for table, column in rows:
             self.schema.setdefault(table, []).append(column)
+        self.memory = None
+        if preload:
+            from loyalist.web.memory import Memory
+
+            self._con.execute("SET memory_limit = '1GB'")  # DuckDB's cache of blocks is not needed after this
+            self.memory = Memory(self)
+            # a fresh connection: the old one's buffer pool still holds the blocks the preload read
+            self._con.close()
+            self._con = duckdb.connect(str(path), read_only=True)
+            self._con.execute("SET TimeZone = 'UTC'")
+            self._local = threading.local()
 
     def close(self) -> None:
         self._con.close()
@@ -394,11 +415,14 @@ class Reader:
                 try:
                     if kind == "date":
                         dt.date.fromisoformat(value)
-                    else:
-                        float(value)
+                    elif not math.isfinite(float(value)):
+                        continue
                 except ValueError:
                     continue
                 filters[key] = value
+            elif key in spec.choices and key in have and self.column_kind(spec, key) == "bool" and \
+                    value.lower() not in ("true", "t", "1", "yes", "y", "false", "f", "0", "no", "n"):
+                continue  # what DuckDB cannot cast to a boolean is ignored, like a malformed number
         sort = query.sort if query.sort in shown else spec.sort if spec.sort in have else None
         desc = spec.descending if query.descending is None else query.descending
         return Query(q=(query.q or "").strip()[:200] or None, filters=filters, sort=sort, descending=desc,
@@ -438,7 +462,7 @@ class Reader:
         keys = []
         if query.sort:
             keys.append(ibis.desc(query.sort) if query.descending else ibis.asc(query.sort))
-        tie = [c for c in ("customer_id", "rank", "product_id", "event_id") if c in t.columns and c != query.sort]
+        tie = [c for c in TIES if c in t.columns and c != query.sort]
         return t.order_by(keys + tie)
 
     def _select(self, spec: ListSpec, query: Query, p: _Params) -> ir.Table:
@@ -459,6 +483,12 @@ class Reader:
         if why:
             return Page(spec, pd.DataFrame(), 0, 1, query.per_page, query.sort or "", bool(query.descending), [], why)
         query = self.clean(spec, query)
+        if self.memory is not None:
+            got = self.memory.page(spec, query, query.page, query.per_page)
+            if got is not None:
+                total, page, rows = got
+                return Page(spec, self._decorate(spec, rows), total, page, query.per_page, query.sort or "",
+                            bool(query.descending), self.list_columns(spec))
         values = self._values(query)
         shape = self._shape(spec, query)
         key = ("total",) + shape + tuple(sorted(values.items()))
@@ -485,8 +515,12 @@ class Reader:
         if why:
             raise LoyalistError(why)
         query = self.clean(spec, query)
-        rows = self.prepared(("rows",) + self._shape(spec, query), lambda p: self._select(spec, query, p),
-                             self._values(query), limit=EXPORT_LIMIT, sliced=True)
+        got = self.memory.page(spec, query) if self.memory is not None else None
+        if got is not None:
+            rows = got[2]
+        else:
+            rows = self.prepared(("rows",) + self._shape(spec, query), lambda p: self._select(spec, query, p),
+                                 self._values(query), limit=EXPORT_LIMIT, sliced=True)
         rows = self._decorate(spec, rows)
         return rows[[c for c in self.list_columns(spec) if c in rows.columns]]
 
@@ -506,6 +540,8 @@ class Reader:
         """Everything the store knows about one customer: insights row and each capability's rows."""
         if CUSTOMERS not in self.schema:
             return None
+        if self.memory is not None and self.memory.insights is not None:
+            return self.memory.customer(str(customer_id))
         values = {"cid": str(customer_id)}
 
         def one(table: str, order: str | None = None, descending: bool = False):
@@ -521,13 +557,11 @@ class Reader:
         if row.empty:
             return None
         out: dict[str, Any] = {"insights": row.iloc[0].to_dict()}
-        for table, order, desc in [("reorders", "next_reorder_date", False), ("next_products", "rank", False),
-                                   ("crosssell_gaps", "rank", False), ("contact_schedule", "contact_date", False),
-                                   ("events", "event_date", True), ("payment_behaviour", None, False)]:
+        for table, order, desc in PER_CUSTOMER:
             if not self.has(table, "customer_id"):
                 out[table] = None
                 continue
-            out[table] = self.prepared(("customer", table), one(table, order, desc), values, limit=200)
+            out[table] = self.prepared(("customer", table), one(table, order, desc), values, limit=PER_CUSTOMER_LIMIT)
         out["orders"] = self.orders(customer_id)
         return out
 
@@ -535,16 +569,8 @@ class Reader:
         """The customer's orders: date, order id, lines, amount, returned amount."""
         def build(p: _Params):
             t = self.table("transactions")
-            t = t.filter((t.customer_id == p.str("cid")) & ~t.is_guest & ~t.is_non_product)
-            back = t.is_cancellation | t.is_return
-            g = t.group_by("order_id").aggregate(
-                order_date=t.order_date.min(),
-                lines=(~back).sum(),
-                amount=ibis.cases((~back, t.amount), else_=0.0).sum(),
-                returned=ibis.cases((back, -t.amount.abs()), else_=0.0).sum(),
-            )
-            return g.order_by(["order_date", "order_id"])
-        return self.prepared(("orders",), build, {"cid": str(customer_id)}, limit=5000)
+            return orders_expr(t.filter(t.customer_id == p.str("cid")))
+        return self.prepared(("orders",), build, {"cid": str(customer_id)}, limit=ORDERS_LIMIT)
 
     # -- overview figures
     def overview(self) -> dict[str, Any] | None:
@@ -669,6 +695,21 @@ class Reader:
             out["ingests"] = self.run(self.table("ingests").order_by(["ingest_id", "file_id"]))
             return out
         return self.cached("quality", make)
+
+
+def orders_expr(t: ir.Table, by_customer: bool = False) -> ir.Table:
+    """Orders from transaction lines: date, lines bought, amount, amount returned (per customer with
+    `by_customer`, ordered by customer, date and order id)."""
+    t = t.filter(~t.is_guest & ~t.is_non_product)
+    back = t.is_cancellation | t.is_return
+    keys = ["customer_id", "order_id"] if by_customer else ["order_id"]
+    g = t.group_by(keys).aggregate(
+        order_date=t.order_date.min(),
+        lines=(~back).sum(),
+        amount=ibis.cases((~back, t.amount), else_=0.0).sum(),
+        returned=ibis.cases((back, -t.amount.abs()), else_=0.0).sum(),
+    )
+    return g.order_by(keys[:-1] + ["order_date", "order_id"])
 
 
 def _pname(key: str) -> str:
