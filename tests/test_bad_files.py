@@ -225,8 +225,6 @@ def test_too_few_fields_is_quarantined_with_its_line(store):
     assert stored(store) == [(2,), (4,)]
 
 
-@pytest.mark.xfail(strict=True, reason="readers.read_delimited numbers records, not file lines: after a quoted "
-                                       "field with a line break every later row number is one too small")
 def test_multiline_quoted_field_keeps_file_line_numbers(store):
     report = run(store, "multiline_quoted_field.csv")
     assert totals(report) == (3, 2, 0, 1)

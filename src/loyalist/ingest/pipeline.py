@@ -364,6 +364,9 @@ def _load(con: duckdb.DuckDBPyConnection, src: Source, options: Options, ingest_
                                  f"WHERE regexp_matches({duckdb_ident(mapping[f])}, '^\\d+\\.0+$')").fetchall()[0][0]}
     plan = _plan(kind, fields, mapping, formats, types, options, float_ids, scanned=src.csv is not None)
     progress(f"checking {src.label}", 0.2)
+    if src.csv is not None and kind is Kind.transactions:
+        return _load_csv_transactions(con, src, plan, types, timestamp_format, mapping, options, ingest_id,
+                                      file_id, progress, report)
 
     exc, rejects_table = f"{src.table or src.sample}_exc", f"{src.sample}_rej"
     row_sql = "_row" if src.csv is None else "row_number() OVER ()"
@@ -403,6 +406,205 @@ def _load(con: duckdb.DuckDBPyConnection, src: Source, options: Options, ingest_
     con.execute(f"DROP TABLE IF EXISTS {src.sample}_at")
     progress(f"stored {src.label}", 1.0)
     return report
+
+
+def _load_csv_transactions(con, src: Source, plan: _Plan, types: dict[str, str], timestamp_format: str | None,
+                           mapping: dict[str, str], options: Options, ingest_id: int, file_id: int,
+                           progress: ProgressFn, report: FileReport) -> FileReport:
+    """Transactions from a delimited file, in one scan of the file that stores every valid row.
+
+    1. One INSERT reads the file with DuckDB's CSV reader (typed where the sample allowed), numbers the rows,
+       computes the canonical columns, flags and content hash, and stores every row that breaks no rule.
+       Lines the reader cannot split or type land in its rejects table with their line and column.
+    2. The file's physical lines are counted (a bare line count, the cheapest scan there is). When every
+       record is one line and nothing was set aside by a rule, lines = header + stored + rejected exactly,
+       which proves the accounting. Otherwise the file is scanned once more for the rule-breaking rows (they
+       are quarantined), and when records span several lines (a quoted field with a line break) or blank
+       lines sit between them, the physical line of each record is worked out by a pass of Python's csv
+       module over the file, and the stored line numbers are corrected. Both happen only for such files.
+    3. When the store already held transactions, the copies of lines it already holds are removed again
+       (the first n copies of a line the store holds n times: duplicates), by hash, inside the transaction.
+    """
+    assert src.csv is not None
+    first = src.csv.first_line
+    rej = f"{src.sample}_rej"
+    content = _content_sql(Kind.transactions, mapping)
+    raw_cols = ", ".join(duckdb_ident(c) for c in src.columns)
+    stored_before = con.execute("SELECT count(*) FROM transactions").fetchall()[0][0]
+
+    def scan(relation: str) -> str:
+        return f"""(SELECT *, {content_hash_sql(content)} AS line_hash, {plan.rule_case()} AS _rule
+                    FROM (SELECT _k, _k + {first - 1} AS _row, {raw_cols}, {', '.join(plan.typed)}
+                          FROM (SELECT row_number() OVER () AS _k, * FROM {relation})))"""
+
+    progress(f"storing {src.label}", 0.3)
+    inserted = con.execute(f"""INSERT INTO transactions
+        {_canonical_sql(scan(src.relation(types, timestamp_format, rej)) + ' s', '_rule IS NULL', mapping, options,
+                        ingest_id, file_id)}""").fetchall()[0][0]
+    rejects = _reader_rejects(con, rej, plan)
+    rejected_lines = sorted({r[0] for r in rejects})
+    progress(f"checking {src.label}", 0.8)
+    lines = _physical_lines(con, src)
+    header = first - 1
+    exc = f"{src.sample}_exc"
+    violators = 0
+    if lines != header + inserted + len(rejected_lines) and plan.rules:
+        con.execute(f"CREATE TEMP TABLE {exc} AS SELECT * FROM {scan(src.relation(types, timestamp_format, None))} s "
+                    "WHERE _rule IS NOT NULL")
+        violators = con.execute(f"SELECT count(*) FROM {exc}").fetchall()[0][0]
+    else:
+        con.execute(f"CREATE TEMP TABLE {exc} AS SELECT * FROM {scan(src.relation(types, timestamp_format, None))} s "
+                    "LIMIT 0")
+    records = inserted + len(rejected_lines) + violators
+    if lines is not None and lines < header + records:
+        raise LoyalistError(f"{src.label}: {records} records read from {lines} lines; nothing stored")
+    where = f"ingest_id = {ingest_id} AND file_id = {file_id}"
+    if lines is None or lines == header + records:
+        # One record per line: a record's line is its ordinal among all records (DuckDB numbers rejects so).
+        if rejected_lines:
+            _shift_past_rejects(con, src, rejected_lines, where, exc)
+    else:
+        mapped = _map_physical_lines(con, src, rejected_lines, records, where, exc)
+        if mapped is None:
+            report.notes.append("rows are numbered by record, not by file line: the file's records could not be "
+                                "matched to its lines")
+            if rejected_lines:
+                _shift_past_rejects(con, src, rejected_lines, where, exc)
+        else:
+            rejects = [(mapped.get(r[0], r[0]), *r[1:]) for r in rejects]
+    _quarantine(con, src, exc, plan, rejects, ingest_id, file_id, Kind.transactions)
+    con.execute(f"DROP TABLE {exc}")
+    dups = 0
+    if stored_before or file_id > 1:
+        progress(f"de-duplicating {src.label}", 0.9)
+        dups = _drop_stored_copies(con, where)
+    report.rows_read = records
+    report.quarantined = len(rejects) + violators
+    report.loaded, report.duplicates = inserted - dups, dups
+    progress(f"stored {src.label}", 1.0)
+    return report
+
+
+def _reader_rejects(con, rejects_table: str, plan: _Plan) -> list[tuple[int, str, str, str]]:
+    """Lines DuckDB's CSV reader rejected (malformed, or a value it could not type) as quarantine rows
+    (DuckDB's line number, column, value, rule|record): one per line, the root cause first."""
+    rows = con.execute(f"""
+        SELECT line, coalesce(column_name, ''), coalesce(csv_line, ''), error_type, error_message
+        FROM {rejects_table} ORDER BY line, error_type = 'CAST'""").fetchall()
+    con.execute(f"DROP TABLE {rejects_table}")
+    con.execute(f"DROP TABLE {rejects_table}_scan")
+    out: list[tuple[int, str, str, str]] = []
+    seen: set[int] = set()
+    for line, column, csv_line, etype, message in rows:
+        if line in seen:
+            continue
+        seen.add(line)
+        if etype == "CAST" and column in plan.rule_text:
+            m = re.search(r'Could not convert string "(.*)" to', message)
+            out.append((line, column, m.group(1) if m else csv_line[:500], plan.rule_text[column] + "|" + csv_line))
+        else:
+            out.append((line, column, csv_line[:500], f"{etype}: {message}"))
+    return out
+
+
+def _physical_lines(con, src: Source) -> int | None:
+    """The number of lines in the file (blank ones included), counted by DuckDB with no quoting; None when
+    the file cannot be read that way."""
+    assert src.csv is not None
+    d = src.csv
+    try:
+        return con.execute(f"""SELECT count(*) FROM read_csv({duckdb_str(str(d.path))}, columns={{'l': 'VARCHAR'}},
+                                   header=false, auto_detect=false, delim='\x1f', quote='', escape='',
+                                   strict_mode=false, max_line_size=10000000,
+                                   encoding={duckdb_str(d.encoding)})""").fetchall()[0][0]
+    except duckdb.Error:
+        return None
+
+
+def _shift_past_rejects(con, src: Source, rejected_lines: list[int], where: str, exc: str) -> None:
+    """Rows after a rejected line sit that many lines further down: add the number of rejected lines
+    before each stored and each rule-breaking row (numbered by ordinal among the reader's good rows)."""
+    assert src.csv is not None
+    first = src.csv.first_line
+    # Good row k (0-based) sits on line first + k + (number of rejected lines before it).
+    good_before = [line - first - i for i, line in enumerate(rejected_lines)]
+    values = ", ".join(f"({g}, {i + 1})" for i, g in enumerate(good_before))
+    shift = f"(SELECT g, n FROM (VALUES {values}) v(g, n))"
+    for table, col in (("transactions", "source_row"), (exc, "_row")):
+        cond = where if table == "transactions" else "true"
+        con.execute(f"""UPDATE {table} SET {col} = {col} + s.n
+                        FROM (SELECT r.{col} AS old, max(v.n) AS n
+                              FROM (SELECT DISTINCT {col} FROM {table} WHERE {cond} AND {col} >= {first + good_before[0]}) r
+                              JOIN {shift} v ON v.g <= r.{col} - {first}
+                              GROUP BY r.{col}) s
+                        WHERE {cond} AND {table}.{col} = s.old""")
+
+
+def _map_physical_lines(con, src: Source, rejected_lines: list[int], records: int, where: str,
+                        exc: str) -> dict[int, int] | None:
+    """Renumber the file's rows by physical line when records span lines or blank lines sit between them.
+
+    Python's csv module (same dialect) reads the file once and gives the first line of every record; its
+    records are matched to DuckDB's: the reader numbers a rejected record by records and blank lines
+    before it, and the good rows by their order. Returns DuckDB's line -> file line for the rejected
+    records, or None when the two readers do not see the same number of records."""
+    import csv
+
+    assert src.csv is not None
+    d = src.csv
+    starts: list[int] = []   # file line of each record after the header
+    duck: list[int] = []     # DuckDB's number for it
+    try:
+        with readers.open_text(d.path, d.encoding) as fh:
+            reader = csv.reader(fh, delimiter=d.delimiter, quotechar='"', doublequote=True, strict=False)
+            prev, duck_no = 0, 0
+            for rec in reader:
+                line, prev = prev + 1, reader.line_num
+                duck_no += 1
+                if line <= d.first_line - 1:
+                    continue
+                if not rec:  # a blank line: not a record, but DuckDB counts it
+                    continue
+                starts.append(line)
+                duck.append(duck_no)
+    except (OSError, csv.Error, UnicodeError):
+        return None
+    if len(starts) != records:
+        return None
+    rejected = set(rejected_lines)
+    good_lines = [s for s, k in zip(starts, duck) if k not in rejected]
+    first = d.first_line
+    import pyarrow as pa
+
+    table = pa.table({"old": pa.array(range(first, first + len(good_lines)), pa.int64()),
+                      "new": pa.array(good_lines, pa.int64())})
+    con.register("_line_map_arrow", table)
+    try:
+        con.execute(f"""CREATE TEMP TABLE _line_map AS SELECT * FROM _line_map_arrow WHERE old <> new""")
+    finally:
+        con.unregister("_line_map_arrow")
+    con.execute(f"""UPDATE transactions SET source_row = m.new FROM _line_map m
+                    WHERE {where} AND transactions.source_row = m.old""")
+    con.execute(f"UPDATE {exc} SET _row = m.new FROM _line_map m WHERE {exc}._row = m.old")
+    con.execute("DROP TABLE _line_map")
+    return {k: s for s, k in zip(starts, duck) if k in rejected}
+
+
+def _drop_stored_copies(con, where: str) -> int:
+    """Delete, from this file's freshly stored rows, the first n copies of each line the store already held
+    n times; returns how many (the duplicates). Later copies stay: lines repeated inside one export are
+    kept as the source has them, and a second export adds only what the first did not have."""
+    return con.execute(f"""
+        DELETE FROM transactions WHERE rowid IN (
+            SELECT rid FROM (
+                SELECT n.rid, o.n_stored,
+                       row_number() OVER (PARTITION BY n.line_hash ORDER BY n.source_row) AS copy
+                FROM (SELECT rowid AS rid, line_hash, source_row FROM transactions WHERE {where}) n
+                JOIN (SELECT line_hash, count(*) AS n_stored FROM transactions
+                      WHERE NOT ({where})
+                        AND line_hash IN (SELECT line_hash FROM transactions WHERE {where})
+                      GROUP BY line_hash) o USING (line_hash))
+            WHERE copy <= n_stored)""").fetchall()[0][0]
 
 
 SQL_TYPES = {FieldType.text: "VARCHAR", FieldType.timestamp: "TIMESTAMP", FieldType.date: "DATE",
@@ -490,8 +692,10 @@ def _quarantine(con, src: Source, exc: str, plan: _Plan, rejects, ingest_id: int
                     [ingest_id, file_id, kind.value, src.label, row, column, value, rule, record or value])
 
 
-def _store_transactions(con, src: Source, exc: str, plan: _Plan, types: dict[str, str], timestamp_format,
-                        mapping: dict[str, str], options: Options, ingest_id: int, file_id: int) -> tuple[int, int]:
+def _canonical_sql(rel: str, extra_where: str, mapping: dict[str, str], options: Options, ingest_id: int,
+                   file_id: int) -> str:
+    """SELECT of transactions rows (all columns, flags computed) from a relation of c__ typed columns,
+    line_hash and _row."""
     def col(name: str) -> str:
         return f"c__{name}" if name in mapping else "NULL"
 
@@ -512,25 +716,29 @@ def _store_transactions(con, src: Source, exc: str, plan: _Plan, types: dict[str
     non_product = (f"coalesce(upper(product_id) IN ({codes}) OR {prefixes} OR "
                    f"regexp_matches(description, {duckdb_str(options.non_product_description)}), false)")
     cancelled = f"coalesce({col('cancelled')}, false)" if "cancelled" in mapping else "false"
+    return f"""
+        SELECT customer_id, order_id, order_date, product_id, description, quantity, unit_price, amount,
+               currency, country, channel,
+               customer_id IS NULL AS is_guest,
+               (_cancelled OR coalesce(regexp_matches(order_id, {duckdb_str(schema.CANCELLED_ORDER_ID)}), false))
+                   AS is_cancellation,
+               (coalesce(quantity, 0) < 0 OR coalesce(amount, 0) < 0) AS is_return,
+               {non_product} AS is_non_product,
+               CASE WHEN unit_price < 0 THEN 'negative' WHEN unit_price = 0 THEN 'zero' END AS price_issue,
+               order_date > now()::TIMESTAMP + INTERVAL 1 DAY AS is_future,
+               line_hash, {ingest_id} AS ingest_id, {file_id} AS file_id, _row AS source_row
+        FROM (SELECT c__customer_id AS customer_id, {col('order_id')} AS order_id, c__order_date AS order_date,
+                     {col('product_id')} AS product_id, {col('description')} AS description,
+                     {qty} AS quantity, {price_sql} AS unit_price, {amount_sql} AS amount,
+                     {col('currency')} AS currency, {col('country')} AS country, {col('channel')} AS channel,
+                     {cancelled} AS _cancelled, line_hash, _row
+              FROM {rel} WHERE {extra_where})"""
 
+
+def _store_transactions(con, src: Source, exc: str, plan: _Plan, types: dict[str, str], timestamp_format,
+                        mapping: dict[str, str], options: Options, ingest_id: int, file_id: int) -> tuple[int, int]:
     def canonical(rel: str, extra_where: str) -> str:
-        return f"""
-            SELECT customer_id, order_id, order_date, product_id, description, quantity, unit_price, amount,
-                   currency, country, channel,
-                   customer_id IS NULL AS is_guest,
-                   (_cancelled OR coalesce(regexp_matches(order_id, {duckdb_str(schema.CANCELLED_ORDER_ID)}), false))
-                       AS is_cancellation,
-                   (coalesce(quantity, 0) < 0 OR coalesce(amount, 0) < 0) AS is_return,
-                   {non_product} AS is_non_product,
-                   CASE WHEN unit_price < 0 THEN 'negative' WHEN unit_price = 0 THEN 'zero' END AS price_issue,
-                   order_date > now()::TIMESTAMP + INTERVAL 1 DAY AS is_future,
-                   line_hash, {ingest_id} AS ingest_id, {file_id} AS file_id, _row AS source_row
-            FROM (SELECT c__customer_id AS customer_id, {col('order_id')} AS order_id, c__order_date AS order_date,
-                         {col('product_id')} AS product_id, {col('description')} AS description,
-                         {qty} AS quantity, {price_sql} AS unit_price, {amount_sql} AS amount,
-                         {col('currency')} AS currency, {col('country')} AS country, {col('channel')} AS channel,
-                         {cancelled} AS _cancelled, line_hash, _row
-                  FROM {rel} WHERE {extra_where})"""
+        return _canonical_sql(rel, extra_where, mapping, options, ingest_id, file_id)
 
     content = _content_sql(Kind.transactions, mapping)
     # Scan 2: every valid row whose content is not stored yet (all its copies in this source).

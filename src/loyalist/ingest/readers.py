@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
-import pyarrow as pa
 
 from loyalist.errors import SourceError
 
@@ -73,9 +72,15 @@ class Source:
         return f"read_csv({duckdb_str(str(d.path))}, {', '.join(opts)})"
 
 
-def _open_text(path: Path) -> io.TextIOBase:
+def open_text(path: Path, encoding: str = "utf-8") -> io.TextIOBase:
+    """The file as text (gzip too), with universal newlines left to the caller (csv module)."""
+    if encoding.lower().replace("-", "").replace("_", "") in ("utf8", "utf8sig"):
+        encoding = "utf-8-sig"
     raw = gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
-    return io.TextIOWrapper(raw, encoding="utf-8-sig", errors="replace", newline="")
+    return io.TextIOWrapper(raw, encoding=encoding, errors="replace", newline="")
+
+
+_open_text = open_text
 
 
 def _sample_lines(path: Path, n: int = 50) -> list[str]:
@@ -226,6 +231,7 @@ def read_parquet(con: duckdb.DuckDBPyConnection, path: Path, table: str) -> Sour
 
 def read_excel(con: duckdb.DuckDBPyConnection, path: Path, table: str, sheet: str | None) -> list[Source]:
     """Every sheet (or the named one) as its own source; row numbers are the spreadsheet's row numbers."""
+    import pyarrow as pa
     from python_calamine import CalamineWorkbook
 
     if not path.exists():

@@ -6,11 +6,11 @@ does so through Ibis expressions on `Store.ibis`, so the same queries run on oth
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import duckdb
-import ibis
 
 from loyalist.errors import LoyalistError
 
@@ -99,13 +99,24 @@ def _rehash_if_needed(con: duckdb.DuckDBPyConnection) -> None:
 
 @dataclass
 class Store:
-    """An open store: the raw DuckDB connection (for ingest and DDL only) and an Ibis backend on it."""
+    """An open store: the raw DuckDB connection (for ingest and DDL only) and an Ibis backend on it.
+
+    The Ibis backend is made on first use: importing Ibis takes about half a second, which an ingest
+    (raw DuckDB only) does not need to pay."""
 
     path: Path
     con: duckdb.DuckDBPyConnection
-    ibis: ibis.BaseBackend
+    _ibis: Any = field(default=None, repr=False)
 
-    def table(self, name: str) -> ibis.Table:
+    @property
+    def ibis(self):  # -> ibis.BaseBackend
+        if self._ibis is None:
+            import ibis
+
+            self._ibis = ibis.duckdb.from_connection(self.con)
+        return self._ibis
+
+    def table(self, name: str):  # -> ibis.Table
         return self.ibis.table(name)
 
     def close(self) -> None:
@@ -133,4 +144,4 @@ def open_store(path: str | Path = DEFAULT_DB, *, read_only: bool = False, create
         con.execute(DDL)
         con.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
         _rehash_if_needed(con)
-    return Store(path=path, con=con, ibis=ibis.duckdb.from_connection(con))
+    return Store(path=path, con=con)
