@@ -18,10 +18,10 @@ BASE_COLUMNS = ["customer_id", "first_order", "last_order", "orders", "revenue",
 SYNTH_AS_OF = dt.date(2025, 1, 1)
 
 
-def synthetic_store(folder: Path, n_customers: int = 3000, seed: int = 7):
+def synthetic_store(folder: Path, n_customers: int = 3000, seed: int = 7, products: int = 5000):
     """A store holding synthetic canonical transactions, and the Parquet folder they came from."""
     parquet = folder / "synthetic_tx"
-    write_synthetic(parquet, n_customers, seed=seed, chunk=max(n_customers // 2, 1))
+    write_synthetic(parquet, n_customers, seed=seed, chunk=max(n_customers // 2, 1), products=products)
     store = open_store(folder / "synthetic.duckdb")
     load_into_store(store, parquet)
     return store, parquet
@@ -58,3 +58,47 @@ def assert_same_table(duck: pd.DataFrame, spark: pd.DataFrame, rtol: float = 1e-
             assert (np.isnan(a) == np.isnan(b)).all(), c
             ok = ~np.isnan(a)
             np.testing.assert_allclose(b[ok], a[ok], rtol=rtol, atol=0, err_msg=c)
+
+
+FORECAST_TABLES = {  # the forecast step's result tables -> the columns that identify a row
+    "forecasts": ["level", "series_id", "week"],
+    "forecast_backtest": ["level", "method"],
+    "peak_hours": ["dow", "hour"],
+    "peak_weeks": ["week"],
+    "staffing": ["week"],
+}
+STAFFING_CONFIG = {"staffing": {"orders_per_person_hour": 4}}
+
+
+def duckdb_forecast_tables(store, as_of: dt.date, customers: pd.DataFrame, config: dict) -> dict[str, pd.DataFrame]:
+    """The DuckDB engine's forecast step on the store (it reads only the customer-base columns of `customers`)."""
+    from loyalist.insights import Context
+    from loyalist.insights.aggregate import forecast_step
+
+    ctx = Context(store, as_of, Settings(), None, customers, config, [])
+    assert forecast_step(ctx) is None
+    return {name: store.con.execute(f"SELECT * FROM {name}").df() for name in FORECAST_TABLES}
+
+
+def spark_result_tables(out: Path) -> dict[str, pd.DataFrame]:
+    return {name: pd.read_parquet(out / name) for name in FORECAST_TABLES}
+
+
+def assert_same_rows(name: str, duck: pd.DataFrame, spark: pd.DataFrame, rtol: float = 1e-9) -> None:
+    """Same columns, same rows (matched on the table's key), numbers within `rtol` relative, text equal."""
+    assert list(spark.columns) == list(duck.columns), name
+    assert len(spark) == len(duck), name
+    key = FORECAST_TABLES[name]
+    a = duck.sort_values(key, kind="stable").reset_index(drop=True)
+    b = spark.sort_values(key, kind="stable").reset_index(drop=True)
+    for c in a.columns:
+        x, y = a[c], b[c]
+        if pd.api.types.is_datetime64_any_dtype(x) or pd.api.types.is_datetime64_any_dtype(y):
+            assert (pd.to_datetime(x) == pd.to_datetime(y)).all(), (name, c)
+        elif pd.api.types.is_bool_dtype(x) or x.dtype == object:
+            assert (x.fillna("<NA>").astype(str) == y.fillna("<NA>").astype(str)).all(), (name, c)
+        else:
+            x, y = x.to_numpy(float), y.to_numpy(float)
+            assert (np.isnan(x) == np.isnan(y)).all(), (name, c)
+            ok = ~np.isnan(x)
+            np.testing.assert_allclose(y[ok], x[ok], rtol=rtol, atol=0, err_msg=f"{name}.{c}")

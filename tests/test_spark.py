@@ -1,6 +1,7 @@
 """The Spark engine (local mode): the per-customer table equals the DuckDB engine's, the weighted fit on
-distinct patterns equals the per-customer fit, steps that cannot run on Spark are refused by name, the CLI
-works end to end. The loopback-cluster run is in test_spark_cluster.py."""
+distinct patterns equals the per-customer fit, the `forecast` step's tables (aggregated on Spark, forecast at the
+driver) equal the DuckDB engine's, steps that cannot run on Spark are refused by name, the CLI works end to
+end. The loopback-cluster run is in test_spark_cluster.py."""
 
 from __future__ import annotations
 
@@ -15,9 +16,14 @@ import pytest
 from conftest import REPO, shared_file
 from spark_helpers import (
     BASE_COLUMNS,
+    FORECAST_TABLES,
+    STAFFING_CONFIG,
     SYNTH_AS_OF,
+    assert_same_rows,
     assert_same_table,
+    duckdb_forecast_tables,
     duckdb_table,
+    spark_result_tables,
     synthetic_store,
 )
 from typer.testing import CliRunner
@@ -30,7 +36,12 @@ from loyalist.features import rfm_summary
 
 pytest.importorskip("pyspark")
 
-from loyalist.engine.spark import analyze_spark, fit_patterns, spark_session
+from loyalist.engine.spark import (
+    analyze_spark,
+    fit_patterns,
+    spark_session,
+    steps_on_spark,
+)
 
 
 @pytest.fixture(scope="module")
@@ -44,16 +55,18 @@ def spark():
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory):
     folder = tmp_path_factory.mktemp("synth")
-    store, parquet = synthetic_store(folder)
+    store, parquet = synthetic_store(folder, products=150)  # few products: the forecast step stays quick
     yield store, parquet, folder
     store.close()
 
 
 @pytest.fixture(scope="module")
 def bgnbd_run(spark, synth):
-    """One Spark run on the synthetic Parquet files, shared by the tests that compare against it."""
-    store, parquet, folder = synth
-    run = analyze_spark(str(parquet), out=str(folder / "out_bgnbd"), session=spark, model="bgnbd", as_of=SYNTH_AS_OF)
+    """One Spark run on the synthetic Parquet files (with the forecast step), shared by the tests that compare
+    against it."""
+    _, parquet, folder = synth
+    run = analyze_spark(str(parquet), out=str(folder / "out_bgnbd"), session=spark, model="bgnbd", as_of=SYNTH_AS_OF,
+                        config=STAFFING_CONFIG, steps=["forecast"])
     return run, pd.read_parquet(run.out)
 
 
@@ -86,7 +99,7 @@ def test_synthetic_spark_equals_duckdb(spark, synth, bgnbd_run, monkeypatch):
             run, table = bgnbd_run
         else:
             run = analyze_spark(str(parquet), out=str(folder / f"out_{model}"), session=spark, model=model,
-                                as_of=SYNTH_AS_OF)
+                                as_of=SYNTH_AS_OF, steps=[])
             table = pd.read_parquet(run.out)
         assert list(duck.columns) == BASE_COLUMNS
         assert_same_table(duck, table)
@@ -97,18 +110,42 @@ def test_synthetic_spark_equals_duckdb(spark, synth, bgnbd_run, monkeypatch):
         assert set(table["customer_id"]) == set(buy["customer_id"])
 
 
+def test_synthetic_forecast_on_spark_equals_duckdb(synth, bgnbd_run, monkeypatch):
+    store, parquet, folder = synth
+    run, _ = bgnbd_run
+    duck = duckdb_forecast_tables(store, SYNTH_AS_OF, duckdb_table(store, SYNTH_AS_OF, "bgnbd", monkeypatch),
+                                  STAFFING_CONFIG)
+    assert sorted(run.result_tables) == sorted(FORECAST_TABLES)
+    got = spark_result_tables(folder / "out_bgnbd")
+    for name in FORECAST_TABLES:
+        assert_same_rows(name, duck[name], got[name])
+    f = got["forecasts"]
+    assert set(f["level"]) == {"total", "orders", "product"}  # no products table on Spark: no category level
+    assert f.loc[f["level"] == "product", "bottom_up"].notna().any()  # reconciled with the customer level
+    assert got["staffing"]["people"].notna().all()
+    assert any("products table is not read on the Spark engine" in n for n in run.report.notes)
+    # independent check of one aggregate: orders per weekday x hour from the raw lines, plain pandas
+    raw = pd.read_parquet(parquet)
+    keep = (~raw["is_non_product"] & ~raw["is_cancellation"] & ~raw["is_return"] & (raw["quantity"] > 0)
+            & (raw["order_date"] < pd.Timestamp(SYNTH_AS_OF)))
+    first = raw[keep].groupby("order_id")["order_date"].min()
+    counts = first.groupby([first.dt.dayofweek, first.dt.hour]).size().sort_index()
+    hw = got["peak_hours"].set_index(["dow", "hour"])["orders"].sort_index()
+    assert list(hw.index) == list(counts.index) and (hw.to_numpy() == counts.to_numpy()).all()
+
+
 def test_csv_source_gives_the_same_table(spark, synth, bgnbd_run, tmp_path):
     store, parquet, _ = synth
     csv = tmp_path / "tx.csv"
     pd.read_parquet(parquet).to_csv(csv, index=False)
     a = bgnbd_run[1]
     b = pd.read_parquet(analyze_spark(str(csv), out=str(tmp_path / "b"), session=spark, model="bgnbd",
-                                      as_of=SYNTH_AS_OF).out)
+                                      as_of=SYNTH_AS_OF, steps=[]).out)
     assert_same_table(a, b)
 
 
 def test_cli_dump_then_analyze_on_spark_into_the_store(spark, tmp_path, monkeypatch):
-    store, _ = synthetic_store(tmp_path, n_customers=800, seed=3)
+    store, _ = synthetic_store(tmp_path, n_customers=800, seed=3, products=100)
     duck = duckdb_table(store, SYNTH_AS_OF, "bgnbd", monkeypatch)
     store.close()  # the CLI opens the store itself
     db = tmp_path / "synthetic.duckdb"
@@ -122,7 +159,11 @@ def test_cli_dump_then_analyze_on_spark_into_the_store(spark, tmp_path, monkeypa
     assert "800 customers scored on Spark with bgnbd" in res.output
     for name in [s.name for s in insights.load_steps() if not s.spark]:  # named as not available on Spark
         assert name in res.output
+    assert "insight steps that run on Spark: forecast" in res.output
     con = duckdb.connect(str(db), read_only=True)
+    for name in FORECAST_TABLES:  # the forecast step's tables, stored as the DuckDB engine stores them
+        assert con.execute(f"SELECT count(*) FROM {name}").fetchall()[0][0] > 0, name
+        assert (tmp_path / "out" / name).is_dir()
     stored = con.execute("SELECT * FROM customer_insights").df()
     types = dict(con.execute("SELECT column_name, data_type FROM duckdb_columns() "
                              "WHERE table_name = 'customer_insights'").fetchall())
@@ -166,10 +207,21 @@ def test_spark_capable_step_runs_on_spark(spark, extra_steps, synth, tmp_path):
         return c.select("customer_id", orders_x2=c.orders * 2)
 
     extra_steps("orders_x2_demo", double_orders, spark=True)
-    run = analyze_spark(str(synth[1]), out=str(tmp_path / "o"), session=spark, model="bgnbd", as_of=SYNTH_AS_OF)
+    run = analyze_spark(str(synth[1]), out=str(tmp_path / "o"), session=spark, model="bgnbd", as_of=SYNTH_AS_OF,
+                        steps=["orders_x2_demo"])
     table = pd.read_parquet(run.out)
     assert (table["orders_x2"] == 2 * table["orders"]).all()
     assert "orders_x2_demo" not in run.skipped_steps
+
+
+def test_ported_steps_run_and_the_others_are_refused_by_name():
+    runnable, skipped = steps_on_spark()
+    assert "forecast" in [s.name for s in runnable]
+    assert {s.name for s in skipped} == {s.name for s in insights.load_steps() if not s.spark}
+    for s in skipped:
+        with pytest.raises(LoyalistError, match=f"not available on the Spark engine: {s.name}"):
+            steps_on_spark([s.name])
+    assert steps_on_spark([])[0] == []  # the customer-base analysis only
 
 
 def test_clear_errors(spark, synth, tmp_path):
@@ -199,10 +251,18 @@ def test_online_retail_spark_equals_duckdb(spark, tmp_path, monkeypatch):
     ingest(store, files)
     as_of, model = dt.date(2011, 12, 10), "bgnbd"
     duck = duckdb_table(store, as_of, model, monkeypatch)
+    # Online Retail II has no product categories, so the DuckDB engine makes no category level either
+    assert store.con.execute("SELECT count(category) FROM products").fetchall()[0][0] == 0
+    duck_forecast = duckdb_forecast_tables(store, as_of, duck, {})
     store.con.execute(f"COPY transactions TO '{tmp_path / 'tx'}' (FORMAT parquet, FILE_SIZE_BYTES '16MB')")
     store.close()
-    run = analyze_spark(str(tmp_path / "tx"), out=str(tmp_path / "out"), session=spark, model=model, as_of=as_of)
+    run = analyze_spark(str(tmp_path / "tx"), out=str(tmp_path / "out"), session=spark, model=model, as_of=as_of,
+                        steps=["forecast"])
     table = pd.read_parquet(run.out)
     assert len(table) > 5000
     assert_same_table(duck, table)
     assert np.isfinite(table["clv_12m"]).all()
+    got = spark_result_tables(tmp_path / "out")
+    assert (got["forecasts"]["level"] == "product").sum() > 1000
+    for name in FORECAST_TABLES:
+        assert_same_rows(name, duck_forecast[name], got[name])

@@ -30,8 +30,9 @@ def _ids(prefix: str, values: np.ndarray) -> pa.Array:
 
 def synthetic_chunks(n_customers: int, *, seed: int = 0, lines_per_order: float = 3.0, chunk: int = 200_000,
                      days: tuple[float, float] = (30.0, 730.0), end_date: str = "2025-01-01",
-                     noise: float = 0.02) -> Iterator[pa.Table]:
-    """Arrow tables with the canonical transactions columns, `chunk` customers at a time."""
+                     noise: float = 0.02, products: int = 5000) -> Iterator[pa.Table]:
+    """Arrow tables with the canonical transactions columns, `chunk` customers at a time; each line's product
+    is drawn uniformly from `products` products."""
     end = pd.Timestamp(end_date)
     for i, start in enumerate(range(0, n_customers, chunk)):
         n = min(chunk, n_customers - start)
@@ -64,7 +65,7 @@ def synthetic_chunks(n_customers: int, *, seed: int = 0, lines_per_order: float 
             flags[f] = np.concatenate([flags[f], n_flags[f]])
         customer = _ids("C", cust_all)
         customer = pc.if_else(pa.array(flags["is_guest"]), pa.scalar(None, pa.string()), customer)
-        product = np.where(flags["is_non_product"], -1, rng.integers(0, 5000, len(amount)))
+        product = np.where(flags["is_non_product"], -1, rng.integers(0, products, len(amount)))
         yield pa.table({
             "customer_id": customer,
             "order_id": _ids("O", order_no),

@@ -24,10 +24,15 @@ recency_days, tenure_days, p_alive, expected_orders_<h>d, prob_order_<h>d, expec
 clv_<m>m, as_of, model — plus the columns of insight steps that run on Spark.
 
 Insight steps (`loyalist.insights`) run on Spark only when registered with `spark=True`; such a step gets a
-`Context` whose `store` is a `SparkSource` (`.ibis` = the Ibis PySpark backend, `.table("transactions")`) and
-whose `customers` is the per-customer table as an Ibis table on Spark; it returns an Ibis table keyed by
-customer_id (or None). Every other step is named before any work starts as not available on Spark, and
-asking for one explicitly (`--step NAME`) fails at once. Not available on Spark yet either: the backtest (so
+`Context` whose `store` is a `SparkSource` (`.ibis` = the Ibis PySpark backend, `.table("transactions")`, an
+empty `products` table, `.write_result(name, frame)` for its result tables) and whose `customers` is the
+per-customer table as an Ibis table on Spark (cached); it returns an Ibis table keyed by customer_id (or None).
+Its result tables (small: one row per series, week, hour ...) are written as Parquet under `OUT/<table>/`
+and, with `--db`, into the store as the DuckDB engine's steps store them. Ported so far: `forecast`
+(`loyalist.insights.aggregate`: forecasts, forecast_backtest, peak_hours, peak_weeks, staffing; the weekly
+series, peaks and the customer-level bottom-up sum are aggregated on Spark by the same Ibis expressions, the
+series are forecast at the driver by the same statsforecast code). Every other step is named before any work
+starts as not available on Spark, and asking for one explicitly (`--step NAME`) fails at once. Not available on Spark yet either: the backtest (so
 `--model auto` takes the choice of the latest backtest stored in `--db`, else the user names the model) and
 product margins (CLV uses the gross_margin setting; the report says so).
 
@@ -112,17 +117,41 @@ def spark_session(master: str | None = None, conf: dict[str, str] | None = None,
     return session
 
 
+PRODUCTS_TYPES: dict[str, str] = {"product_id": "string", "description": "string", "category": "string",
+                                  "unit_cost": "float64", "margin": "float64"}
+
+
 @dataclass
 class SparkSource:
-    """The `store` of a Spark-capable insight step: the Ibis PySpark backend and the source tables."""
+    """The `store` of a Spark-capable insight step: the Ibis PySpark backend and the source tables.
+
+    The Spark engine reads no products table: `table("products")` is an empty one (no categories, no costs), and
+    the run report says so. Result tables of the steps are handed to `write_result(name, frame)` and written by
+    the engine under OUT/<name>/ (and into --db)."""
 
     ibis: Any
     tables: dict[str, ir.Table]
+    results: dict[str, pd.DataFrame] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
     def table(self, name: str) -> ir.Table:
+        if name == "products" and name not in self.tables:
+            import ibis
+
+            note = ("the products table is not read on the Spark engine: no product categories (forecasts have no "
+                    "category level)")
+            if note not in self.notes:
+                self.notes.append(note)
+            return ibis.memtable(pd.DataFrame({c: pd.Series(dtype="object" if t == "string" else t)
+                                               for c, t in PRODUCTS_TYPES.items()}),
+                                 schema=PRODUCTS_TYPES)
         if name not in self.tables:
             raise LoyalistError(f"table {name!r} is not read on the Spark engine (available: {sorted(self.tables)})")
         return self.tables[name]
+
+    def write_result(self, name: str, frame: pd.DataFrame) -> None:
+        """Keep a step's result table (small: one row per series, segment ...) for the engine to write."""
+        self.results[name] = frame
 
 
 def _is_path(source: str) -> bool:
@@ -205,10 +234,11 @@ def scorer(fitted: FittedBase, settings: Settings, margin: float, as_of: dt.date
 
 def steps_on_spark(requested: list[str] | None = None) -> tuple[list[Step], list[Step]]:
     """(steps that run on Spark, steps that do not). A requested step that is unknown or not available on
-    Spark is an error naming it, raised before any work starts."""
+    Spark is an error naming it, raised before any work starts. `requested=None`: every step that runs on
+    Spark; `[]`: none (the customer-base analysis only)."""
     steps = load_steps()
     by_name = {s.name: s for s in steps}
-    if requested:
+    if requested is not None:
         unknown = [n for n in requested if n not in by_name]
         if unknown:
             raise LoyalistError(f"unknown analysis step(s): {', '.join(unknown)} "
@@ -235,6 +265,8 @@ class SparkRun:
     seconds: dict[str, float] = field(default_factory=dict)
     table: Any = None
     """The per-customer table as a Spark DataFrame (read back from OUT)."""
+    result_tables: dict[str, str] = field(default_factory=dict)
+    """Result tables of the insight steps (forecasts, peak_hours ...) and where they were written."""
 
 
 def _conf_given(session, key: str) -> bool:
@@ -319,6 +351,7 @@ def analyze_spark(source: str | list[str], *, out: str, session: SparkSession | 
     notes: list[str] = []
     summary_expr = rfm_summary(t, as_of)
     summary = session.sql(con.compile(summary_expr)).persist(StorageLevel.MEMORY_AND_DISK)
+    persisted: list = []
     try:
         stage("building the per-customer sufficient statistics (Ibis on Spark)")
         patterns = (summary.groupBy("frequency", "recency", "T").agg(F.count(F.lit(1)).alias("n"))
@@ -342,23 +375,34 @@ def analyze_spark(source: str | list[str], *, out: str, session: SparkSession | 
                          + ", ".join(s.name for s in skipped))
         stage("scoring every customer (mapInPandas on the executors)")
         scored = summary.mapInPandas(scorer(fitted, settings, margin, as_of), output_schema(settings))
+        source_view = SparkSource(con, {"transactions": t})
         if runnable:
-            scored = _run_spark_steps(runnable, con, session, t, scored, as_of, settings, fitted, config, notes)
+            scored = scored.persist(StorageLevel.MEMORY_AND_DISK)  # read by the steps and by the write
+            persisted.append(scored)
+            scored = _run_spark_steps(runnable, con, session, source_view, scored, as_of, settings, fitted, config,
+                                      notes, stage)
+            notes += source_view.notes
+            lap("steps")
         target = out.rstrip("/") + f"/{CUSTOMER_TABLE}"
         scored.sortWithinPartitions("customer_id").write.mode("overwrite").parquet(target)
         lap("score_and_write")
     finally:
+        for frame in persisted:
+            frame.unpersist()
         summary.unpersist()
+    result_tables = _write_results(session, out, source_view.results)
     customers = int(patterns["n"].sum())
     from loyalist.analysis import AnalysisReport
 
     report = AnalysisReport(as_of, model, customers, fitted.transaction.params_,
                             fitted.spend.params_ if fitted.spend is not None else None,
                             "setting", chosen_by, notes)
-    run = SparkRun(report, target, customers, len(patterns), len(spend_patterns), [s.name for s in skipped], seconds)
+    run = SparkRun(report, target, customers, len(patterns), len(spend_patterns), [s.name for s in skipped], seconds,
+                   result_tables=result_tables)
     report_json = json.dumps({**report.to_dict(), "engine": "spark", "source": source, "out": target,
                               "patterns": run.patterns, "spend_patterns": run.spend_patterns,
-                              "skipped_steps": run.skipped_steps, "seconds": seconds}, default=str)
+                              "steps": [s.name for s in runnable], "skipped_steps": run.skipped_steps,
+                              "result_tables": result_tables, "seconds": seconds}, default=str)
     local = _local_dir(out)
     if local is not None:
         (local / "analysis_run.json").write_text(report_json + "\n", encoding="utf-8")
@@ -382,6 +426,8 @@ def analyze_spark(source: str | list[str], *, out: str, session: SparkSession | 
             write_frame(store, "analysis_runs", pd.DataFrame([{
                 "run_at": pd.Timestamp.now(tz="UTC").tz_localize(None), "as_of": pd.Timestamp(as_of),
                 "model": model, "report": report_json}]), replace=False)
+            for name, frame in source_view.results.items():
+                write_frame(store, name, frame, replace=True)  # as the DuckDB engine's steps store them
         finally:
             store.close()
         lap("load_store")
@@ -391,14 +437,36 @@ def analyze_spark(source: str | list[str], *, out: str, session: SparkSession | 
     return run
 
 
-def _run_spark_steps(runnable: list[Step], con, session, t, scored: DataFrame, as_of: dt.date,
-                     settings: Settings, fitted: FittedBase, config: dict, notes: list[str]) -> DataFrame:
+def _write_results(session, out: str, results: dict[str, pd.DataFrame]) -> dict[str, str]:
+    """The steps' result tables (small, at the driver) as Parquet under OUT/<name>/; returns name -> path."""
+    written = {}
+    local = _local_dir(out)
+    for name, frame in results.items():
+        target = out.rstrip("/") + f"/{name}"
+        if local is not None:
+            import shutil
+
+            folder = local / name
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir(parents=True)
+            frame.to_parquet(folder / "part-00000.parquet", index=False)
+        else:
+            session.createDataFrame(frame).coalesce(1).write.mode("overwrite").parquet(target)
+        written[name] = target
+    return written
+
+
+def _run_spark_steps(runnable: list[Step], con, session, source: SparkSource, scored: DataFrame, as_of: dt.date,
+                     settings: Settings, fitted: FittedBase, config: dict, notes: list[str],
+                     stage: Callable[[str], None]) -> DataFrame:
     """Run the Spark-capable steps: each gets the per-customer table as an Ibis table on Spark and returns an
-    Ibis table keyed by customer_id whose columns are joined on (same rules as `run_steps`)."""
+    Ibis table keyed by customer_id whose columns are joined on (same rules as `run_steps`), or None; its
+    result tables go to `source.write_result`."""
     view = "loyalist_customer_insights"
     scored.createOrReplaceTempView(view)
-    ctx = Context(SparkSource(con, {"transactions": t}), as_of, settings, fitted, con.table(view), config, notes)
+    ctx = Context(source, as_of, settings, fitted, con.table(view), config, notes)
     for s in runnable:
+        stage(f"analysis step: {s.name} (Spark)")
         added = s.run(ctx)
         if added is None:
             continue

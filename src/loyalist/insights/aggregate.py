@@ -29,7 +29,9 @@ Settings: [forecast] horizon (weeks, 13), backtest_products (300); [staffing] or
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 
+import ibis.expr.types as ir
 import numpy as np
 import pandas as pd
 
@@ -76,8 +78,12 @@ def active_products(y: pd.DataFrame, weeks: int = 26) -> pd.DataFrame:
     return y[y["unique_id"].isin(sold)]
 
 
-def customer_bottom_up(store: Store, as_of: dt.date, customers: pd.DataFrame) -> pd.Series:
-    """Units per week per product expected from the customer-level predictions (loyalist.models.forecast)."""
+def customer_bottom_up(store: Store, as_of: dt.date, customers: pd.DataFrame | ir.Table) -> pd.Series:
+    """Units per week per product expected from the customer-level predictions (loyalist.models.forecast).
+
+    `customers` is the per-customer table as pandas (DuckDB engine) or as an Ibis table (Spark engine: the
+    customer x product join and the sum per product then run in the engine; one row per product reaches the
+    driver)."""
     import ibis
 
     from loyalist.models.forecast import bottom_up
@@ -86,8 +92,6 @@ def customer_bottom_up(store: Store, as_of: dt.date, customers: pd.DataFrame) ->
     if rate_col is None:
         return pd.Series(dtype=float)
     days = float(rate_col[len("expected_orders_"):-1])
-    rates = pd.DataFrame({"customer_id": customers["customer_id"],
-                          "rate": customers[rate_col].fillna(0.0).to_numpy(float) / (days / 7.0)})
     t = store.table("transactions")
     start = dt.datetime.combine(as_of - dt.timedelta(days=365), dt.time())
     lines = feat.demand_lines(t, as_of)
@@ -96,12 +100,24 @@ def customer_bottom_up(store: Store, as_of: dt.date, customers: pd.DataFrame) ->
     orders = reg.group_by("customer_id").aggregate(n_orders=reg.order_id.nunique())
     cp = reg.group_by(["customer_id", "product_id"]).aggregate(units=reg.quantity.sum())
     cp = cp.join(orders, "customer_id")
-    cp = cp.select("customer_id", "product_id", units_per_order=cp.units / cp.n_orders).execute()
+    cp = cp.select("customer_id", "product_id", units_per_order=cp.units / cp.n_orders)
     share = lines.group_by("product_id").aggregate(
         reg=ibis.ifelse(~lines.is_guest & lines.customer_id.notnull(), lines.quantity, 0.0).sum(),
         all=lines.quantity.sum()).execute()
     share = pd.Series((share["reg"] / share["all"]).to_numpy(float), index=share["product_id"].to_numpy())
-    return bottom_up(rates, cp, share)
+    if isinstance(customers, pd.DataFrame):
+        rates = pd.DataFrame({"customer_id": customers["customer_id"],
+                              "rate": customers[rate_col].fillna(0.0).to_numpy(float) / (days / 7.0)})
+        return bottom_up(rates, cp.execute(), share)
+    # Ibis table (Spark): bottom_up's join and sum per product, in the engine; then its guest share, as there
+    rates = customers.select("customer_id", rate=customers[rate_col].fill_null(0.0) / (days / 7.0))
+    j = cp.join(rates, "customer_id")
+    per = j.group_by("product_id").aggregate(units=(j.rate * j.units_per_order).sum()).execute()
+    if per.empty:
+        return pd.Series(dtype=float)
+    return bottom_up(pd.DataFrame({"customer_id": [0], "rate": [1.0]}),
+                     pd.DataFrame({"customer_id": 0, "product_id": per["product_id"].to_numpy(),
+                                   "units_per_order": per["units"].to_numpy(float)}), share)
 
 
 def compute_forecasts(store: Store, as_of: dt.date, customers: pd.DataFrame | None, horizon: int = 13,
@@ -125,7 +141,8 @@ def compute_forecasts(store: Store, as_of: dt.date, customers: pd.DataFrame | No
             continue
         sf = forecast_series(y, horizon, aggregate=level != "product")
         f = sf.forecasts.merge(sf.selection[["series_id", "backtest_mae"]], on="series_id", how="left")
-        if level == "product" and customers is not None and len(customers):
+        if level == "product" and customers is not None and (not isinstance(customers, pd.DataFrame)
+                                                              or len(customers)):
             f = reconcile(f, customer_bottom_up(store, as_of, customers))
         else:
             f["bottom_up"] = np.nan
@@ -336,9 +353,12 @@ def _config(ctx_config: dict) -> tuple[int, int, float | None, float]:
             float(tp) if tp else None, float(st.get("hours_per_person", 37.5)))
 
 
-def run_all(store: Store, as_of: dt.date, customers: pd.DataFrame | None, config: dict, notes: list[str],
-            backtest: bool = True) -> dict[str, pd.DataFrame]:
-    """Forecasts, backtest, peaks and staffing; writes every table and returns them."""
+def run_all(store: Store, as_of: dt.date, customers: pd.DataFrame | ir.Table | None, config: dict, notes: list[str],
+            backtest: bool = True, write: Callable[[str, pd.DataFrame], None] | None = None
+            ) -> dict[str, pd.DataFrame]:
+    """Forecasts, backtest, peaks and staffing; writes every table (`write(name, frame)`, by default into the
+    store) and returns them. `store` may be the Spark engine's source (`loyalist.engine.spark.SparkSource`): the
+    same Ibis expressions then aggregate on Spark, and the weekly series (small) are forecast here."""
     horizon, bt_products, throughput, hours = _config(config)
     if store.table("transactions").filter(store.table("transactions").product_id.notnull()).count().execute() == 0:
         notes.append("forecast: the transactions carry no products; only order peaks are computed")
@@ -356,15 +376,20 @@ def run_all(store: Store, as_of: dt.date, customers: pd.DataFrame | None, config
     if backtest:
         tables["forecast_backtest"] = compute_backtest(store, as_of, bt_products, levels=levels)
     for name, frame in tables.items():
-        write_frame(store, name, frame, replace=True)
+        if write is None:
+            write_frame(store, name, frame, replace=True)
+        else:
+            write(name, frame)
     return tables
 
 
-@step("forecast", 70)
+@step("forecast", 70, spark=True)
 def forecast_step(ctx: Context) -> pd.DataFrame | None:
+    """On the Spark engine `ctx.store` is a SparkSource (its `write_result` keeps the tables for the engine to
+    write as Parquet) and `ctx.customers` an Ibis table; the code path is otherwise the same."""
     t = ctx.store.table("transactions")
     if t.count().execute() == 0:
         ctx.notes.append("forecast: no transactions")
         return None
-    run_all(ctx.store, ctx.as_of, ctx.customers, ctx.config, ctx.notes)
+    run_all(ctx.store, ctx.as_of, ctx.customers, ctx.config, ctx.notes, write=getattr(ctx.store, "write_result", None))
     return None
