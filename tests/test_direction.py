@@ -63,8 +63,8 @@ def test_stable_customers_rarely_labelled_growing_or_declining():
     r = simulate(20000, 1.0, seed=1)
     labelled = np.isin(r["trend"], ["growing", "declining"])
     assert r["eligible"].mean() > 0.5  # most simulated customers have enough history to be judged
-    assert labelled.mean() <= 0.05  # the requirement (measured 4.3%)
-    # among the customers judged, 5.2% measured: the spend test's normal approximation is slightly liberal
+    assert labelled.mean() <= 0.05  # the requirement (measured 4.0%)
+    # among the customers judged, 5.3% measured: the spend test's normal approximation is slightly liberal
     # with few orders (Bonferroni over spend and silence would otherwise give <= 5%)
     assert labelled[r["eligible"]].mean() <= 0.06
 

@@ -75,9 +75,11 @@ def baseline_labels(t, cutoff: dt.date) -> pd.DataFrame:
     return pd.DataFrame({"customer_id": per["customer_id"], "trend": _rule_trend(per["last3"], per["prior3"])})
 
 
-def cutoff_frame(t, cutoff: dt.date, params: DirectionParams, horizon_days: int = 182) -> pd.DataFrame:
+def cutoff_frame(t, cutoff: dt.date, params: DirectionParams, horizon_days: int = 182,
+                 with_inputs: bool = False) -> pd.DataFrame | tuple[pd.DataFrame, pd.DataFrame]:
     """One row per customer with a purchase before `cutoff`: prev / next revenue and next orders, loyalist's
-    trend and trend_score, the rule's trend, last3, prior3 and days since the last purchase."""
+    trend and trend_score, the rule's trend, last3, prior3 and days since the last purchase. With
+    `with_inputs`, also the `trend_inputs` frame, row-aligned with it (for re-classifying with other settings)."""
     from loyalist.insights.direction import trend_inputs
 
     st, r = trend_inputs(t, cutoff, params)
@@ -95,7 +97,7 @@ def cutoff_frame(t, cutoff: dt.date, params: DirectionParams, horizon_days: int 
     df["prior3"] = rule["prior3"].reindex(ids).fillna(0.0).to_numpy()
     df["days_since"] = st["last_age"].to_numpy(float)
     df["rule"] = _rule_trend(df["last3"].to_numpy(), df["prior3"].to_numpy())
-    return df
+    return (df, st) if with_inputs else df
 
 
 def _top(score: np.ndarray, eligible: np.ndarray, n: int) -> np.ndarray:
@@ -281,7 +283,7 @@ def tune_direction(t, cutoffs: list[dt.date], grid: dict | None = None, horizon_
     counted together; a cutoff where loyalist labels nobody is a loss), then the largest pooled margin
     (loyalist's growing lift - the rule's) + (the rule's declining lift - loyalist's).
     Returns (grid table, chosen setting)."""
-    from loyalist.insights.direction import classify_from, trend_inputs
+    from loyalist.insights.direction import classify_from
 
     grid = grid or TUNING_GRID
     rows = []
@@ -289,14 +291,14 @@ def tune_direction(t, cutoffs: list[dt.date], grid: dict | None = None, horizon_
     for R, seasonal in itertools.product(grid["trend_recent_days"], grid["seasonal"]):
         base = DirectionParams(trend_recent_days=R, seasonal=seasonal)
         for c in cutoffs:
-            st, _ = trend_inputs(t, c, base)
-            frames[c] = (st, cutoff_frame(t, c, base, horizon_days))
+            df, st = cutoff_frame(t, c, base, horizon_days, with_inputs=True)
+            frames[c] = (st, df)
         for test, mo, alpha in itertools.product(grid["trend_test"], grid["min_orders"], grid["alpha"]):
             p = replace(base, trend_test=test, min_orders=mo, alpha=alpha)
             total, wins = None, {"growing": 0, "declining": 0}
             for c in cutoffs:
                 st, df = frames[c]
-                df = df.assign(trend=classify_from(st, p)["trend"])
+                df = df.assign(trend=classify_from(st, p)["trend"])  # rows aligned: df was built from st
                 masks = {k: v for k, v in groups(df).items() if k[0] in ("loyalist", "baseline")}
                 s = _sums(df, masks, None)
                 for label in wins:

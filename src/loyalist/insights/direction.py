@@ -22,8 +22,8 @@ Result tables:
     `direction_backtest`: see `loyalist.evaluation.direction` (held-out check at as_of - 6 months).
 
 Settings ([direction] in loyalist.toml): recent_days (182, dissatisfaction and mix windows),
-trend_recent_days (61), trend_early_days (365), alpha (0.05), min_history_days (90), min_orders (3),
-trend_test ("spend+silence"), seasonal (true), lapse_min_days (180), lapse_factor (3), volume_pricing_min_12m (default: the 75th
+trend_recent_days (61), trend_early_days (365), alpha (0.05), min_history_days (90), min_orders (5),
+trend_test ("spend+silence"), seasonal (false), lapse_min_days (180), lapse_factor (3), volume_pricing_min_12m (default: the 75th
 percentile of the last 12 months' spend of active customers), mix_min_tv (0.35), backtest (true),
 backtest_bootstrap (200: bootstrap replicates of the held-out check's intervals; 0 = none).
 """
