@@ -9,6 +9,12 @@ Besides the classic models (BG/NBD, Pareto/NBD, MBG/NBD) it backtests `rhythm_gb
 (scikit-learn's HistGradientBoosting) on BG/NBD outputs and RFM/rhythm features, trained on an earlier split
 of the calibration data only (features at cutoff - h', outcomes in the h' days before the cutoff), so its
 holdout figures are as honest as the others'.
+
+`btyd_stack` (and `btyd_stack_unguarded`, the same without its guard; both on request, e.g. by
+bench/predictor.py, not in the default list) blends and recalibrates BG/NBD and Pareto/NBD on a reference
+window before the cutoff (see :func:`fit_predict_stack`). Measured (bench/results/predictor.json): neither it
+nor rhythm_gbm beats both classic models on every metric on CDNOW and Online Retail II, so `analyze` keeps
+choosing among the classic models.
 """
 
 from __future__ import annotations
@@ -27,6 +33,8 @@ from loyalist.customer_base import TRANSACTION_MODELS, fit_base
 from loyalist.features import purchases, rfm_summary, rhythm
 
 GBM = "rhythm_gbm"
+STACK = "btyd_stack"
+STACK_UNGUARDED = "btyd_stack_unguarded"  # the blend without its guard: reported by bench/predictor.py
 
 
 @dataclass
@@ -112,6 +120,124 @@ def fit_predict_gbm(transactions: ir.Table, calib: pd.DataFrame, cutoff: dt.date
     return pred, f"{GBM}: trained on features at {c0} and the orders of the {train_h} days after it"
 
 
+def reference_split(first_order: dt.date, cutoff: dt.date, horizon: int) -> tuple[dt.date, int, str] | None:
+    """The window before `cutoff` on which :func:`fit_predict_stack` learns its calibration: (start, days,
+    why). The same season a year earlier when a year before the cutoff there were already at least
+    max(horizon, 180) days of history (seasonal shops: Online Retail II's autumn peak), else the latest
+    min(horizon, history / 2) days (the cohort's recent trend: CDNOW's single cohort). None when too short."""
+    history = (cutoff - first_order).days
+    if horizon <= 365 and history - 365 >= max(horizon, 180):
+        return cutoff - dt.timedelta(days=365), horizon, "the same season a year earlier"
+    days = min(horizon, history // 2)
+    if days < 14:
+        return None
+    return cutoff - dt.timedelta(days=days), days, f"the last {days} days before the cutoff"
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p, 1e-9, 1 - 1e-9)
+    return np.log(p / (1 - p))
+
+
+def _poisson_deviance(y: np.ndarray, mu: np.ndarray) -> float:
+    """Mean Poisson deviance: the proper score of an expected count (MAE rewards predicting the median)."""
+    from sklearn.metrics import mean_poisson_deviance
+
+    return float(mean_poisson_deviance(y, np.maximum(mu, 1e-9)))
+
+
+def _stack_inputs(summary: pd.DataFrame, horizon: int, models: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Per customer: log of the classic models' mean expected orders and logit of their mean P(order) over
+    `horizon` (one input each: the two models' own predictions are too collinear to weigh separately)."""
+    f, r, T = (summary[c].to_numpy(float) for c in ("frequency", "recency", "T"))
+    e = np.mean([tm.conditional_expected_number_of_purchases_up_to_time(horizon, f, r, T) for tm in models.values()], 0)
+    p = np.mean([tm.probability_of_purchase_within(horizon, f, r, T) for tm in models.values()], 0)
+    return np.log(e + 1e-9)[:, None], _logit(p)[:, None]
+
+
+_STACK_MODELS = ("bgnbd", "paretonbd")
+
+
+def _stack_at(transactions: ir.Table, first: dt.date, cutoff: dt.date, horizon: int, calib: pd.DataFrame,
+              fitted: dict) -> tuple[dict | None, str]:
+    """Blend learned on the reference window of `cutoff`, applied to `calib` (customers at `cutoff`, with the
+    classic models `fitted` on them) over `horizon` days. Also returns what the reference window taught:
+    its customers, actual orders and the classic models fitted at its start (to validate a blend on it)."""
+    from sklearn.linear_model import LogisticRegression, PoissonRegressor
+
+    ref = reference_split(first, cutoff, horizon)
+    if ref is None:
+        return None, f"too little history before {cutoff} for a reference window"
+    start, days, why = ref
+    train = features(transactions, start)
+    if len(train) < 200:
+        return None, f"only {len(train)} customers before the reference start {start}"
+    y = train[["customer_id"]].merge(actuals(transactions, start, days), on="customer_id", how="left")
+    y = y["holdout_orders"].fillna(0).to_numpy(float)
+    if not 0 < (y > 0).mean() < 1:
+        return None, "no variation in the reference window's orders"
+    ref_models = {n: fit_base(train, n).transaction for n in _STACK_MODELS}
+    E0, P0 = _stack_inputs(train, days, ref_models)
+    reg = PoissonRegressor(alpha=1e-6, max_iter=1000).fit(E0, y)
+    clf = LogisticRegression(C=1e6, max_iter=1000).fit(P0, y > 0)
+    E1, P1 = _stack_inputs(calib, horizon, fitted)
+    out = {"expected": reg.predict(E1), "prob": clf.predict_proba(P1)[:, 1], "start": start, "days": days,
+           "train": train, "y": y, "ref_models": ref_models}
+    return out, (f"blend learned on {why} ({start} + {days} days, {len(train):,} customers): "
+                 f"log E = {reg.intercept_:+.2f} {reg.coef_[0]:+.2f} x log(mean BG/NBD, Pareto/NBD expectation)")
+
+
+def fit_predict_stack(transactions: ir.Table, calib: pd.DataFrame, cutoff: dt.date, horizon: int,
+                      fitted: dict | None = None, guard: bool = True) -> tuple[pd.DataFrame | None, str]:
+    """`btyd_stack`: BG/NBD and Pareto/NBD blended and recalibrated on an earlier window, before the cutoff.
+
+    On the reference window of :func:`reference_split` (all before `cutoff`), BG/NBD and Pareto/NBD are fitted
+    on the data before its start and predict its orders; a Poisson regression (log link) of the actual orders
+    on the log of the models' mean expectation, and a logistic regression of "ordered at least once" on the
+    logit of their mean probability, learn a level and a slope the stationary models miss (the cohort's trend,
+    or the season when the reference is the same season a year earlier). These regressions are applied to the
+    models fitted on all data before `cutoff`, predicting `horizon` days.
+
+    Guard, also decided before the cutoff: the same recipe is first run one step earlier (learned on the
+    reference window's own reference window, applied at the reference window's start) and scored on the
+    reference window. If it was not better there than the better classic model (per-customer MAE), the
+    stack falls back to that model's predictions (as on Online Retail II at a winter cutoff, whose only
+    reference window is the autumn peak). No number after the cutoff is used anywhere.
+    """
+    first = pd.Timestamp(calib["first_order"].min()).date()
+    fitted = {n: (fitted or {}).get(n) or fit_base(calib, n).transaction for n in _STACK_MODELS}
+    main, note = _stack_at(transactions, first, cutoff, horizon, calib, fitted)
+    if main is None:
+        return None, f"{STACK} skipped: {note}"
+    # validation one step earlier, on the reference window
+    train, y, days = main["train"], main["y"], main["days"]
+    f, r, T = (train[c].to_numpy(float) for c in ("frequency", "recency", "T"))
+    dev = {n: _poisson_deviance(y, tm.conditional_expected_number_of_purchases_up_to_time(days, f, r, T))
+           for n, tm in main["ref_models"].items()}
+    best = min(dev, key=dev.get)
+    if not guard:
+        pred = pd.DataFrame({"customer_id": calib["customer_id"].to_numpy(), "expected": main["expected"],
+                             "prob": main["prob"]})
+        return pred, f"{STACK_UNGUARDED}: {note} (no guard)"
+    val, vnote = _stack_at(transactions, first, main["start"], days, train, main["ref_models"])
+    if val is not None:
+        dev_stack = _poisson_deviance(y, val["expected"])
+        verdict = (f"validated on {main['start']} + {days} days: mean Poisson deviance {dev_stack:.4f} vs "
+                   f"{best} {dev[best]:.4f}")
+        if dev_stack < dev[best]:
+            pred = pd.DataFrame({"customer_id": calib["customer_id"].to_numpy(), "expected": main["expected"],
+                                 "prob": main["prob"]})
+            return pred, f"{STACK}: {note}; {verdict}"
+    else:
+        verdict = f"not validated ({vnote})"
+    tm = fitted[best]
+    f, r, T = (calib[c].to_numpy(float) for c in ("frequency", "recency", "T"))
+    pred = pd.DataFrame({"customer_id": calib["customer_id"].to_numpy(),
+                         "expected": tm.conditional_expected_number_of_purchases_up_to_time(horizon, f, r, T),
+                         "prob": tm.probability_of_purchase_within(horizon, f, r, T)})
+    return pred, f"{STACK}: uses {best} unchanged ({verdict}; the blend was {note})"
+
+
 def backtest(transactions: ir.Table, cutoff: dt.date | str, horizon_days: int = 90,
              models: tuple[str, ...] = (*TRANSACTION_MODELS, GBM)) -> BacktestResult:
     cutoff = _date(cutoff)
@@ -127,8 +253,12 @@ def backtest(transactions: ir.Table, cutoff: dt.date | str, horizon_days: int = 
     per_customer = pd.DataFrame({"customer_id": calib["customer_id"], "frequency": f, "actual": y})
     spend_pred = None
     for name in models:
-        if name == GBM:
-            pred, note = fit_predict_gbm(transactions, calib, cutoff, horizon_days, predicted.get("bgnbd"))
+        if name in (GBM, STACK, STACK_UNGUARDED):
+            if name == GBM:
+                pred, note = fit_predict_gbm(transactions, calib, cutoff, horizon_days, predicted.get("bgnbd"))
+            else:
+                pred, note = fit_predict_stack(transactions, calib, cutoff, horizon_days, predicted,
+                                               guard=name == STACK)
             notes.append(note)
             if pred is None:
                 continue
@@ -160,7 +290,8 @@ def backtest(transactions: ir.Table, cutoff: dt.date | str, horizon_days: int = 
         ok = np.isfinite(spend_obs) & np.isfinite(spend_pred)
         metrics["spend_mae"] = float(np.mean(np.abs(spend_pred[ok] - spend_obs[ok]))) if ok.any() else np.nan
         metrics["spend_customers"] = int(ok.sum())
-    best = metrics.sort_values(["mae", "auc"], ascending=[True, False]).iloc[0]["model"]
+    # stable sort: on a tie (btyd_stack falling back to a classic model) the classic model listed first wins
+    best = metrics.sort_values(["mae", "auc"], ascending=[True, False], kind="mergesort").iloc[0]["model"]
     tracking = tracking_curve(transactions, calib, predicted, cutoff, horizon_days)
     return BacktestResult(cutoff, horizon_days, metrics, tracking, str(best), len(calib), per_customer, notes)
 
