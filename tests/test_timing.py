@@ -21,8 +21,8 @@ from loyalist.features import rfm_summary
 from loyalist.features.timing import customer_gaps, product_cycles
 from loyalist.ingest import ingest
 from loyalist.insights import Context
-from loyalist.insights.timing import (MIX_GRID, base_prob_order, base_summary, fit_customer_model, score_customers,
-                                      select_mix, timing)
+from loyalist.insights.timing import (MEDIAN_WEIGHTS, MIX_GRID, base_prob_order, base_summary, coverage_80,
+                                      fit_customer_model, fit_stack, score_customers, select_mix, timing)
 from loyalist.models.next_order import GammaRenewal
 from loyalist.schema import NON_PRODUCT_DESCRIPTION
 from loyalist.store import open_store, write_frame
@@ -320,7 +320,7 @@ def test_evaluation_counts_the_holdout_independently(demo_store):
     ours = orders[orders["method"] == "loyalist"]
     assert ours["auc"].between(0.6, 1).all() and ours["coverage_80"].between(0.6, 0.95).all()
     assert set(orders["method"]) == {"loyalist", "renewal_only", "bgnbd", "paretonbd", "mean_interval", "last_gap"}
-    assert orders.loc[orders["method"] == "loyalist", "mix"].isin(MIX_GRID).all()
+    assert orders.loc[orders["method"] == "loyalist", "median_weight"].isin(MEDIAN_WEIGHTS).all()
     prods = m[m["task"] == "next_products"]
     assert set(prods["method"]) == {"loyalist", "most_frequent", "mean_interval", "last_interval"}
     assert prods["precision_at_5"].between(0, 1).all() and prods["recall_at_5"].between(0, 1).all()
@@ -329,3 +329,83 @@ def test_evaluation_counts_the_holdout_independently(demo_store):
     row = vs[(vs["metric"] == "auc") & (vs["horizon_days"] == 90)].iloc[0]
     best = orders[(orders["horizon_days"] == 90) & ~orders["method"].isin(["loyalist", "renewal_only"])]["auc"].max()
     assert row["margin"] == pytest.approx(row["loyalist"] - best)
+
+
+# --------------------------------------------------------------------------- rhythm per product category
+def test_category_rhythm_on_a_store_with_categories(analysed, demo_store, tmp_path):
+    from loyalist.insights.timing import write_category_rhythm
+
+    _, ctx = analysed
+    assert any("no product categories" in n for n in ctx.notes)  # the demo data has none: a note, no table
+    ids = demo_store.table("transactions").product_id.execute().dropna().unique()
+    cats = {"A": "candles", "B": "bags", "C": None}
+    prods = pd.DataFrame({"product_id": ids, "description": None, "category": [cats["ABC"[len(p) % 3]] for p in ids],
+                          "unit_cost": np.nan, "margin": np.nan})
+    write_frame(demo_store, "products", prods, replace=True)
+    notes: list[str] = []
+    write_category_rhythm(Context(demo_store, AS_OF, ctx.settings, ctx.fitted, ctx.customers, {}, notes))
+    got = demo_store.table("category_rhythm").execute().set_index(["customer_id", "category"])
+    # Independent: the raw file's purchase lines, category by product code, customer x category x day.
+    lines = _lines()
+    cat = dict(zip(prods["product_id"].str.upper(), prods["category"]))
+    lines["category"] = lines["StockCode"].str.upper().map(cat)
+    days = lines.dropna(subset=["category"])[["customer_id", "category", "day"]].drop_duplicates()
+    exp = _gap_stats(days, ["customer_id", "category"])
+    assert len(got) == len(exp) and set(got.index.get_level_values("category")) == {"candles", "bags"}
+    got = got.loc[exp.index]
+    assert (got["times_bought"].to_numpy() == exp["occasions"].to_numpy()).all()
+    last = days.groupby(["customer_id", "category"])["day"].max().loc[exp.index]
+    assert (got["last_bought"].to_numpy() == last.to_numpy()).all()
+    rep = exp["occasions"] >= 2
+    assert got.loc[~rep.to_numpy(), "cycle_days"].isna().all() and got.loc[rep.to_numpy(), "cycle_days"].gt(0).all()
+    # Regularity is 1 / (1 + CV) of the customer's own gaps in the category.
+    d = days.sort_values(["customer_id", "category", "day"])
+    d["gap"] = d.groupby(["customer_id", "category"])["day"].diff().dt.days
+    stats = d.groupby(["customer_id", "category"])["gap"].agg(["mean", lambda x: x.std(ddof=0), "count"]).loc[exp.index]
+    three = (stats["count"] >= 2).to_numpy()
+    cv = (stats.iloc[:, 1] / stats["mean"]).to_numpy()[three]
+    assert np.allclose(got["regularity"].to_numpy()[three], 1 / (1 + cv))
+    assert got["regularity"].to_numpy()[~three].tolist() == [None] * (~three).sum() or \
+        np.isnan(got["regularity"].to_numpy(float)[~three]).all()
+    # Class against the category's median cycle; the next date one cycle after the last purchase.
+    g = got[rep.to_numpy()].reset_index()
+    med = g.groupby("category")["cycle_days"].transform("median")
+    assert ((g["cycle_class"] == "long") == (g["cycle_days"] > med + 0.05)).mean() > 0.99
+    lag = (g["next_date"] - g["last_bought"]).dt.days - g["cycle_days"]  # cycle_days is shown to 0.1 day
+    assert lag.abs().le(0.55).all()
+    demo_store.con.execute("CHECKPOINT")  # the CLI opens its own connection: give it a copy of the store
+    db = str(tmp_path / "copy.duckdb")
+    shutil.copy(demo_store.path, db)
+    res = CliRunner().invoke(app, ["reorders", "--db", db, "--by-category", "--customer", g["customer_id"].iloc[0],
+                                   "--format", "json"])
+    assert res.exit_code == 0, res.output
+    rows = json.loads(res.stdout)
+    assert {r["category"] for r in rows} <= {"candles", "bags"} and all("cycle_days" in r for r in rows)
+    write_frame(demo_store, "products", prods.iloc[:0], replace=True)
+
+
+# ------------------------------------------------------------------------ interval and inner split
+def test_coverage_counts_only_intervals_decidable_from_the_prediction():
+    p10 = np.array([0, 5, 10, 0, 2, 50.0])
+    p90 = np.array([20, 30, 40, np.inf, 200, 90.0])
+    t = np.array([3, np.nan, 12, np.nan, 1, 95.0])  # NaN: no order seen in the follow-up
+    cov, n = coverage_80(p10, p90, t, follow=100.0)
+    # Judged: the closed intervals ending before day 100 (rows 0, 1, 2, 5); row 1 never ordered: not covered.
+    assert n == 4 and cov == pytest.approx(2 / 4)
+
+
+def test_stack_is_fitted_on_data_before_the_cutoff_only(demo_store, monkeypatch):
+    import loyalist.insights.timing as timing_module
+
+    monkeypatch.setattr(timing_module, "INNER_ORIGINS", 1)  # one origin is enough to show what it sees
+    t = demo_store.table("transactions")
+    cutoff = dt.date(2011, 6, 1)
+    full = fit_stack(t, cutoff, "bgnbd", with_products=False, horizons=(30,))
+    cut = fit_stack(t.filter(t.order_date < dt.datetime(2011, 6, 1)), cutoff, "bgnbd", with_products=False,
+                    horizons=(30,))
+    assert full is not None and set(full.classifiers) == {30}
+    for h in (30,):
+        # Equal up to the optimiser's tolerance (the engine may return rows in another order).
+        assert np.allclose(full.classifiers[h][-1].coef_, cut.classifiers[h][-1].coef_, atol=1e-3)
+        assert full.median_weight[h] == cut.median_weight[h]
+    assert full.level == cut.level

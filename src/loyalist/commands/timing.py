@@ -89,6 +89,9 @@ def reorders(
     overdue_only: Annotated[bool, typer.Option("--overdue", help="Only items past their usual re-order cycle.")] = False,
     next_products: Annotated[bool, typer.Option("--next-products", help="Instead: the products each customer is "
                                                                        "most likely to order next, with probabilities.")] = False,
+    by_category: Annotated[bool, typer.Option("--by-category", help="Instead: the purchase rhythm per customer x "
+                                                                   "product category (needs categories: `loyalist "
+                                                                   "ingest --kind products`).")] = False,
     top: Annotated[Optional[int], typer.Option("--top", help="Only the first N rows.")] = None,
     fmt: FormatOption = "csv",
     out_file: OutOption = None,
@@ -100,7 +103,12 @@ def reorders(
 
     with _errors():
         store = _open(db, config_path)
-        name = "next_products" if next_products else "reorders"
+        if next_products and by_category:
+            raise LoyalistError("choose one of --next-products and --by-category")
+        name = "next_products" if next_products else "category_rhythm" if by_category else "reorders"
+        if by_category and not has_table(store, name):
+            raise LoyalistError(f"{store.path}: no category_rhythm table: the products need categories (`loyalist "
+                                f"ingest --kind products FILE`), then run `loyalist analyze --db {store.path}`")
         if not has_table(store, name):
             raise LoyalistError(f"{store.path}: no {name} table yet; run `loyalist analyze --db {store.path}` "
                                 "(it needs product codes in the data)")
@@ -109,6 +117,10 @@ def reorders(
             t = t.filter(t.customer_id == customer)
         if next_products:
             expr = t.order_by([t.customer_id, t["rank"]])
+        elif by_category:
+            if overdue_only:
+                t = t.filter(t.overdue_days > 0)
+            expr = t.order_by([t.customer_id, t.category])
         else:
             if overdue_only:
                 t = t.filter(t.overdue_days > 0)

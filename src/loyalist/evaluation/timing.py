@@ -1,34 +1,47 @@
 """Held-out evaluation of the timing models (issue 5): fit on everything before a cutoff, score what happens
 after it, against baselines, in one metrics table (stored as `timing_backtest`).
 
-Columns of the table: cutoff, horizon_days, task, method, mix, customers, positives, auc, brier, mae_days,
-coverage_80, coverage_n, precision_at_5, recall_at_5, flagged, order_rate, base_rate, lift,
-value_recovered. Empty where a metric does not apply to the task or method.
+Columns of the table: cutoff, horizon_days, task, method, mix, median_weight, min_p_alive, customers,
+positives, auc, brier, mae_days, coverage_80, coverage_n, precision_at_5, recall_at_5, flagged, order_rate,
+base_rate, lift, value_recovered. Empty where a metric does not apply to the task or method.
 
 Tasks and methods:
 
 - task "orders" (per customer who bought before the cutoff, horizon h): did the customer order in
   [cutoff, cutoff + h)? `auc` and `brier` of P(order within h); `mae_days`: days from the cutoff to the next
   order, among those who ordered within h, against each method's point prediction (for the probabilistic
-  methods the median of the next-order time given it falls within h); `coverage_80`: share of customers
-  whose next order (followed to the end of the data) falls in the 80% interval [p10, p90] of the defective
-  law (an open upper end means "may never order again"), over the `coverage_n` customers for whom this can
-  be decided with the data after the cutoff.
-  Methods: `loyalist` (the gamma renewal model with dropout, loyalist.models.next_order, averaged with the
-  customer-base model with the weight `mix` chosen on the 90 days before the cutoff; see
-  loyalist.insights.timing.select_mix), `renewal_only` (mix 1, shown for comparison), `bgnbd` and
-  `paretonbd` alone (P(order within h); the median of their Lomax next-purchase time given alive),
-  `mean_interval` (next order = last + the customer's mean gap; population mean for one-order customers)
-  and `last_gap` (last + the last gap). A rule's score for the AUC is -|due - h/2| (due in the middle of
-  the window ranks first); rules give no probability, so no Brier score.
-- task "overdue" (h = 90): customers loyalist flags overdue at the cutoff: `order_rate` = share of them who
+  methods the median of the next-order time given it falls within h).
+  `coverage_80` -- what the 80% interval promises and how it is checked. next_order_p10 / p90 are the
+  bounds of a predictive interval for the day of the next order under a *defective* law (the customer may
+  never order again); an upper bound exists only when P(ordering again) >= 90% (otherwise the interval is
+  open: "may not order again"), and an open interval is not an 80% statement that the data after the cutoff
+  can check (never ordering lies beyond any test window). The test window censors the rest: an interval
+  that ends after the end of the data cannot be judged for a customer who has not ordered by then. So
+  `coverage_80` is computed over the `coverage_n` customers whose interval is closed and ends within the
+  follow-up (end of data - cutoff) -- a choice made from the prediction alone, never from the outcome, so
+  the share is not biased toward those who came back -- as the share whose first order after the cutoff
+  falls in [p10, p90] (whole days; no order in the follow-up = not covered). The previous definition also
+  counted open intervals of customers who did not return as covered, which rewards wide intervals. The
+  interval's levels are calibrated on the inner split (split conformal; `loyalist.insights.timing.fit_stack`).
+  Methods: `loyalist` (P(order within h) stacked by logistic regression on the gamma renewal model with
+  dropout, loyalist.models.next_order, BG/NBD and the customer's rhythm, fitted on origins before the cutoff;
+  the point prediction a weighted mean of the renewal and Pareto/NBD medians, weight `median_weight` chosen
+  before the cutoff; see `fit_stack`), `renewal_only` (the renewal model alone, shown for comparison),
+  `bgnbd` and `paretonbd` alone (P(order within h); the median of their Lomax next-purchase time given
+  alive), `mean_interval` (next order = last + the customer's mean gap; population mean for one-order
+  customers) and `last_gap` (last + the last gap). A rule's score for the AUC is -|due - h/2| (due in the
+  middle of the window ranks first); rules give no probability, so no Brier score.
+- task "overdue" (h = 90): customers loyalist flags overdue at the cutoff (at least two orders,
+  P(a gap this long | active) < 10% and P(still active) >= `min_p_alive`, 0.5 as in the step; the row
+  `p_alive>=0` is the list without the P(alive) condition, for comparison): `order_rate` = share of them who
   order within h, `base_rate` = the same share among all customers active in the year before the cutoff,
   `lift` = order_rate / base_rate, `value_recovered` = what the flagged customers spent within h.
 - task "next_products" (h = product horizon, 30 days): items re-ordered = products a customer had bought
   before the cutoff and bought again within h. Over customers with at least one such item:
-  `precision_at_5` and `recall_at_5` of each method's top 5. Methods: `loyalist` (the pair renewal model),
-  `most_frequent` (the customer's most often bought items), `mean_interval` and `last_interval` (product
-  due at last + mean / last gap of the pair, the product's pooled mean gap when bought once).
+  `precision_at_5` and `recall_at_5` of each method's top 5. Methods: `loyalist` (the pair renewal model and
+  recency-weighted counts stacked by logistic regression fitted before the cutoff), `most_frequent` (the
+  customer's most often bought items), `mean_interval` and `last_interval` (product due at last + mean / last
+  gap of the pair, the product's pooled mean gap when bought once).
 """
 
 from __future__ import annotations
@@ -42,13 +55,19 @@ from sklearn.metrics import roc_auc_score
 
 from loyalist.customer_base import fit_base
 from loyalist.features.timing import customer_gaps, next_occasion, product_cycles, products_bought
-from loyalist.insights.timing import (base_summary, fit_customer_model, fit_pair_model, score_customers,
-                                      score_pairs, select_mix, top_k)
+from loyalist.insights.timing import (base_summary, coverage_80, fit_customer_model, fit_pair_model, fit_stack,
+                                      point_days, score_customers, score_pairs, select_mix,
+                                      stacked_pair_probability, top_k)
 
 BASELINES = ("bgnbd", "paretonbd", "mean_interval", "last_gap")
 PRODUCT_BASELINES = ("most_frequent", "mean_interval", "last_interval")
 OVERDUE_THRESHOLD = 0.10
-NOT_BASELINES = ("renewal_only",)
+OVERDUE_MIN_ALIVE = 0.5
+"""Flagged overdue: P(a gap this long | active) < OVERDUE_THRESHOLD and P(still active) >= OVERDUE_MIN_ALIVE
+(the step's defaults, [timing] overdue_threshold / overdue_min_p_alive)."""
+OVERDUE_ALIVE_SHOWN = (0.0, 0.5)
+"""The overdue list is also scored without the P(alive) condition (0), for comparison."""
+NOT_BASELINES = ("renewal_only", "p_alive>=0")
 """Rows shown for comparison that are part of loyalist's own model, not baselines."""
 
 
@@ -69,20 +88,6 @@ def _lomax_median_within(model, h: int, f, r, T) -> np.ndarray:
 def _rule_scores(gap: np.ndarray, elapsed: np.ndarray, h: int) -> tuple[np.ndarray, np.ndarray]:
     due = gap - elapsed  # days from the cutoff until the rule's next order
     return -np.abs(due - h / 2), np.clip(due, 0, h - 1)
-
-
-def _coverage(p10: np.ndarray, p90: np.ndarray, t: np.ndarray, follow: float) -> tuple[float, int]:
-    """Share of decidable customers whose next-order day t (NaN: none within `follow` days) is in
-    [p10, p90]; p90 = inf means the interval is open (never ordering again is inside)."""
-    seen = np.isfinite(t)
-    covered = seen & (t >= np.floor(p10)) & (t <= np.ceil(p90))
-    # Not seen within the follow-up: decided if the interval is open and started (covered) or ended (not).
-    open_started = ~seen & np.isinf(p90) & (p10 <= follow)
-    ended = ~seen & np.isfinite(p90) & (p90 < follow)
-    decided = seen | open_started | ended
-    covered = covered | open_started
-    n = int(decided.sum())
-    return (float(covered[decided].mean()) if n else np.nan), n
 
 
 def evaluate(transactions: ir.Table, cutoff: dt.date, horizons: tuple[int, ...] = (30, 90),
@@ -108,11 +113,16 @@ def evaluate(transactions: ir.Table, cutoff: dt.date, horizons: tuple[int, ...] 
     n, S, el = cg["n_gaps"].to_numpy(float), cg["gap_sum"].to_numpy(float), cg["elapsed"].to_numpy(float)
     base = {name: fit_base(summ, name).transaction for name in ("bgnbd", "paretonbd") if name in baselines}
     mixed_with = base.get(base_name) or fit_base(summ, base_name).transaction
+    pareto = base.get("paretonbd")
+    stack = None
     if mix is None:
-        mix, _ = select_mix(transactions, cutoff, base_name)
+        stack = fit_stack(transactions, cutoff, base_name, with_products=products, product_horizon=product_horizon,
+                          horizons=tuple(sorted({*horizons, 90})))
+        if stack is None:
+            mix, _ = select_mix(transactions, cutoff, base_name)
     cm = fit_customer_model(cg)
     hs = tuple(sorted({*horizons, 90}))
-    sc = score_customers(cm, cg, mixed_with, mix, hs)
+    sc = score_customers(cm, cg, mixed_with, 1.0 if mix is None else mix, hs, stack=stack)
     renewal = score_customers(cm, cg, None, 1.0, hs)
     pop_gap = S[n > 0].sum() / n[n > 0].sum()
     gaps = {"mean_interval": np.where(n > 0, S / np.maximum(n, 1), pop_gap),
@@ -125,17 +135,22 @@ def evaluate(transactions: ir.Table, cutoff: dt.date, horizons: tuple[int, ...] 
         common = {**row0, "horizon_days": h, "task": "orders", "customers": len(cg), "positives": int(y.sum())}
         e_half = np.maximum(el - 0.5, 0.0)
         p = sc[f"prob_order_{h}d"].to_numpy(float)
-        pred = np.maximum(cm.median_given_within(h, n, S, e_half) - 0.5, 0.0)
-        cov, cov_n = _coverage(sc["days_p10"].to_numpy(float), sc["days_p90"].to_numpy(float), t_next, follow)
-        rows.append({**common, "method": "loyalist", "mix": mix, "auc": _auc(y, p),
+        weight = stack.median_weight.get(h, 1.0) if stack is not None else 1.0
+        if pareto is None and weight < 1:
+            pareto = fit_base(summ, "paretonbd").transaction
+        pred = point_days(cm, pareto, cg, h, weight)
+        cov, cov_n = coverage_80(sc["days_p10"].to_numpy(float), sc["days_p90"].to_numpy(float), t_next, follow)
+        rows.append({**common, "method": "loyalist", "mix": mix, "median_weight": weight, "auc": _auc(y, p),
                      "brier": float(np.mean((p - y) ** 2)), "mae_days": float(np.mean(np.abs(pred - t_next)[ordered])),
                      "coverage_80": cov, "coverage_n": cov_n})
         # The renewal model alone (mix 1), for comparison: part of loyalist, not a baseline.
         pr = renewal[f"prob_order_{h}d"].to_numpy(float)
-        cov, cov_n = _coverage(renewal["days_p10"].to_numpy(float), renewal["days_p90"].to_numpy(float), t_next,
+        cov, cov_n = coverage_80(renewal["days_p10"].to_numpy(float), renewal["days_p90"].to_numpy(float), t_next,
                                follow)
         rows.append({**common, "method": "renewal_only", "mix": 1.0, "auc": _auc(y, pr),
-                     "brier": float(np.mean((pr - y) ** 2)), "mae_days": rows[-1]["mae_days"],
+                     "brier": float(np.mean((pr - y) ** 2)),
+                     "mae_days": float(np.mean(np.abs(np.maximum(cm.median_given_within(h, n, S, e_half) - 0.5, 0.0)
+                                                      - t_next)[ordered])),
                      "coverage_80": cov, "coverage_n": cov_n})
         for name, m in base.items():
             pb = m.probability_of_purchase_within(h, f, r, T)
@@ -154,27 +169,34 @@ def evaluate(transactions: ir.Table, cutoff: dt.date, horizons: tuple[int, ...] 
     spend = cg[["customer_id"]].merge(
         next_occasion(transactions, cutoff, min(end, cutoff + dt.timedelta(days=h))).execute(),
         on="customer_id", how="left")["spend"].fillna(0.0).to_numpy(float)
-    flagged = (n > 0) & (sc["tail_prob"].to_numpy(float) < OVERDUE_THRESHOLD)
     active = el <= 365
-    if flagged.any() and active.any():
-        rows.append({**row0, "horizon_days": h, "task": "overdue", "method": "loyalist",
-                     "customers": int(active.sum()), "flagged": int(flagged.sum()),
-                     "order_rate": float(y90[flagged].mean()), "base_rate": float(y90[active].mean()),
-                     "lift": float(y90[flagged].mean() / max(y90[active].mean(), 1e-12)),
-                     "value_recovered": float(spend[flagged].sum())})
+    tail, pa = sc["tail_prob"].to_numpy(float), sc["p_alive_timing"].to_numpy(float)
+    for min_alive in (OVERDUE_MIN_ALIVE, *(x for x in OVERDUE_ALIVE_SHOWN if x != OVERDUE_MIN_ALIVE)):
+        flagged = (n > 0) & (tail < OVERDUE_THRESHOLD) & (pa >= min_alive)
+        if flagged.any() and active.any():
+            rows.append({**row0, "horizon_days": h, "task": "overdue",
+                         "method": "loyalist" if min_alive == OVERDUE_MIN_ALIVE else f"p_alive>={min_alive:g}",
+                         "min_p_alive": min_alive, "customers": int(active.sum()), "flagged": int(flagged.sum()),
+                         "order_rate": float(y90[flagged].mean()), "base_rate": float(y90[active].mean()),
+                         "lift": float(y90[flagged].mean() / max(y90[active].mean(), 1e-12)),
+                         "value_recovered": float(spend[flagged].sum())})
     if products:
-        rows += _evaluate_products(transactions, cutoff, product_horizon, k)
+        rows += _evaluate_products(transactions, cutoff, product_horizon, k, stack, cm, cg)
     return pd.DataFrame(rows)
 
 
-def _evaluate_products(transactions: ir.Table, cutoff: dt.date, h: int, k: int) -> list[dict]:
+def _evaluate_products(transactions: ir.Table, cutoff: dt.date, h: int, k: int, stack=None, cm=None,
+                       cg=None) -> list[dict]:
     pc = product_cycles(transactions, cutoff).execute()
     if len(pc) < 10 or (pc["n_gaps"] > 0).sum() < 5:
         return []
     later = products_bought(transactions, cutoff, cutoff + dt.timedelta(days=h)).execute()
     later["relevant"] = 1
     pm = fit_pair_model(pc)
-    scored = pc.assign(loyalist=score_pairs(pm, pc, h)["probability"].to_numpy())
+    sp = score_pairs(pm, pc, h)
+    if stack is not None and stack.pair is not None:
+        sp["probability"] = stacked_pair_probability(stack, cm, cg, pc, sp, h)
+    scored = pc.assign(loyalist=sp["probability"].to_numpy())
     n, S, el = (pc[c].to_numpy(float) for c in ("n_gaps", "gap_sum", "elapsed"))
     per_product = pc.groupby("product_id")[["gap_sum", "n_gaps"]].transform("sum")
     pooled = (per_product["gap_sum"] / per_product["n_gaps"]).to_numpy(float)
@@ -216,4 +238,22 @@ def versus_baselines(metrics: pd.DataFrame) -> pd.DataFrame:
             out.append({"cutoff": cut, "horizon_days": h, "task": task, "metric": metric, "loyalist": o,
                         "best_baseline": str(others.loc[best_i, "method"]), "baseline_value": b,
                         "margin": (o - b) if higher else (b - o), "beats_all": bool((o > b) if higher else (o < b))})
+    return pd.DataFrame(out)
+
+
+def margins_by_baseline(metrics: pd.DataFrame) -> pd.DataFrame:
+    """Per cutoff, horizon, metric (AUC, MAE, precision@5) and baseline: loyalist's value, the baseline's and
+    the margin (loyalist minus baseline for AUC / precision, baseline minus loyalist for MAE: > 0 = better)."""
+    out = []
+    for (cut, h, task), g in metrics.groupby(["cutoff", "horizon_days", "task"]):
+        ours = g[g["method"] == "loyalist"]
+        others = g[~g["method"].isin(["loyalist", *NOT_BASELINES])]
+        for metric, higher in (("auc", True), ("mae_days", False), ("precision_at_5", True)):
+            if ours.empty or metric not in g or pd.isna(ours[metric].iloc[0]):
+                continue
+            o = float(ours[metric].iloc[0])
+            for _, b in others.dropna(subset=[metric]).iterrows():
+                v = float(b[metric])
+                out.append({"cutoff": cut, "horizon_days": h, "metric": metric, "baseline": b["method"],
+                            "loyalist": o, "baseline_value": v, "margin": (o - v) if higher else (v - o)})
     return pd.DataFrame(out)

@@ -71,12 +71,19 @@ def product_cycles(transactions: ir.Table, as_of: dt.date | dt.datetime) -> ir.T
 
     Columns: customer_id, product_id, description (the latest), occasions (= times bought: distinct days),
     first_day, last_day, n_gaps, gap_sum, gap_logsum, gap_sqsum, last_gap, elapsed, quantity (mean per
-    occasion), amount (total)."""
+    occasion), amount (total), recent_w30 / recent_w90 (recency-weighted counts: the sum over the pair's
+    occasions of exp(-age / 30) / exp(-age / 90), age in days before as_of)."""
     as_of = _ts(as_of)
     occ = product_occasions(transactions, as_of)
+    end = ibis.date(as_of.date())
+
+    def recent(tau: float):
+        return lambda g: (-(end.delta(g.day, unit="day").cast("float64")) / tau).exp().sum()
+
     return _gap_stats(occ, ["customer_id", "product_id"], as_of,
                       description=lambda g: g.description.argmax(g.day),
-                      quantity=lambda g: g.quantity.mean(), amount=lambda g: g.amount.sum())
+                      quantity=lambda g: g.quantity.mean(), amount=lambda g: g.amount.sum(),
+                      recent_w30=recent(30.0), recent_w90=recent(90.0))
 
 
 def next_occasion(transactions: ir.Table, start: dt.date, end: dt.date) -> ir.Table:
@@ -92,3 +99,19 @@ def products_bought(transactions: ir.Table, start: dt.date, end: dt.date) -> ir.
     """Distinct customer x product bought in [start, end) (held-out re-orders)."""
     occ = product_occasions(transactions, end, start)
     return occ.select("customer_id", "product_id").distinct()
+
+
+def category_cycles(transactions: ir.Table, products: ir.Table, as_of: dt.date | dt.datetime) -> ir.Table:
+    """One row per customer x product category bought before `as_of` (the rhythm per category); products
+    without a category are left out. A category occasion is a customer-day with a purchase line of a
+    product in that category (`products.category`, loaded with `loyalist ingest --kind products`).
+
+    Columns: customer_id, category, occasions (= times bought: distinct days), first_day, last_day, n_gaps,
+    gap_sum, gap_logsum, gap_sqsum, last_gap, elapsed, spend (all occasions)."""
+    as_of = _ts(as_of)
+    occ = product_occasions(transactions, as_of)
+    cats = products.filter(products.category.notnull() & products.product_id.notnull())
+    cats = cats.group_by("product_id").aggregate(category=cats.category.arbitrary())
+    j = occ.inner_join(cats, "product_id")
+    days = j.group_by(["customer_id", "category", "day"]).aggregate(spend=j.amount.sum())
+    return _gap_stats(days, ["customer_id", "category"], as_of, spend=lambda g: g.spend.sum())
