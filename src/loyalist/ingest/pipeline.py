@@ -528,6 +528,7 @@ def _reader_rejects(con, rejects_table: str, plan: _Plan) -> list[tuple[int, str
         if line in seen:
             continue
         seen.add(line)
+        csv_line = csv_line.strip("\r\n")  # DuckDB keeps the line break before a line after a CRLF
         if etype == "CAST" and column in plan.rule_text:
             m = re.search(r'Could not convert string "(.*)" to', message)
             out.append((line, column, m.group(1) if m else csv_line[:500], plan.rule_text[column] + "|" + csv_line))

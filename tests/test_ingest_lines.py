@@ -1,0 +1,110 @@
+"""File line numbers of stored and quarantined rows when records span lines or blank lines sit between them.
+
+The expected line of each record is counted while the file is written (header = line 1; a record starts
+on the line after everything written before it), independently of any CSV parser.
+"""
+
+from __future__ import annotations
+
+import gzip
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from loyalist.ingest import ingest
+from loyalist.store import open_store
+
+HEADER = "Invoice,StockCode,Description,Quantity,InvoiceDate,Price,Customer ID,Country"
+
+
+def good(i: int, description: str) -> str:
+    quoted = '"' + description.replace('"', '""') + '"'
+    return f"{489000 + i},P{i},{quoted},{1 + i % 7},2010-01-{1 + i % 28:02d} 10:{i % 60:02d}:00,{1 + i % 5}.25,C{i % 9},UK"
+
+
+def bad_date(i: int) -> str:
+    return f"{489000 + i},P{i},BAD,1,notadate,1.25,C1,UK"
+
+
+def too_few(i: int) -> str:
+    return f"{489000 + i},P{i},SHORT"
+
+
+def write(path, records: list[tuple[str, str, int]], newline: str = "\n") -> dict[str, list[int]]:
+    """records: (kind, text, blank lines before it). Returns the expected start line of each kind of record."""
+    lines = 1  # the header
+    out = [HEADER]
+    expected: dict[str, list[int]] = {"good": [], "bad_date": [], "too_few": []}
+    for kind, text, blanks in records:
+        out.extend([""] * blanks)
+        lines += blanks
+        expected[kind].append(lines + 1)
+        out.append(text)
+        lines += text.count("\n") + 1
+    data = ("\n".join(out) + "\n").replace("\n", newline)  # line breaks inside fields too
+    if str(path).endswith(".gz"):
+        with gzip.open(path, "wt", newline="") as fh:
+            fh.write(data)
+    else:
+        path.write_bytes(data.encode())
+    return expected
+
+
+def check(tmp_path, path, expected: dict[str, list[int]]) -> None:
+    store = open_store(tmp_path / "s.duckdb")
+    try:
+        report = ingest(store, [path])
+        [f] = report.files
+        n = sum(len(v) for v in expected.values())
+        assert (f.rows_read, f.loaded, f.duplicates, f.quarantined) == (
+            n, len(expected["good"]), 0, len(expected["bad_date"]) + len(expected["too_few"]))
+        assert not f.notes
+        stored = [r[0] for r in store.con.execute("SELECT source_row FROM transactions ORDER BY 1").fetchall()]
+        assert stored == expected["good"]
+        q = store.con.execute('SELECT "row", rule FROM quarantine ORDER BY 1').fetchall()
+        assert [r for r, rule in q if rule.startswith("unparseable date")] == expected["bad_date"]
+        assert [r for r, rule in q if rule.startswith("MISSING COLUMNS")] == expected["too_few"]
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("newline", ["\n", "\r\n"])
+@pytest.mark.parametrize("suffix", [".csv", ".csv.gz"])
+def test_lines_after_multiline_fields_blank_lines_and_bad_rows(tmp_path, newline, suffix):
+    records = [("good", good(0, "MUG\nWITH\nBREAKS"), 0), ("good", good(1, "TOWEL"), 1), ("too_few", too_few(2), 0),
+               ("bad_date", bad_date(3), 0), ("good", good(4, 'A "quoted"\nname'), 2), ("good", good(5, "PLATE"), 0)]
+    path = tmp_path / f"f{suffix}"
+    expected = write(path, records, newline)
+    assert expected == {"good": [2, 6, 11, 13], "bad_date": [8], "too_few": [7]}
+    check(tmp_path, path, expected)
+
+
+def test_single_line_records_need_no_renumbering(tmp_path):
+    records = [("good", good(i, f"ITEM {i}"), 0) for i in range(5)] + [("too_few", too_few(5), 0)] + \
+              [("good", good(i, f"ITEM {i}"), 0) for i in range(6, 9)]
+    path = tmp_path / "f.csv"
+    expected = write(path, records)
+    assert expected["too_few"] == [7] and expected["good"][-1] == 10
+    check(tmp_path, path, expected)
+
+
+record = st.tuples(
+    st.sampled_from(["good", "good", "good", "bad_date", "too_few"]),
+    st.lists(st.sampled_from(["a", "b c", "\n", '"', ","]), max_size=4).map("".join),
+    st.integers(0, 2),
+)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(specs=st.lists(record, min_size=1, max_size=12).filter(  # most dates readable: the format is detected
+    lambda specs: sum(k == "good" for k, _, _ in specs) > sum(k == "bad_date" for k, _, _ in specs)))
+def test_every_record_keeps_its_first_file_line(tmp_path_factory, specs):
+    tmp = tmp_path_factory.mktemp("lines")
+    records = []
+    for i, (kind, text, blanks) in enumerate(specs):
+        body = good(i, f"D{i}{text}") if kind == "good" else bad_date(i) if kind == "bad_date" else too_few(i)
+        records.append((kind, body, blanks))
+    path = tmp / "f.csv"
+    expected = write(path, records)
+    check(tmp, path, expected)
