@@ -260,3 +260,22 @@ def test_series_runs_equal_term_by_term_sum_and_scipy_hyp2f1():
     head = -C * L1 * sc.exprel(eps * L1)
     loop = (head - np.exp(eps * L1) * _series_sum(zz, r + x, eps, C, head)) * pa
     np.testing.assert_allclose(got, loop, rtol=1e-13)
+
+
+def test_scoring_whole_days_computed_once_per_distinct_row_equals_per_customer():
+    """With whole-day T the bracket of eq. (10) is computed once per distinct (x, T)
+    (``repeated_rows``): the result must equal the customer-by-customer evaluation."""
+    from loyalist.models import BGNBD
+    from loyalist.models._base import repeated_rows
+    from loyalist.models.bgnbd import expected_purchases_while_active
+
+    rng = np.random.default_rng(9)
+    n = 40000
+    x = rng.poisson(1.5, n).astype(float)
+    T = rng.integers(180, 730, n).astype(float)
+    tx = np.where(x > 0, np.floor(T * rng.uniform(0, 1, n)), 0.0)
+    assert repeated_rows(np.full(n, 90.0), x, T) is not None  # the shortcut is taken
+    m = BGNBD.from_params(r=0.25, alpha=28.0, a=0.8, b=2.5)
+    got = m.conditional_expected_number_of_purchases_up_to_time(90.0, x, tx, T)
+    active = expected_purchases_while_active(np.full(n, 90.0), 0.25 + x, 0.8, 2.5 + x, 28.0 + T)
+    np.testing.assert_allclose(got, m.conditional_probability_alive(x, tx, T) * active, rtol=1e-14)

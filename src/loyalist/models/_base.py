@@ -247,6 +247,43 @@ class Patterns:
         return compress(*(c[idx] for c in self.columns), weights=cnt.astype(float))
 
 
+def repeated_rows(*columns: np.ndarray, sample: int = 2048):
+    """``(distinct columns, inverse)`` when the rows of ``columns`` repeat a lot, else None.
+
+    For predictions on many customers: values depending on a few statistics (e.g. frequency and T in
+    whole days) are then computed once per distinct row.  Whether hashing pays is judged first from an
+    evenly spaced sample of rows (continuous-valued data: nearly all distinct, nothing hashed).
+    """
+    cols = [np.asarray(c, dtype=np.float64).ravel() + 0.0 for c in columns]
+    n = cols[0].size
+    if n < 8 * sample:
+        return None
+    k = np.arange(0, n, n // sample)
+    for c in cols:  # a column with mostly distinct values in the sample is continuous: no repeats
+        srt = np.sort(c[k])
+        if 1 + np.count_nonzero(srt[1:] != srt[:-1]) > 0.5 * k.size:
+            return None
+    key = np.zeros(n, np.int64)
+    radix = 1
+    levels = []
+    for c in cols:
+        cd, lv = pd.factorize(c, sort=False)
+        levels.append(np.asarray(lv, np.float64))
+        radix *= max(lv.size, 1)
+        if radix >= 2**62:
+            return None
+        key = key * max(lv.size, 1) + cd
+    inverse, ukeys = pd.factorize(key, sort=False)
+    if ukeys.size > n // 4:
+        return None
+    rem = np.asarray(ukeys, np.int64)
+    out = []
+    for lv in reversed(levels):
+        out.append(lv[rem % max(lv.size, 1)])
+        rem = rem // max(lv.size, 1)
+    return out[::-1], inverse
+
+
 def _n_distinct(col: np.ndarray) -> int:
     srt = np.sort(col)
     return int(np.count_nonzero(srt[1:] != srt[:-1])) + 1 if srt.size else 0

@@ -27,6 +27,7 @@ from loyalist.models._base import (
     compress,
     prediction_inputs,
     broadcast_float,
+    repeated_rows,
     validate_rfm,
     warn_if_no_repeat_purchases,
 )
@@ -412,7 +413,12 @@ class BGNBD(RAlphaABModel):
         t = broadcast_float("t", t)
         x, tx, T = prediction_inputs(frequency, recency, T)
         t, x, tx, T = np.broadcast_arrays(t, x, tx, T)
-        active = expected_purchases_while_active(t, r + x, a, b + x, alpha + T)
+        rep = repeated_rows(t, x, T)  # the bracket depends on (t, x, T) only: once per distinct row
+        if rep is not None:
+            (ut, ux, uT), inv = rep
+            active = expected_purchases_while_active(ut, r + ux, a, b + ux, alpha + uT)[inv].reshape(x.shape)
+        else:
+            active = expected_purchases_while_active(t, r + x, a, b + x, alpha + T)
         return sc.expit(-self._log_odds_inactive(x, tx, T)) * active  # P(alive), inputs checked
 
     def probability_of_purchase_within(self, t: Any, frequency: Any, recency: Any, T: Any) -> np.ndarray:
