@@ -108,3 +108,14 @@ def test_every_record_keeps_its_first_file_line(tmp_path_factory, specs):
     path = tmp / "f.csv"
     expected = write(path, records)
     check(tmp, path, expected)
+
+
+@pytest.mark.parametrize("newline, trailing", [("\n", ""), ("\n", "\n"), ("\n", "\n\n\n"), ("\r\n", "\r\n\r\n")])
+def test_blank_lines_at_the_end_change_nothing(tmp_path, newline, trailing):
+    records = [("good", good(i, f"ITEM {i}"), 0) for i in range(3)] + [("bad_date", bad_date(3), 0)] + \
+              [("good", good(4, "LAST"), 0)]
+    path = tmp_path / "f.csv"
+    expected = write(path, records, newline)
+    path.write_bytes(path.read_bytes() + trailing.encode())
+    assert expected == {"good": [2, 3, 4, 6], "bad_date": [5], "too_few": []}
+    check(tmp_path, path, expected)

@@ -88,8 +88,8 @@ _open_text = open_text
 
 
 def count_lines(path: Path, encoding: str = "utf-8") -> int | None:
-    """Lines in the file (blank ones included; a last line without a newline counts), by counting newline
-    bytes; None when the file is not in an ASCII-compatible encoding or cannot be read this way.
+    """Lines in the file up to its last non-blank one (blank lines between included; a last line without a
+    newline counts), by counting newline bytes; None when the file is not in an ASCII-compatible encoding or cannot be read this way.
 
     Cheaper than any CSV scan (a memory scan of the bytes, gzip inflated by zlib without holding the GIL),
     so it can run in a thread next to DuckDB's scan of the same file."""
@@ -103,7 +103,7 @@ def count_lines(path: Path, encoding: str = "utf-8") -> int | None:
     if path.suffix.lower() not in (".gz", ".csv", ".tsv", ".txt", ".tab", ".dat", "") and \
             path.suffix.lower() in (".zst", ".zstd", ".bz2", ".xz", ".zip"):
         return None
-    n, last = 0, b"\n"
+    n, tail = 0, b""
     buf = bytearray(1 << 22)
     try:
         with (gzip.open(path, "rb") if path.suffix.lower() == ".gz" else open(path, "rb", buffering=0)) as fh:
@@ -112,10 +112,14 @@ def count_lines(path: Path, encoding: str = "utf-8") -> int | None:
                 if not k:
                     break
                 n += buf.count(b"\n", 0, k)
-                last = buf[k - 1:k]
+                tail = bytes(buf[max(0, k - 4096):k])
     except (OSError, EOFError):
         return None
-    return n + (last != b"\n")
+    if not tail:
+        return 0
+    # Blank lines at the very end are no records and move no line number: leave them out.
+    ending = tail[len(tail.rstrip(b"\r\n")):]
+    return n + (not tail.endswith(b"\n")) - max(0, ending.count(b"\n") - 1)
 
 
 def _sample_lines(path: Path, n: int = 50) -> list[str]:
