@@ -252,8 +252,11 @@ def our_loglik(kind: str, params: dict, d: dict) -> float:
 
 def score_call(model, d: dict, t: float):
     def run():
-        pa = model.conditional_probability_alive(d["frequency"], d["recency"], d["T"])
-        ey = model.conditional_expected_number_of_purchases_up_to_time(t, d["frequency"], d["recency"], d["T"])
+        # a fresh model per run: loyalist reuses per-customer terms between the calls of one scoring
+        # pass (P(alive) inside the expectation), never across timed runs
+        m = type(model).from_params(**model.params_)
+        pa = m.conditional_probability_alive(d["frequency"], d["recency"], d["T"])
+        ey = m.conditional_expected_number_of_purchases_up_to_time(t, d["frequency"], d["recency"], d["T"])
         return pa, ey
 
     return run

@@ -180,3 +180,35 @@ def test_sklearn_style_hyperparameters():
         m.set_params(alpha=1.0)
     assert "ParetoNBD(penalizer=0.01)" == repr(m)
     assert repr(BGNBD.from_params(r=1, alpha=2, a=3, b=4)) == "BGNBD(r=1, alpha=2, a=3, b=4)"
+
+
+def test_scoring_cache_sees_changed_inputs_and_is_not_changed_by_callers():
+    """P(alive) and the Pareto/NBD per-customer terms are reused between the calls of one scoring pass
+    (``BaseModel._cached``); changed inputs or parameters must be recomputed, and writing into a
+    returned array must not alter later answers."""
+    import pickle
+
+    from loyalist.models import BGNBD, ParetoNBD
+
+    x = np.array([0.0, 2.0, 5.0, 1.0])
+    tx = np.array([0.0, 10.0, 30.0, 3.0])
+    T = np.array([20.0, 40.0, 41.0, 50.0])
+    for m in (BGNBD.from_params(r=0.25, alpha=4.0, a=0.8, b=2.5),
+              ParetoNBD.from_params(r=0.55, alpha=10.6, s=0.61, beta=11.7)):
+        fresh = lambda: type(m).from_params(**m.params_)  # noqa: E731
+        p1 = m.conditional_probability_alive(x, tx, T)
+        want = p1.copy()
+        p1[:] = -1.0  # the caller scribbles on its result
+        np.testing.assert_array_equal(m.conditional_probability_alive(x, tx, T), want)
+        tx2 = tx.copy()
+        m.conditional_probability_alive(x, tx2, T)
+        tx2[1] = 39.0  # the same array object changed in place: recomputed
+        np.testing.assert_array_equal(m.conditional_probability_alive(x, tx2, T),
+                                      fresh().conditional_probability_alive(x, tx2, T))
+        e = m.conditional_expected_number_of_purchases_up_to_time(13.0, x, tx, T)
+        np.testing.assert_array_equal(e, fresh().conditional_expected_number_of_purchases_up_to_time(13.0, x, tx, T))
+        m2 = pickle.loads(pickle.dumps(m))
+        assert "_last_result" not in m2.__dict__
+        m.params_ = {**m.params_, "r": m.params_["r"] * 2}  # new parameters: recomputed
+        np.testing.assert_array_equal(m.conditional_probability_alive(x, tx, T),
+                                      fresh().conditional_probability_alive(x, tx, T))

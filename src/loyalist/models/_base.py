@@ -771,12 +771,30 @@ class BaseModel:
         self._standard_errors = se
         return se
 
+    def _cached(self, name: str, fn, *arrays: np.ndarray):
+        """``fn(*arrays)``, reusing the last result when called again with equal inputs and parameters.
+
+        Scoring asks P(alive), the expected orders and P(order) of the same customers in turn, and each
+        needs the same per-customer terms: comparing the inputs with the last ones costs a pass over them,
+        recomputing costs special functions.  The cache holds copies of the inputs (so later changes to
+        the caller's arrays cannot go unnoticed) and is not pickled.
+        """
+        key = (name, tuple(self._theta().tolist()))
+        last = self.__dict__.get("_last_result")
+        if (last is not None and last[0] == key and len(last[1]) == len(arrays)
+                and all(a.shape == b.shape and np.array_equal(a, b) for a, b in zip(last[1], arrays))):
+            return last[2]
+        out = fn(*arrays)
+        self._last_result = (key, tuple(np.array(a, copy=True) for a in arrays), out)
+        return out
+
     def __getstate__(self):
         # pickle the standard errors, not the training patterns they come from
         state = dict(self.__dict__)
         if state.get("_fit_patterns") is not None:
             state["_standard_errors"] = self.standard_errors_
         state.pop("_fit_patterns", None)
+        state.pop("_last_result", None)
         return state
 
     def summary(self) -> pd.DataFrame:

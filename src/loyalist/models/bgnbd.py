@@ -381,6 +381,10 @@ class BGNBD(RAlphaABModel):
         return base + np.logaddexp(t1, t2)
 
     # ------------------------------------------------------------------ predictions
+    def _p_alive(self, x, tx, T):
+        """P(alive) of checked inputs, reused across the scoring calls on the same customers."""
+        return self._cached("p_alive", lambda *a: sc.expit(-self._log_odds_inactive(*a)), x, tx, T)
+
     def _log_odds_inactive(self, x, tx, T):
         r, alpha, a, b = self._theta()
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -397,7 +401,7 @@ class BGNBD(RAlphaABModel):
         log-odds, so it never overflows.
         """
         x, tx, T = prediction_inputs(frequency, recency, T)
-        return sc.expit(-self._log_odds_inactive(x, tx, T))
+        return self._p_alive(x, tx, T).copy()  # the cached array stays untouched by the caller
 
     def conditional_expected_number_of_purchases_up_to_time(
         self, t: Any, frequency: Any, recency: Any, T: Any
@@ -419,7 +423,7 @@ class BGNBD(RAlphaABModel):
             active = expected_purchases_while_active(ut, r + ux, a, b + ux, alpha + uT)[inv].reshape(x.shape)
         else:
             active = expected_purchases_while_active(t, r + x, a, b + x, alpha + T)
-        return sc.expit(-self._log_odds_inactive(x, tx, T)) * active  # P(alive), inputs checked
+        return self._p_alive(x, tx, T) * active  # inputs already checked
 
     def probability_of_purchase_within(self, t: Any, frequency: Any, recency: Any, T: Any) -> np.ndarray:
         """P(at least one purchase in ``(T, T+t]`` | x, t_x, T).

@@ -823,7 +823,11 @@ class ParetoNBD(BaseModel):
     # ------------------------------------------------------------------ per-customer pieces
     def _log_parts(self, x, tx, T):
         """``log`` of the alive-at-T term, and of the likelihood bracket (FH 2005 note), both
-        multiplied by ``alpha^r beta^s`` (no cancellation of large terms, see :func:`log_J`)."""
+        multiplied by ``alpha^r beta^s`` (no cancellation of large terms, see :func:`log_J`);
+        reused across the scoring calls on the same customers (``_cached``)."""
+        return self._cached("log_parts", self._log_parts_computed, x, tx, T)
+
+    def _log_parts_computed(self, x, tx, T):
         r, alpha, s, beta = self._theta()
         la = -(r + x) * np.log1p(T / alpha) - x * np.log(alpha) - s * np.log1p(T / beta)
         ux, ut, inv1 = _pairs(x.ravel(), tx.ravel())
