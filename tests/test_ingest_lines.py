@@ -119,3 +119,28 @@ def test_blank_lines_at_the_end_change_nothing(tmp_path, newline, trailing):
     path.write_bytes(path.read_bytes() + trailing.encode())
     assert expected == {"good": [2, 3, 4, 6], "bad_date": [5], "too_few": []}
     check(tmp_path, path, expected)
+
+
+def test_keyed_kinds_keep_file_lines_too(tmp_path):
+    from loyalist.ingest import Options
+    from loyalist.schema import Kind
+
+    path = tmp_path / "invoices.csv"
+    path.write_text("InvoiceNo,CustomerID,InvoiceDate,DueDate,Amount,Note\n"          # 1
+                    'I1,C1,2020-01-01,2020-01-31,10,"a\nb"\n'                          # 2-3
+                    "I2,C2,2020-01-02,2020-02-01,xx,n\n"                               # 4 not a number
+                    "\n"                                                               # 5
+                    "I3,C3,2020-01-03\n"                                               # 6 too few fields
+                    'I4,C4,2020-01-04,2020-02-04,12,"c\n\nd"\n'                        # 7-9
+                    "I5,C5,2020-01-05,2020-01-01,13,n\n"                               # 10 due before invoice
+                    "I6,C6,2020-01-06,2020-02-06,14,n\n")                              # 11
+    store = open_store(tmp_path / "s.duckdb")
+    try:
+        report = ingest(store, [path], Options(kind=Kind.invoices))
+        assert report.totals()["rows_read"] == 6 and report.files[0].balanced() and not report.files[0].notes
+        assert store.con.execute("SELECT invoice_id, source_row FROM invoices ORDER BY 2").fetchall() == [
+            ("I1", 2), ("I4", 7), ("I6", 11)]
+        assert store.con.execute('SELECT "row", "column", value FROM quarantine ORDER BY 1').fetchall() == [
+            (4, "Amount", "xx"), (6, "DueDate", "I3,C3,2020-01-03"), (10, "DueDate", "2020-01-01")]
+    finally:
+        store.close()

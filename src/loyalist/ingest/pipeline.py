@@ -374,7 +374,8 @@ def _load(con: duckdb.DuckDBPyConnection, src: Source, options: Options, ingest_
                                       file_id, progress, report)
 
     exc, rejects_table = f"{src.table or src.sample}_exc", f"{src.sample}_rej"
-    row_sql = "_row" if src.csv is None else "row_number() OVER ()"
+    # CSV: provisional line = first data line + ordinal among the reader's good rows; corrected below.
+    row_sql = "_row" if src.csv is None else f"row_number() OVER () + {src.csv.first_line - 1}"
     raw_cols = ", ".join(duckdb_ident(c) for c in src.columns)
     content = _content_sql(kind, mapping)
     keyed = kind is not Kind.transactions
@@ -391,8 +392,9 @@ def _load(con: duckdb.DuckDBPyConnection, src: Source, options: Options, ingest_
         WHERE {exception_filter}""")
     rejects = list(src.rejects)
     if src.csv is not None:
-        rejects += _csv_rejects(con, src, rejects_table, exc, plan)
+        csv_rejects = _reader_rejects(con, rejects_table, plan)
         report.rows_read = _count_rows(con, src)
+        rejects += _file_lines(con, src, csv_rejects, report.rows_read, "false", exc, report)
     else:
         report.rows_read = con.execute(f"SELECT count(*) FROM {src.table}").fetchall()[0][0] + len(src.rejects)
     _quarantine(con, src, exc, plan, rejects, ingest_id, file_id, kind)
@@ -408,7 +410,6 @@ def _load(con: duckdb.DuckDBPyConnection, src: Source, options: Options, ingest_
                                            ingest_id, file_id)
     report.loaded, report.duplicates = loaded, dups
     con.execute(f"DROP TABLE {exc}")
-    con.execute(f"DROP TABLE IF EXISTS {src.sample}_at")
     progress(f"stored {src.label}", 1.0)
     return report
 
@@ -480,19 +481,7 @@ def _load_csv_transactions(con, src: Source, plan: _Plan, types: dict[str, str],
         lines = _physical_lines(con, src)
     if lines is not None and lines < header + records:
         raise LoyalistError(f"{src.label}: {records} records read from {lines} lines; nothing stored")
-    if lines is None or lines == header + records:
-        # One record per line: a record's line is its ordinal among all records (DuckDB numbers rejects so).
-        if rejected_lines:
-            _shift_past_rejects(con, src, rejected_lines, where, exc)
-    else:
-        mapped = _map_physical_lines(con, src, rejected_lines, records, where, exc)
-        if mapped is None:
-            report.notes.append("rows are numbered by record, not by file line: the file's records could not be "
-                                "matched to its lines")
-            if rejected_lines:
-                _shift_past_rejects(con, src, rejected_lines, where, exc)
-        else:
-            rejects = [(mapped.get(r[0], r[0]), *r[1:]) for r in rejects]
+    rejects = _file_lines(con, src, rejects, records, where, exc, report, lines)
     _quarantine(con, src, exc, plan, rejects, ingest_id, file_id, Kind.transactions)
     extra = 0
     if known:
@@ -512,6 +501,35 @@ def _load_csv_transactions(con, src: Source, plan: _Plan, types: dict[str, str],
     report.loaded, report.duplicates = inserted + extra, known - extra
     progress(f"stored {src.label}", 1.0)
     return report
+
+
+def _file_lines(con, src: Source, rejects: list[tuple[int, str, str, str]], records: int, where: str, exc: str,
+                report: FileReport, lines: int | None = None) -> list[tuple[int, str, str, str]]:
+    """Give this file's stored rows (`where`), its exception rows (`exc`._row) and the reader's rejects their
+    file lines. The rows carry first data line + ordinal among the reader's good rows; rejects carry DuckDB's
+    line, which counts records and blank lines. With one record per line (lines = header + records) the
+    rows after a rejected line move down by the rejected lines before them; otherwise the lines come from
+    `_map_physical_lines`. Returns the rejects with file lines."""
+    assert src.csv is not None
+    header = src.csv.first_line - 1
+    if lines is None:
+        lines = readers.count_lines(src.csv.path, src.csv.encoding)
+        if lines is None or lines < header + records:
+            lines = _physical_lines(con, src)
+    rejected_lines = sorted({r[0] for r in rejects})
+    if lines is None or lines == header + records:
+        # One record per line: a record's line is its ordinal among all records (DuckDB numbers rejects so).
+        if rejected_lines:
+            _shift_past_rejects(con, src, rejected_lines, where, exc)
+        return rejects
+    mapped = _map_physical_lines(con, src, rejected_lines, records, where, exc)
+    if mapped is None:
+        report.notes.append("rows are numbered by record, not by file line: the file's records could not be "
+                            "matched to its lines")
+        if rejected_lines:
+            _shift_past_rejects(con, src, rejected_lines, where, exc)
+        return rejects
+    return [(mapped.get(r[0], r[0]), *r[1:]) for r in rejects]
 
 
 def _reader_rejects(con, rejects_table: str, plan: _Plan) -> list[tuple[int, str, str, str]]:
@@ -610,7 +628,7 @@ def _map_physical_lines(con, src: Source, rejected_lines: list[int], records: in
                       "new": pa.array(good_lines, pa.int64())})
     con.register("_line_map_arrow", table)
     try:
-        con.execute(f"""CREATE TEMP TABLE _line_map AS SELECT * FROM _line_map_arrow WHERE old <> new""")
+        con.execute("CREATE TEMP TABLE _line_map AS SELECT * FROM _line_map_arrow WHERE old <> new")
     finally:
         con.unregister("_line_map_arrow")
     con.execute(f"""UPDATE transactions SET source_row = m.new FROM _line_map m
@@ -641,45 +659,6 @@ def _count_rows(con, src: Source) -> int:
     con.execute(f"DROP TABLE {src.sample}_cnt")
     con.execute(f"DROP TABLE {src.sample}_cnt_scan")
     return good + structural
-
-
-def _csv_rejects(con, src: Source, rejects_table: str, exc: str, plan: _Plan) -> list[tuple[int, str, str, str]]:
-    """Lines the CSV reader rejected (malformed, or a value it could not type), as quarantine rows; and the
-    line numbers of the exception rows, which the scan numbered among the good rows only."""
-    assert src.csv is not None
-    first = src.csv.first_line
-    rows = con.execute(f"""
-        SELECT line, coalesce(column_name, ''), coalesce(csv_line, ''), error_type, error_message
-        FROM {rejects_table} ORDER BY line, error_type = 'CAST'""").fetchall()  # per line, the root cause first
-    out: list[tuple[int, str, str, str]] = []
-    seen: set[int] = set()
-    for line, column, csv_line, etype, message in rows:
-        if line in seen:
-            continue
-        seen.add(line)
-        if etype == "CAST" and column in plan.rule_text:
-            m = re.search(r'Could not convert string "(.*)" to', message)
-            out.append((line, column, m.group(1) if m else csv_line[:500], plan.rule_text[column] + "|" + csv_line))
-        else:
-            out.append((line, column, csv_line[:500], f"{etype}: {message}"))
-    # Good row k (0-based) sits on line first + k + (number of rejected lines before it).
-    con.execute(f"""CREATE TEMP TABLE {src.sample}_at AS
-                    SELECT line - {first} - (row_number() OVER (ORDER BY line) - 1) AS good_before
-                    FROM (SELECT DISTINCT line FROM {rejects_table})""")
-    con.execute(f"UPDATE {exc} SET _row = {_line_sql(src, '_row', bool(seen))}")
-    con.execute(f"DROP TABLE {rejects_table}")
-    con.execute(f"DROP TABLE {rejects_table}_scan")
-    return out
-
-
-def _line_sql(src: Source, ordinal: str, any_rejects: bool) -> str:
-    """The file line of the good row numbered `ordinal` (1-based) by a scan of a CSV source."""
-    assert src.csv is not None
-    first = src.csv.first_line
-    if not any_rejects:
-        return f"({ordinal} - 1 + {first})"
-    return (f"({first} + ({ordinal} - 1) + (SELECT count(*) FROM {src.sample}_at "
-            f"WHERE good_before <= {ordinal} - 1))")
 
 
 def _record_json(src: Source, alias: str = "r") -> str:
@@ -754,17 +733,12 @@ def _store_transactions(con, src: Source, exc: str, plan: _Plan, types: dict[str
         return _canonical_sql(rel, extra_where, mapping, options, ingest_id, file_id)
 
     content = _content_sql(Kind.transactions, mapping)
-    # Scan 2: every valid row whose content is not stored yet (all its copies in this source).
-    if src.csv is None:
-        row_sql = "_row"
-    else:
-        any_rejects = con.execute(f"SELECT count(*) FROM {src.sample}_at").fetchall()[0][0] > 0
-        row_sql = _line_sql(src, "_k", any_rejects)
+    # Scan 2 (a materialised source; CSV transactions take _load_csv_transactions): every valid row whose
+    # content is not stored yet (all its copies in this source).
+    assert src.csv is None
     relation = src.relation(types, timestamp_format, None)
-    if src.csv is not None:
-        relation = f"(SELECT row_number() OVER () AS _k, * FROM {relation})"
     scan = f"""(SELECT *, {content_hash_sql(content)} AS line_hash, {plan.rule_case()} AS _rule
-                FROM (SELECT {row_sql} AS _row, {', '.join(duckdb_ident(c) for c in src.columns)},
+                FROM (SELECT _row, {', '.join(duckdb_ident(c) for c in src.columns)},
                              {', '.join(plan.typed)}
                       FROM {relation}))"""
     fresh = con.execute(f"""

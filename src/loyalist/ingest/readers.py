@@ -100,8 +100,7 @@ def count_lines(path: Path, encoding: str = "utf-8") -> int | None:
             return None
     except LookupError:
         return None
-    if path.suffix.lower() not in (".gz", ".csv", ".tsv", ".txt", ".tab", ".dat", "") and \
-            path.suffix.lower() in (".zst", ".zstd", ".bz2", ".xz", ".zip"):
+    if path.suffix.lower() in (".zst", ".zstd", ".bz2", ".xz", ".zip"):  # compressions read by DuckDB only
         return None
     n, tail = 0, b""
     buf = bytearray(1 << 22)
