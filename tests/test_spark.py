@@ -160,6 +160,9 @@ def test_cli_dump_then_analyze_on_spark_into_the_store(spark, tmp_path, monkeypa
     for name in [s.name for s in insights.load_steps() if not s.spark]:  # named as not available on Spark
         assert name in res.output
     assert "insight steps that run on Spark: forecast" in res.output
+    said = " ".join(res.output.split())  # rich wraps long lines
+    tables = said[said.index("result tables (Parquet"):]
+    assert all(name in tables for name in FORECAST_TABLES)
     con = duckdb.connect(str(db), read_only=True)
     for name in FORECAST_TABLES:  # the forecast step's tables, stored as the DuckDB engine stores them
         assert con.execute(f"SELECT count(*) FROM {name}").fetchall()[0][0] > 0, name

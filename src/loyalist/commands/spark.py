@@ -85,7 +85,8 @@ def analyze_on_spark(engine: str, db: Path | None, as_of: dt.date | None, model:
     report = run.report
     if json_:
         out.print_json(json.dumps({**report.to_dict(), "engine": "spark", "out": run.out, "patterns": run.patterns,
-                                   "skipped_steps": run.skipped_steps, "seconds": run.seconds}, default=str))
+                                   "skipped_steps": run.skipped_steps, "result_tables": run.result_tables,
+                                   "seconds": run.seconds}, default=str))
         return
     out.print(f"as of {report.as_of}: {report.customers:,} customers scored on Spark with {report.model} "
               f"({report.chosen_by}); fitted on {run.patterns:,} distinct (frequency, recency, T) patterns",
@@ -95,3 +96,6 @@ def analyze_on_spark(engine: str, db: Path | None, as_of: dt.date | None, model:
         out.print(f"  note: {note}", highlight=False)
     out.print(f"  per-customer table (Parquet): {run.out}" + (f"; also stored in {db}" if db else ""),
               highlight=False)
+    if run.result_tables:
+        out.print(f"  result tables (Parquet, under {target}): " + ", ".join(run.result_tables)
+                  + (f"; also stored in {db}" if db else ""), highlight=False)
