@@ -154,9 +154,28 @@ def urls(ids: list[str], rng: random.Random) -> tuple[str, str]:
     return "list", f"/lists/{name}?{urlencode(params)}"
 
 
-async def load(base: str, ids: list[str], n_requests: int, clients: int, seed: int) -> dict:
-    import httpx
+async def _get(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, path: str) -> tuple[int, int]:
+    """One GET on a kept-alive connection: (status, body bytes). A minimal HTTP/1.1 client (content-length or
+    chunked bodies), so the client's own CPU, on the same two cores as the server, stays small."""
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head[9:12])
+    low = head.lower()
+    i = low.find(b"content-length:")
+    if i >= 0:
+        n = int(low[i + 15:low.index(b"\r\n", i)])
+        await reader.readexactly(n)
+        return status, n
+    n = 0
+    while True:  # chunked
+        size = int((await reader.readuntil(b"\r\n")).strip().split(b";")[0], 16)
+        await reader.readexactly(size + 2)
+        n += size
+        if size == 0:
+            return status, n
 
+
+async def load(port: int, ids: list[str], n_requests: int, clients: int, seed: int) -> dict:
     rng = random.Random(seed)
     plan = [urls(ids, rng) for _ in range(n_requests)]
     queue: asyncio.Queue = asyncio.Queue()
@@ -166,31 +185,89 @@ async def load(base: str, ids: list[str], n_requests: int, clients: int, seed: i
     errors: list[str] = []
 
     async def worker():
-        async with httpx.AsyncClient(base_url=base, timeout=60) as client:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
             while True:
                 try:
                     kind, url = queue.get_nowait()
                 except asyncio.QueueEmpty:
                     return
                 t0 = time.perf_counter()
-                r = await client.get(url)
+                status, _ = await _get(reader, writer, url)
                 dt = time.perf_counter() - t0
-                if r.status_code != 200:
-                    errors.append(f"{r.status_code} {url}")
+                if status != 200:
+                    errors.append(f"{status} {url}")
                 else:
                     times[kind].append(dt)
+        finally:
+            writer.close()
 
+    cpu0 = time.process_time()
     t0 = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(clients)))
     wall = time.perf_counter() - t0
+    client_cpu = time.process_time() - cpu0
     out = {"requests": n_requests, "clients": clients, "wall_s": round(wall, 2),
-           "throughput_rps": round(n_requests / wall, 1), "errors": len(errors), "error_examples": errors[:5]}
+           "throughput_rps": round(n_requests / wall, 1), "errors": len(errors), "error_examples": errors[:5],
+           "client_cpu_s": round(client_cpu, 2),
+           "client_cpu_share_of_machine": round(client_cpu / (wall * (os.cpu_count() or 1)), 3)}
     for kind, ts in times.items():
         a = np.array(ts) * 1000
         out[kind] = {"n": len(a), "p50_ms": round(float(np.percentile(a, 50)), 1),
                      "p95_ms": round(float(np.percentile(a, 95)), 1), "max_ms": round(float(a.max()), 1),
                      "meets_target_p95_300ms": bool(np.percentile(a, 95) < 300)}
     return out
+
+
+def _proc(pid: int) -> dict:
+    """CPU seconds and memory of one process, from /proc."""
+    stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    mem = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(("VmRSS", "VmHWM")):
+            mem[line.split(":")[0]] = int(line.split()[1]) * 1024
+    return {"cpu_s": (int(stat[11]) + int(stat[12])) / tick, "rss_bytes": mem.get("VmRSS"), "peak_rss_bytes": mem.get("VmHWM")}
+
+
+def _tree(pid: int) -> list[int]:
+    try:
+        kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return [pid]
+    return [pid] + [p for k in kids for p in _tree(int(k))]
+
+
+def _healthz(port: int) -> dict | None:
+    """GET /healthz on a new connection (so the kernel may hand it to any worker that is serving)."""
+    import http.client
+
+    try:
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        c.request("GET", "/healthz", headers={"Connection": "close"})
+        r = c.getresponse()
+        body = r.read()
+        c.close()
+        return json.loads(body) if r.status == 200 else None
+    except (OSError, ValueError):
+        return None
+
+
+async def _warm(port: int, paths: list[str]) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    for path in paths:
+        await _get(reader, writer, path)
+    writer.close()
+
+
+REQUEST_MIX = ("35% customer pages (/customers/ID, ID drawn from a reservoir sample of 20,000 customers); 65% list "
+               "pages, the list uniform over the 8 lists (customers, at-risk, overdue, growing, cross-sell, "
+               "payment-risk, contact-due, alerts); page uniform over [1, 1, 2, 5, 50, 400] (clamped to the last "
+               "page); sort uniform over 1-4 columns of the list, order asc/desc 50/50; filters: 25% a search q = "
+               "the first 5-7 characters of a random customer id, else 25% a segment filter (lists that have "
+               "it), else 15% min_p_alive in {0.1, 0.2, 0.3} (customers, at-risk), else 10% an alert type "
+               "(alerts); seeded, so every run sends the same plan. No response is cached: each request "
+               "filters, sorts and slices (or looks up the customer) and renders the page")
 
 
 def main() -> None:
@@ -200,6 +277,8 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=20)
     ap.add_argument("--rebuild", action="store_true")
     ap.add_argument("--workers", type=int, default=2, help="loyalist serve --workers (server processes)")
+    ap.add_argument("--no-preload", action="store_true", help="serve with --no-preload (every page a DuckDB query)")
+    ap.add_argument("--out", default=str(RESULTS), help="where the JSON goes (default bench/results/serve.json)")
     args = ap.parse_args()
     db = WORK / f"serve-{args.customers}.duckdb"
     build = None
@@ -217,31 +296,52 @@ def main() -> None:
     con.close()
     port = _free_port()
     exe = Path(sys.executable).parent / "loyalist"
-    server = subprocess.Popen([str(exe), "serve", "--db", str(db), "--port", str(port), "--workers", str(args.workers)],
-                              stdin=subprocess.DEVNULL,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
+    cmd = [str(exe), "serve", "--db", str(db), "--port", str(port), "--workers", str(args.workers)]
+    if args.no_preload:
+        cmd.append("--no-preload")
+    t_start = time.perf_counter()
+    server = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        import httpx
-
-        for _ in range(600):
-            try:
-                if httpx.get(base + "/static/style.css", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        # warm-up: every URL shape once (compiles each query shape), sequentially, not measured
+        pids: dict[int, dict] = {}
+        while len(pids) < args.workers:  # every worker answers only once its preload is done
+            if server.poll() is not None:
+                raise SystemExit(f"the server stopped (exit {server.returncode})")
+            h = _healthz(port)
+            if h is None:
+                time.sleep(0.5)
+                continue
+            pids[h["pid"]] = h
+            time.sleep(0.05)
+        ready_s = time.perf_counter() - t_start
+        print(f"  {args.workers} worker(s) ready after {ready_s:.1f} s", flush=True)
+        # warm-up, not measured: every (list, sort, order) with and without a search, a few times per worker
+        # (sort orders are computed on first use and kept), then a sample of the plan's shapes
         rng = random.Random(1)
+        sorts = {"customers": ["clv_12m", "revenue", "p_alive", "last_order"], "at-risk": ["revenue", "p_alive"],
+                 "overdue": ["overdue_score", "overdue_days"], "growing": ["growth_rate", "revenue"],
+                 "cross-sell": ["score"], "payment-risk": ["payment_risk"], "contact-due": ["contact_date"],
+                 "alerts": ["event_date"]}
+        warm = [f"/lists/{name}?sort={c}&order={o}{q}" for name, cs in sorts.items() for c in cs
+                for o in ("asc", "desc") for q in ("", f"&q={rng.choice(ids)[:6]}")]
+        warm = warm * (3 * args.workers) + [urls(ids, rng)[1] for _ in range(200)]
+        rng.shuffle(warm)
         t0 = time.perf_counter()
-        for _ in range(300 * args.workers):  # each worker process compiles its own query shapes
-            httpx.get(base + urls(ids, rng)[1], timeout=120)
-        warm = time.perf_counter() - t0
+        asyncio.run(asyncio.wait_for(asyncio.gather(*(_warm(port, warm[i::4]) for i in range(4))), 1800))
+        warm_s = time.perf_counter() - t0
+        procs = _tree(server.pid)
+        cpu_before = {p: _proc(p)["cpu_s"] for p in procs}
         load_before = os.getloadavg()
-        result = asyncio.run(load(base, ids, args.requests, args.clients, SEED))
+        result = asyncio.run(load(port, ids, args.requests, args.clients, SEED))
         load_after = os.getloadavg()
+        per_proc = {p: _proc(p) for p in procs}
     finally:
         server.terminate()
         server.wait(timeout=30)
+    server_cpu = sum(v["cpu_s"] - cpu_before[p] for p, v in per_proc.items())
+    workers = [{"pid": p, "rss_mb": round(v["rss_bytes"] / 2**20), "peak_rss_mb": round(v["peak_rss_bytes"] / 2**20),
+                "cpu_s_during_run": round(v["cpu_s"] - cpu_before[p], 1),
+                "preload": (pids.get(p) or {}).get("memory")}
+               for p, v in per_proc.items() if p in pids]
     report = {
         "benchmark": "bench/serve.py",
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -251,15 +351,20 @@ def main() -> None:
                          "scoring (analyze, model bgnbd, other steps not run); other capabilities' columns and "
                          "tables written directly with synthetic values of the contract's shape",
                   "build": build},
-        "server": {"workers": args.workers},
-        "warmup": {"requests": 300 * args.workers, "seconds": round(warm, 1)},
+        "server": {"workers": args.workers, "preload": not args.no_preload, "ready_after_s": round(ready_s, 1),
+                   "cpu_s_during_run": round(server_cpu, 1),
+                   "cpu_share_of_machine": round(server_cpu / (result["wall_s"] * (os.cpu_count() or 1)), 3),
+                   "per_worker": workers},
+        "warmup": {"requests": len(warm), "seconds": round(warm_s, 1)},
+        "request_mix": REQUEST_MIX,
         "load_average_before": [round(x, 2) for x in load_before],
         "load_average_after": [round(x, 2) for x in load_after],
         **result,
         "target": "p95 < 300 ms for list pages and the customer page, 20 concurrent clients, loopback",
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(report, indent=1) + "\n")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1) + "\n")
     print(json.dumps({k: report[k] for k in ("store", "list", "customer", "throughput_rps", "errors",
                                              "load_average_before")}, indent=1))
 

@@ -175,7 +175,7 @@ def create_app(db: str | Path, require_key: bool = False, preload: bool = True) 
     async def keys(request: Request, call_next):
         if require_key:
             path = request.url.path
-            open_paths = path.startswith(("/static/", "/vendor/")) or path in ("/login", "/docs", "/openapi.json")
+            open_paths = path.startswith(("/static/", "/vendor/")) or path in ("/login", "/docs", "/openapi.json", "/healthz")
             if not open_paths:
                 key = request.headers.get("x-api-key") or request.cookies.get(COOKIE)
                 authz = request.headers.get("authorization", "")
@@ -201,6 +201,16 @@ def create_app(db: str | Path, require_key: bool = False, preload: bool = True) 
     def plotly_asset() -> FileResponse:
         return FileResponse(plotly_js(), media_type="application/javascript",
                             headers={"Cache-Control": "public, max-age=86400"})
+
+    @app.get("/healthz", include_in_schema=False)
+    def healthz() -> dict[str, Any]:
+        """Liveness of this server process, and what it holds in memory (no customer data)."""
+        import os
+
+        mem = reader.memory.report() if reader.memory is not None else None
+        return {"ok": True, "pid": os.getpid(), "preloaded": mem is not None,
+                "memory": None if mem is None else {"load_seconds": mem.seconds, "bytes": mem.nbytes,
+                                                    "phases_s": mem.phases}}
 
     @app.get("/login", include_in_schema=False, response_class=HTMLResponse)
     def login_form(request: Request, next: str = "/", error: str = ""):

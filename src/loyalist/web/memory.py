@@ -8,7 +8,7 @@ work that does not depend on the request is done once:
 - each list's rows (the same Ibis expression as the SQL path: the list's filter, its columns, the context
   columns joined from customer_insights) are read into an Arrow table;
 - a sort order per (column, direction) is computed on first use (numpy `lexsort` over Arrow's dense ranks,
-  ties broken by the same columns as the SQL path: customer_id, rank, product_id, event_id) and kept, so a
+  ties broken by the same columns as the SQL path, `queries.TIES`) and kept, so a
   page is a slice of it;
 - filters are vectorised: choice filters compare dictionary codes, range filters compare numpy arrays,
   the text search looks up a suffix array (`TextIndex`) of the distinct lower-cased values of each search
@@ -242,7 +242,7 @@ class ListData:
         return got
 
     def order(self, sort: str | None, descending: bool) -> np.ndarray | None:
-        """Row numbers in the order of the SQL path's ORDER BY sort [DESC], customer_id, rank, product_id, event_id."""
+        """Row numbers in the order of the SQL path's ORDER BY sort [DESC], then the TIES columns."""
         key = (sort, bool(descending) if sort else False)
         got = self._orders.get(key)
         if got is not None:

@@ -34,7 +34,7 @@ CUSTOMERS = "customer_insights"
 RUN_ANALYZE = "not computed yet: run `loyalist analyze`"
 MAX_PER_PAGE = 500
 EXPORT_LIMIT = 1_048_575  # an XLSX sheet holds 1,048,576 rows including the header
-TIES = ("customer_id", "rank", "product_id", "event_id")
+TIES = ("customer_id", "rank", "product_id", "event_id", "contact_date")
 """Sort ties are broken by these columns (those the list's table has), ascending."""
 PER_CUSTOMER = [("reorders", "next_reorder_date", False), ("next_products", "rank", False),
                 ("crosssell_gaps", "rank", False), ("contact_schedule", "contact_date", False),
@@ -409,6 +409,9 @@ class Reader:
                 continue
             value = str(value).strip()[:200]
             if key in spec.choices and key in have:
+                if self.column_kind(spec, key) == "bool" and \
+                        value.lower() not in ("true", "t", "1", "yes", "y", "false", "f", "0", "no", "n"):
+                    continue  # what DuckDB cannot cast to a boolean is ignored, like a malformed number
                 filters[key] = value
             elif key.startswith(("min:", "max:")) and key[4:] in spec.ranges and key[4:] in have:
                 kind = self.column_kind(spec, key[4:])
@@ -420,9 +423,6 @@ class Reader:
                 except ValueError:
                     continue
                 filters[key] = value
-            elif key in spec.choices and key in have and self.column_kind(spec, key) == "bool" and \
-                    value.lower() not in ("true", "t", "1", "yes", "y", "false", "f", "0", "no", "n"):
-                continue  # what DuckDB cannot cast to a boolean is ignored, like a malformed number
         sort = query.sort if query.sort in shown else spec.sort if spec.sort in have else None
         desc = spec.descending if query.descending is None else query.descending
         return Query(q=(query.q or "").strip()[:200] or None, filters=filters, sort=sort, descending=desc,
@@ -705,7 +705,7 @@ def orders_expr(t: ir.Table, by_customer: bool = False) -> ir.Table:
     keys = ["customer_id", "order_id"] if by_customer else ["order_id"]
     g = t.group_by(keys).aggregate(
         order_date=t.order_date.min(),
-        lines=(~back).sum(),
+        lines=(~back).sum().cast("int32"),  # DuckDB sums to HUGEINT, which pandas reads as float
         amount=ibis.cases((~back, t.amount), else_=0.0).sum(),
         returned=ibis.cases((back, -t.amount.abs()), else_=0.0).sum(),
     )
@@ -717,20 +717,27 @@ def _pname(key: str) -> str:
 
 
 def at_risk_reason(rows: pd.DataFrame, as_of: dt.date | None, currency: str = "") -> pd.Series:
-    """'P(alive) 0.31: 5 orders since Mar 2010, last on 2 Mar 2011 (284 days ago); £1,234 in all' per row."""
+    """'P(alive) 0.31: 5 orders since Mar 2010, last on 2 Mar 2011 (284 days ago); £1,234 in all' per row
+    (a part whose number is missing is left out). A loop over the rows: a page has 25-500 of them, and pandas'
+    per-column string operations cost more than the loop at that size."""
     if rows.empty:
         return pd.Series([], dtype=object)
-    last = pd.to_datetime(rows["last_order"])
-    ago = (pd.Timestamp(as_of) - last.dt.normalize()).dt.days if as_of is not None else None
-    since = pd.to_datetime(rows["first_order"]) if "first_order" in rows else None
     sym = {"GBP": "£", "EUR": "€", "USD": "$"}.get(currency, "")
-    parts = ("P(alive) " + rows["p_alive"].map(lambda p: f"{p:.2f}") + ": "
-             + rows["orders"].map(lambda n: f"{int(n):,} orders"))
-    if since is not None:
-        parts = parts + " since " + since.dt.strftime("%b %Y")
-    parts = parts + ", last on " + last.dt.strftime("%-d %b %Y")
-    if ago is not None:
-        parts = parts + " (" + pd.Series(ago, index=rows.index).map(lambda d: f"{int(d):,}") + " days ago)"
-    if "revenue" in rows:
-        parts = parts + "; " + rows["revenue"].map(lambda v: f"{sym}{v:,.0f}") + " in all"
-    return parts
+    ref = pd.Timestamp(as_of) if as_of is not None else None
+    n = len(rows)
+    firsts = pd.to_datetime(rows["first_order"]) if "first_order" in rows else [pd.NaT] * n
+    revenues = rows["revenue"] if "revenue" in rows else [None] * n
+    out = []
+    for p, orders, first, last, revenue in zip(rows["p_alive"], rows["orders"], firsts,
+                                               pd.to_datetime(rows["last_order"]), revenues):
+        text = f"P(alive) {p:.2f}: " + (f"{int(orders):,} orders" if pd.notna(orders) else "orders unknown")
+        if pd.notna(first):
+            text += f" since {first:%b %Y}"
+        if pd.notna(last):
+            text += f", last on {last.day} {last:%b %Y}"
+            if ref is not None:
+                text += f" ({(ref - last.normalize()).days:,} days ago)"
+        if revenue is not None and pd.notna(revenue):
+            text += f"; {sym}{revenue:,.0f} in all"
+        out.append(text)
+    return pd.Series(out, index=rows.index, dtype=object)
