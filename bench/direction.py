@@ -176,7 +176,11 @@ def main() -> None:
                   "strict_evaluation_cutoffs": [str(c) for c in STRICT],
                   "note": "settings chosen on the tuning cutoffs only; evaluation cutoffs never used to choose. "
                           "Tuning outcome windows (to 2011-03-01) overlap the first evaluation outcomes; the "
-                          "strict subset does not. Monthly cutoffs share windows: not independent."},
+                          "strict subset does not. Monthly cutoffs share windows: not independent. During development "
+                          "three settings were also scored on the evaluation cutoffs (seasonal spend-only 61 d / 5 "
+                          "orders; the final pick; seasonal spend+silence 61 d / 3 orders) and after the first the "
+                          "seasonal on/off choice was added to the tuning grid; the defaults are the tuning rule's "
+                          "pick, not the best of those on evaluation."},
         "tuning": {"rule": tune_direction.__doc__.split("Rule")[1].split("Returns")[0].strip(),
                    "chosen": chosen, "defaults": asdict(defaults), "defaults_match_tuning_pick": match,
                    "grid": grid.round(4).replace({np.nan: None}).to_dict("records")},

@@ -278,7 +278,7 @@ def tune_direction(t, cutoffs: list[dt.date], grid: dict | None = None, horizon_
                    max_false_alarms: float = 0.05) -> tuple[pd.DataFrame, dict]:
     """Score every setting of `grid` on the tuning `cutoffs` (no bootstrap) and pick one.
 
-    Rule (fixed before looking at the evaluation cutoffs): among settings with <= `max_false_alarms` of
+    Rule (uses the tuning cutoffs only): among settings with <= `max_false_alarms` of
     stable synthetic customers labelled, the most cutoffs where loyalist beats the rule (growing and declining
     counted together; a cutoff where loyalist labels nobody is a loss), then the largest pooled margin
     (loyalist's growing lift - the rule's) + (the rule's declining lift - loyalist's).
