@@ -66,19 +66,65 @@ def serve(
     if workers == 1:
         uvicorn.run(web, host=host, port=port, log_level=log_level)
         return
-    import os
-
-    os.environ["LOYALIST_SERVE_DB"] = str(Path(path).resolve())
-    os.environ["LOYALIST_SERVE_REQUIRE_KEY"] = "1" if require_key else "0"
-    os.environ["LOYALIST_SERVE_PRELOAD"] = "1" if preload else "0"
-    uvicorn.run("loyalist.web.app:app_from_env", factory=True, workers=workers, host=host, port=port,
-                log_level=log_level)
+    _serve_processes(str(Path(path).resolve()), host, port, workers, require_key, preload, log_level)
 
 
 def _null():
     import contextlib
 
     return contextlib.nullcontext()
+
+
+def _serve_processes(path: str, host: str, port: int, workers: int, require_key: bool, preload: bool,
+                     log_level: str) -> None:
+    """N server processes, each with its own listening socket on the same port (SO_REUSEPORT), so the kernel
+    spreads new connections evenly over them. (uvicorn's --workers shares one socket: whichever process wakes
+    first accepts every pending connection: 20 kept-alive clients all landed on one process.) Each
+    process opens the store and preloads on its own and listens only once it is ready."""
+    import multiprocessing as mp
+    import signal
+
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_serve_one, args=(path, host, port, require_key, preload, log_level))
+             for _ in range(workers)]
+    for proc in procs:
+        proc.start()
+
+    def stop(signum=None, frame=None) -> None:
+        for proc in procs:
+            if proc.is_alive():
+                proc.terminate()
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        for proc in procs:
+            proc.join()
+            if proc.exitcode not in (0, -signal.SIGTERM, -signal.SIGINT):
+                stop()
+    except KeyboardInterrupt:
+        stop()
+        for proc in procs:
+            proc.join()
+    failed = [proc.exitcode for proc in procs if proc.exitcode not in (0, -signal.SIGTERM, -signal.SIGINT)]
+    if failed:
+        err.print(f"[red]error:[/] a server process stopped with exit code {failed[0]}")
+        raise typer.Exit(1)
+
+
+def _serve_one(path: str, host: str, port: int, require_key: bool, preload: bool, log_level: str) -> None:
+    import socket
+
+    import uvicorn
+
+    from loyalist.web.app import create_app
+
+    web = create_app(path, require_key=require_key, preload=preload)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    uvicorn.Server(uvicorn.Config(web, log_level=log_level)).run(sockets=[sock])
 
 
 @keys_app.command("create")

@@ -535,7 +535,8 @@ def create_app(db: str | Path, require_key: bool = False, preload: bool = True) 
 
 def app_from_env() -> FastAPI:
     """The app for `uvicorn --factory` worker processes: store and key rule from the environment
-    (LOYALIST_SERVE_DB, LOYALIST_SERVE_REQUIRE_KEY), set by `loyalist serve --workers N`."""
+    (LOYALIST_SERVE_DB, LOYALIST_SERVE_REQUIRE_KEY, LOYALIST_SERVE_PRELOAD), for running uvicorn by hand
+    (`uvicorn --factory loyalist.web.app:app_from_env`); `loyalist serve --workers N` starts its own processes."""
     import os
 
     return create_app(os.environ["LOYALIST_SERVE_DB"], require_key=os.environ.get("LOYALIST_SERVE_REQUIRE_KEY") == "1",
