@@ -53,6 +53,9 @@ def main() -> None:
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "timing.json"))
     ap.add_argument("--speed-only", action="store_true",
                     help="Re-measure only the speed (keep the evaluation already in --out), e.g. on a quieter machine")
+    ap.add_argument("--no-speed", action="store_true",
+                    help="Only the evaluation (accuracy does not depend on the load); measure the speed later with "
+                         "--speed-only under the bench lock")
     args = ap.parse_args()
     from loyalist.evaluation.timing import evaluate, margins_by_baseline, versus_baselines
     from loyalist.features.timing import customer_gaps, product_cycles
@@ -95,6 +98,17 @@ def main() -> None:
         mb = margins_by_baseline(metrics[metrics["role"] == "evaluation"])
         print(mb.round(4).to_string(index=False))
     load_start = os.getloadavg()
+    if args.no_speed:
+        doc = {"benchmark": "bench/timing.py", "date": dt.datetime.now().strftime("%Y-%m-%dT%H:%M:%S"),
+               "machine": {"cores": os.cpu_count(), "python": platform.python_version()},
+               "data": "Online Retail II (both exports)", "cutoffs": list(CUTOFFS), "selection_cutoff": SELECTION,
+               "horizons": [30, 90], "end_of_data": str(end),
+               "beats_every_baseline": bool(vs["beats_all"].all()),
+               "versus_baselines": _records(vs), "margins_by_baseline": _records(mb), "metrics": _records(metrics),
+               "speed": None}
+        Path(args.out).write_text(json.dumps(doc, indent=1, default=float))
+        print(f"written {args.out} (no speed)")
+        return
 
     # Speed: all customers x products at the end of the data. The stack (logistic regressions on the inner
     # split, loyalist.insights.timing.fit_stack) is fitted once and timed on its own: it is training.

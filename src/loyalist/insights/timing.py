@@ -334,7 +334,9 @@ the origin and the labels are the orders in [origin, origin + h), all before as_
 INNER_PAIR_ROWS = 10_000
 """The pair renewal model at the inner origins is fitted on a seeded subset of this many pairs (speed)."""
 LEVEL_GRID = tuple(np.round(np.arange(0.02, 0.2501, 0.01), 2))
-MEDIAN_WEIGHTS = tuple(np.round(np.linspace(0.0, 1.0, 11), 2))
+MEDIAN_WEIGHTS = tuple(np.round(np.linspace(0.1, 1.0, 10), 2))
+"""The renewal model's share of the days-to-next-order point (never 0: the point is loyalist's own model,
+combined with Pareto/NBD's, not Pareto/NBD's alone)."""
 CUSTOMER_FEATURES = ("logit_p_renewal", "logit_p_base", "log_gaps", "log_elapsed", "log_cycle", "elapsed_over_cycle",
                      "gap_cv", "log_basket", "logit_gap_tail", "log_median_within", "log_age", "log_last_gap")
 PAIR_FEATURES = ("logit_p_pair_renewal", "log_times", "log_elapsed", "log_cycle", "elapsed_over_cycle", "log_recent_w30",
@@ -451,7 +453,7 @@ def fit_stack(transactions: ir.Table, as_of: dt.date, base_name: str = "bgnbd", 
       Networks 5(2)) of the orders in [o, o + h) on the renewal model's and the customer-base model's
       probabilities and the customer's rhythm (CUSTOMER_FEATURES), origins o = as_of - h - 30 j;
     - the days-to-next-order point: the weight of the renewal median against Pareto/NBD's (MEDIAN_WEIGHTS)
-      with the least absolute error at o = as_of - 90 (orders in [o, o + h));
+      with the least absolute error at o = as_of - h (orders in [o, as_of));
     - the next products: logistic regression of the re-orders in [o, o + H) on the pair renewal model and
       recency-weighted counts (PAIR_FEATURES), o = as_of - H and as_of - 2H (customers with a re-order);
     - the interval level: on o = as_of - 90 the level whose [q(level), q(1 - level)] covers 80% (split
@@ -496,19 +498,20 @@ def fit_stack(transactions: ir.Table, as_of: dt.date, base_name: str = "bgnbd", 
             return None
         classifiers[h] = _classifier().fit(np.vstack(Xs), y)
         how.append(f"P(order within {h} d) stacked on {len(Xs)} origin(s) before {as_of} ({len(y):,} rows)")
-    # Days-to-next-order point and interval level, on the origin of the longest horizon (90 days).
+    # Days-to-next-order point: the weight on the origin as_of - h (the latest window of h days).
+    for h in classifiers:
+        cg, cm, _, tn = at(as_of - dt.timedelta(days=h))
+        pos = np.nan_to_num(tn, nan=np.inf) < h
+        try:
+            pareto = fit_base(base_summary(cg), "paretonbd").transaction
+            err = [np.mean(np.abs(point_days(cm, pareto, cg, h, w) - tn)[pos]) for w in MEDIAN_WEIGHTS]
+            weights[h] = float(MEDIAN_WEIGHTS[int(np.nanargmin(err))])
+        except Exception:  # Pareto/NBD did not fit (or no one ordered): the renewal median alone
+            weights[h] = 1.0
+    # Interval level, on the origin of the longest horizon (90 days).
     h_cal = max(classifiers)
     o = as_of - dt.timedelta(days=h_cal)
     cg, cm, base, tn = at(o)
-    try:
-        pareto = fit_base(base_summary(cg), "paretonbd").transaction
-    except Exception:  # Pareto/NBD did not fit: the renewal median alone
-        pareto = None
-    for h in classifiers:
-        pos = np.nan_to_num(tn, nan=np.inf) < h
-        err = ([np.mean(np.abs(point_days(cm, pareto, cg, h, w) - tn)[pos]) for w in MEDIAN_WEIGHTS]
-               if pareto is not None and pos.any() else [])
-        weights[h] = float(MEDIAN_WEIGHTS[int(np.nanargmin(err))]) if len(err) else 1.0
     n, S = cg["n_gaps"].to_numpy(float), cg["gap_sum"].to_numpy(float)
     e = np.maximum(cg["elapsed"].to_numpy(float) - HALF_DAY, 0.0)
     p_h = classifiers[h_cal].predict_proba(customer_matrix(cm, cg, base, h_cal))[:, 1]
