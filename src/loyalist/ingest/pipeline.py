@@ -11,10 +11,14 @@ The rule for duplicates (README, "Duplicates and overlapping exports"):
   with a key wins while earlier, different rows with that key are quarantined with the reason.
 
 Everything runs inside one DuckDB transaction, so an ingest that fails or is killed leaves the store as it
-was. The heavy lifting is SQL in the engine; Python only builds the statements. A large CSV is never
-copied: it is scanned twice, once to set aside the exceptions (rows that break a rule, and rows whose
-content is already stored) and once to insert everything else, with the same typed expressions, so the
-two scans partition the rows exactly; an independent count of the rows read checks the sum.
+was. The heavy lifting is SQL in the engine; Python only builds the statements. A CSV of transactions is
+never copied and in the common case read once (`_load_csv_transactions`): one INSERT stores every row that
+breaks no rule and is not stored yet, while a thread counts the file's lines; lines = header + stored +
+rejected proves nothing was held back. Only when the count says otherwise is the file scanned again, with
+the same typed expressions, for the rows held back (rule breakers, lines already stored), and only for a
+file whose records span lines (or with blank lines between them) does Python's csv module map records to
+file lines. Rows are never deleted inside the transaction: DuckDB would rewrite the whole insert at commit.
+The small keyed kinds (invoices, customers, products) and materialised sources keep the two-scan path.
 """
 
 from __future__ import annotations

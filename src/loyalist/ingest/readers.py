@@ -2,8 +2,9 @@
 
 Engine-specific by design (DuckDB's CSV and Parquet readers are the fastest here):
 - CSV / TSV / other delimiters (gzip too) are never copied: the pipeline scans the file with `read_csv`
-  (twice: once for exceptions, once to insert), typed by DuckDB where a sample shows clean values, with
-  malformed lines captured by DuckDB's rejects tables (line number, column, reason) instead of aborting.
+  (once in the common case, see loyalist.ingest.pipeline), typed by DuckDB where a sample shows clean
+  values, with malformed lines captured by DuckDB's rejects tables (line number, column, reason) instead of
+  aborting. `count_lines` counts the file's lines by hand (newline bytes; no CSV reader does only that).
 - Whitespace-aligned text (CDNOW): read as single lines and split on runs of blanks in SQL.
 - Parquet: `read_parquet` with the file's row number.
 - Excel (.xlsx/.xlsm/.xls/.ods): python-calamine (DuckDB's excel extension downloads at run time, which is
