@@ -17,7 +17,9 @@ Equal-size comparisons (so a win is not just "fewer, more extreme picks"):
 - `baseline_top_n`: the rule's N most extreme customers by its own change score, N = loyalist's group size
   (growing: highest last3/prior3; declining: lowest, last3 > 0; lapsed: longest since the last purchase among
   those with none in 3 months);
-- `loyalist_top_n`: loyalist's N strongest by its trend score (signed -log10 p), N = the rule's group size.
+- `loyalist_top_n`: loyalist's N strongest by its trend score (signed -log10 p), N = the rule's group size;
+  when N exceeds the customers with any evidence, the rest are ranked by the raw change of their spend rate
+  between loyalist's windows. Ties everywhere are broken by customer id (deterministic).
 
 Uncertainty: 95% percentile intervals from a Poisson bootstrap over customers (each customer weighted by a
 Poisson(1) draw per replicate, Hanley & MacGibbon 2006; Chamandy et al. 2012), the same weights for every
@@ -96,14 +98,21 @@ def cutoff_frame(t, cutoff: dt.date, params: DirectionParams, horizon_days: int 
     df["last3"] = rule["last3"].reindex(ids).fillna(0.0).to_numpy()
     df["prior3"] = rule["prior3"].reindex(ids).fillna(0.0).to_numpy()
     df["days_since"] = st["last_age"].to_numpy(float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        change = (st["s_recent"] / st["e_recent"] - st["s_early"] / st["e_early"]).to_numpy(float)
+    df["spend_rate_change"] = np.nan_to_num(change, nan=0.0, posinf=0.0, neginf=0.0)
     df["rule"] = _rule_trend(df["last3"].to_numpy(), df["prior3"].to_numpy())
     return (df, st) if with_inputs else df
 
 
-def _top(score: np.ndarray, eligible: np.ndarray, n: int) -> np.ndarray:
-    """Mask of the n highest `score` among `eligible` (stable order for ties)."""
+def _top(score: np.ndarray, eligible: np.ndarray, n: int, then: np.ndarray | None = None,
+         ids: np.ndarray | None = None) -> np.ndarray:
+    """Mask of the n highest `score` among `eligible`; ties broken by the highest `then`, then by id, so the
+    pick does not depend on the order rows come back from the store."""
     idx = np.flatnonzero(eligible)
-    pick = idx[np.argsort(-score[idx], kind="stable")[:n]]
+    keys = [np.asarray(ids)[idx] if ids is not None else idx, -(then[idx] if then is not None else 0 * idx),
+            -score[idx]]
+    pick = idx[np.lexsort(keys)[:n]]
     m = np.zeros(len(score), bool)
     m[pick] = True
     return m
@@ -120,18 +129,22 @@ def groups(df: pd.DataFrame) -> dict[tuple[str, str], np.ndarray]:
     down_score = -np.nan_to_num(ratio) - 1e-12 * (l3 - p3)
     score = df["trend_score"].to_numpy(float)
     ours_live = df["trend"].to_numpy() != "lapsed"
+    ids = df["customer_id"].astype(str).to_numpy()
+    # beyond the customers with evidence (score 0: too little history) loyalist's ranking falls back on the
+    # raw change of the spend rate between its windows
+    rate = df["spend_rate_change"].to_numpy(float)
     out = {}
     for label in LABELS:
         mine, rule = df["trend"].to_numpy() == label, df["rule"].to_numpy() == label
         out[("loyalist", label)], out[("baseline", label)] = mine, rule
         if label == "growing":
-            out[("baseline_top_n", label)] = _top(up_score, both, int(mine.sum()))
-            out[("loyalist_top_n", label)] = _top(score, ours_live, int(rule.sum()))
+            out[("baseline_top_n", label)] = _top(up_score, both, int(mine.sum()), ids=ids)
+            out[("loyalist_top_n", label)] = _top(score, ours_live, int(rule.sum()), rate, ids)
         elif label == "declining":
-            out[("baseline_top_n", label)] = _top(down_score, both, int(mine.sum()))
-            out[("loyalist_top_n", label)] = _top(-score, ours_live, int(rule.sum()))
+            out[("baseline_top_n", label)] = _top(down_score, both, int(mine.sum()), ids=ids)
+            out[("loyalist_top_n", label)] = _top(-score, ours_live, int(rule.sum()), -rate, ids)
         else:
-            out[("baseline_top_n", label)] = _top(df["days_since"].to_numpy(float), l3 <= 0, int(mine.sum()))
+            out[("baseline_top_n", label)] = _top(df["days_since"].to_numpy(float), l3 <= 0, int(mine.sum()), ids=ids)
     return out
 
 
