@@ -229,3 +229,39 @@ def test_server_pages_are_the_same_with_and_without_preload(awkward):
     finally:
         fast.state.reader.close()
         slow.state.reader.close()
+
+
+def test_serve_with_two_worker_processes_answers_from_both(awkward):
+    """`loyalist serve --workers 2`: two processes, each preloaded and listening on the same port."""
+    import json
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+    from pathlib import Path
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "loyalist"), "serve", "--db", str(awkward), "--port",
+                             str(port), "--workers", "2"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        pids: set[int] = set()
+        deadline = time.time() + 180
+        while len(pids) < 2 and time.time() < deadline:  # a process listens only once its preload is done
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as r:
+                    h = json.loads(r.read())
+                assert h["preloaded"]
+                pids.add(h["pid"])
+            except OSError:
+                time.sleep(0.3)
+        assert len(pids) == 2
+        ci = _frame(awkward, "SELECT customer_id FROM customer_insights")
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/lists/customers?per_page=500", timeout=30) as r:
+            assert f"<b>{len(ci):,}</b> rows" in r.read().decode()
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=60) == 0  # SIGTERM stops both processes and the parent cleanly
