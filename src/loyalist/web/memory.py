@@ -39,8 +39,18 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from loyalist.web.queries import (CUSTOMERS, EXPORT_LIMIT, LISTS, ORDERS_LIMIT, PER_CUSTOMER, PER_CUSTOMER_LIMIT,
-                                   TIES, ListSpec, Query, orders_expr)
+from loyalist.web.queries import (
+    CUSTOMERS,
+    EXPORT_LIMIT,
+    LISTS,
+    ORDERS_LIMIT,
+    PER_CUSTOMER,
+    PER_CUSTOMER_LIMIT,
+    TIES,
+    ListSpec,
+    Query,
+    orders_expr,
+)
 
 if TYPE_CHECKING:
     from loyalist.web.queries import Reader
