@@ -106,6 +106,9 @@ def main() -> None:
                "beats_every_baseline": bool(vs["beats_all"].all()),
                "versus_baselines": _records(vs), "margins_by_baseline": _records(mb), "metrics": _records(metrics),
                "speed": None}
+        if Path(args.out).exists():  # keep the last speed measurement (re-measure with --speed-only)
+            old = json.loads(Path(args.out).read_text())
+            doc["speed"], doc["speed_date"] = old.get("speed"), old.get("speed_date")
         Path(args.out).write_text(json.dumps(doc, indent=1, default=float))
         print(f"written {args.out} (no speed)")
         return
