@@ -37,6 +37,17 @@ CUTOFFS = ("2010-09-01", "2011-03-01", "2011-09-01")
 SELECTION = "2010-06-01"
 
 
+def _accuracy_doc(end, vs, mb, metrics, speed) -> dict:
+    """The results document: the held-out table of every cutoff, plus the speed measurement when there is one."""
+    return {"benchmark": "bench/timing.py", "date": dt.datetime.now().strftime("%Y-%m-%dT%H:%M:%S"),
+            "machine": {"cores": os.cpu_count(), "python": platform.python_version()},
+            "data": "Online Retail II (both exports)", "cutoffs": list(CUTOFFS), "selection_cutoff": SELECTION,
+            "horizons": [30, 90], "end_of_data": str(end),
+            "beats_every_baseline": bool(vs["beats_all"].all()),
+            "versus_baselines": _records(vs), "margins_by_baseline": _records(mb), "metrics": _records(metrics),
+            "speed": speed}
+
+
 def _records(df: pd.DataFrame) -> list[dict]:
     df = df.copy()
     for c in df.columns:
@@ -99,13 +110,7 @@ def main() -> None:
         print(mb.round(4).to_string(index=False))
     load_start = os.getloadavg()
     if args.no_speed:
-        doc = {"benchmark": "bench/timing.py", "date": dt.datetime.now().strftime("%Y-%m-%dT%H:%M:%S"),
-               "machine": {"cores": os.cpu_count(), "python": platform.python_version()},
-               "data": "Online Retail II (both exports)", "cutoffs": list(CUTOFFS), "selection_cutoff": SELECTION,
-               "horizons": [30, 90], "end_of_data": str(end),
-               "beats_every_baseline": bool(vs["beats_all"].all()),
-               "versus_baselines": _records(vs), "margins_by_baseline": _records(mb), "metrics": _records(metrics),
-               "speed": None}
+        doc = _accuracy_doc(end, vs, mb, metrics, speed=None)
         if Path(args.out).exists():  # keep the last speed measurement (re-measure with --speed-only)
             old = json.loads(Path(args.out).read_text())
             doc["speed"], doc["speed_date"] = old.get("speed"), old.get("speed_date")
@@ -160,13 +165,7 @@ def main() -> None:
     if previous is not None:
         doc = {**previous, "speed": speed, "speed_date": dt.datetime.now().strftime("%Y-%m-%dT%H:%M:%S")}
     else:
-        doc = {"benchmark": "bench/timing.py", "date": dt.datetime.now().strftime("%Y-%m-%dT%H:%M:%S"),
-               "machine": {"cores": os.cpu_count(), "python": platform.python_version()},
-               "data": "Online Retail II (both exports)", "cutoffs": list(CUTOFFS), "selection_cutoff": SELECTION,
-               "horizons": [30, 90], "end_of_data": str(end),
-               "beats_every_baseline": bool(vs["beats_all"].all()),
-               "versus_baselines": _records(vs), "margins_by_baseline": _records(mb), "metrics": _records(metrics),
-               "speed": speed}
+        doc = _accuracy_doc(end, vs, mb, metrics, speed=speed)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(doc, indent=1, default=float))
     print(f"written {args.out}")

@@ -5,24 +5,15 @@ from __future__ import annotations
 import io
 import re
 
-import duckdb
 import openpyxl
 import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
-from test_web_support import base_store, copy_of, full_store
+from test_web_support import base_store, copy_of, full_store, read_frame
 
 from loyalist.web import auth
 from loyalist.web.app import create_app
 from loyalist.web.queries import LISTS, Query, Reader
-
-
-def _frame(db, sql: str) -> pd.DataFrame:
-    con = duckdb.connect(str(db), read_only=True)
-    try:
-        return con.execute(sql).df()
-    finally:
-        con.close()
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +47,7 @@ def _text(html: str) -> str:
 
 
 def test_overview_figures_match_the_store(client, base):
-    ci = _frame(base, "SELECT * FROM customer_insights")
+    ci = read_frame(base, "SELECT * FROM customer_insights")
     r = client.get("/")
     assert r.status_code == 200
     text = _text(r.text)
@@ -65,7 +56,7 @@ def test_overview_figures_match_the_store(client, base):
     active = (ci["p_alive"] >= 0.5).sum()
     assert f"{active / len(ci) * 100:.0f}%" in text and f"{active:,} customers with P(alive)" in text
     # the backtest table shows every model of the latest run, with the chosen one marked
-    bt = _frame(base, "SELECT * FROM backtest_metrics")
+    bt = read_frame(base, "SELECT * FROM backtest_metrics")
     for model in bt["model"]:
         assert model in text
     chosen = bt.loc[bt["chosen"], "model"].iloc[0]
@@ -76,7 +67,7 @@ def test_overview_figures_match_the_store(client, base):
 
 
 def test_at_risk_list_filters_sorts_and_paginates_like_pandas(client, base):
-    ci = _frame(base, "SELECT * FROM customer_insights")
+    ci = read_frame(base, "SELECT * FROM customer_insights")
     expect = ci[(ci["frequency"] > 0) & (ci["p_alive"] < 0.5)].sort_values(["revenue", "customer_id"],
                                                                           ascending=[False, True])
     r = client.get("/lists/at-risk", params={"per_page": 10, "page": 2})
@@ -96,7 +87,7 @@ def test_at_risk_list_filters_sorts_and_paginates_like_pandas(client, base):
 
 
 def test_search_and_hostile_input_are_values_not_sql(client, base):
-    ci = _frame(base, "SELECT customer_id FROM customer_insights")
+    ci = read_frame(base, "SELECT customer_id FROM customer_insights")
     needle = ci["customer_id"].iloc[0][:3]
     r = client.get("/lists/customers", params={"q": needle, "per_page": 500})
     expect = ci[ci["customer_id"].str.contains(needle, regex=False)]
@@ -107,11 +98,11 @@ def test_search_and_hostile_input_are_values_not_sql(client, base):
     # unknown sort columns and malformed numbers are ignored, not errors
     r = client.get("/lists/at-risk", params={"sort": "1; DROP TABLE x", "min_p_alive": "abc", "page": "x"})
     assert r.status_code == 200
-    assert _frame(base, "SELECT count(*) AS n FROM customer_insights")["n"].iloc[0] == len(ci)
+    assert read_frame(base, "SELECT count(*) AS n FROM customer_insights")["n"].iloc[0] == len(ci)
 
 
 def test_exports_hold_the_whole_filtered_list(client, base):
-    ci = _frame(base, "SELECT * FROM customer_insights")
+    ci = read_frame(base, "SELECT * FROM customer_insights")
     expect = ci[(ci["frequency"] > 0) & (ci["p_alive"] < 0.5) & (ci["revenue"] >= 500)].sort_values(
         ["revenue", "customer_id"], ascending=[False, True])
     params = {"min_revenue": "500", "per_page": 5}
@@ -129,9 +120,9 @@ def test_exports_hold_the_whole_filtered_list(client, base):
 
 
 def test_customer_page_counts_orders_independently(client, base):
-    ci = _frame(base, "SELECT * FROM customer_insights ORDER BY orders DESC LIMIT 1")
+    ci = read_frame(base, "SELECT * FROM customer_insights ORDER BY orders DESC LIMIT 1")
     cid = ci["customer_id"].iloc[0]
-    tx = _frame(base, f"SELECT * FROM transactions WHERE customer_id = '{cid}'")
+    tx = read_frame(base, f"SELECT * FROM transactions WHERE customer_id = '{cid}'")
     tx = tx[~tx["is_guest"] & ~tx["is_non_product"]]
     r = client.get(f"/customers/{cid}")
     assert r.status_code == 200
@@ -153,7 +144,7 @@ def test_pages_without_the_other_capabilities_say_what_to_run(client):
 
 
 def test_contract_tables_reach_every_page(full_client, full):
-    ci = _frame(full, "SELECT * FROM customer_insights")
+    ci = read_frame(full, "SELECT * FROM customer_insights")
     # overdue: filter on the timing columns, sorted by overdue_score
     expect = ci[ci["overdue_days"] > 0].sort_values(["overdue_score", "customer_id"], ascending=[False, True])
     r = full_client.get("/lists/overdue", params={"per_page": 200})
@@ -165,7 +156,7 @@ def test_contract_tables_reach_every_page(full_client, full):
     # growing: trend growing or a volume-pricing candidate
     n = ((ci["trend"] == "growing") | ci["volume_pricing_candidate"]).sum()
     assert f"{n:,} rows" in _text(full_client.get("/lists/growing").text)
-    gaps = _frame(full, "SELECT * FROM crosssell_gaps")
+    gaps = read_frame(full, "SELECT * FROM crosssell_gaps")
     r = full_client.get("/lists/cross-sell", params={"q": "blue jug"})
     assert f"{(gaps['description'] == 'BLUE JUG').sum():,} rows" in _text(r.text)
     assert "bought by 12 of 20 look-alikes" in r.text
@@ -176,7 +167,7 @@ def test_contract_tables_reach_every_page(full_client, full):
     for path in ("/", "/forecast", "/cohorts"):  # partly computed here: only the absent tables are named
         text = _text(full_client.get(path).text)
         assert "writes `forecasts`" not in text and "writes `cohorts`" not in text and "writes `timing_backtest`" not in text
-    seg = _frame(full, "SELECT * FROM segments")
+    seg = read_frame(full, "SELECT * FROM segments")
     text = _text(full_client.get("/segments").text)
     for s, n in zip(seg["segment"], seg["customers"]):
         assert s in text and f"{n:,}" in text
@@ -197,7 +188,7 @@ def test_reader_pages_and_exports_agree(full):
         assert page.total == len(everything)
         assert page.rows["event_id"].tolist() == everything["event_id"].iloc[14:21].tolist() if "event_id" in \
             everything else page.rows["customer_id"].tolist() == everything["customer_id"].iloc[14:21].tolist()
-        ev = _frame(full, "SELECT * FROM events WHERE type = 'overdue'")
+        ev = read_frame(full, "SELECT * FROM events WHERE type = 'overdue'")
         assert page.total == len(ev)
     finally:
         reader.close()

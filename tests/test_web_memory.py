@@ -12,26 +12,17 @@ from __future__ import annotations
 import random
 import re
 
-import duckdb
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
 from fastapi.testclient import TestClient
-from test_web_support import full_store
+from test_web_support import full_store, read_frame
 
 from loyalist.web import format as fmt
 from loyalist.web import memory
 from loyalist.web.app import create_app
 from loyalist.web.queries import LISTS, Query, Reader
-
-
-def _frame(db, sql: str) -> pd.DataFrame:
-    con = duckdb.connect(str(db), read_only=True)
-    try:
-        return con.execute(sql).df()
-    finally:
-        con.close()
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +85,7 @@ def _queries(reader: Reader, spec, rng: random.Random, ids: list[str], n: int = 
 
 def test_memory_lists_answer_exactly_as_the_sql_path(awkward, monkeypatch):
     sql = Reader(awkward)
-    ids = _frame(awkward, "SELECT customer_id FROM customer_insights")["customer_id"].tolist()
+    ids = read_frame(awkward, "SELECT customer_id FROM customer_insights")["customer_id"].tolist()
     rng = random.Random(7)
     expected = []
     for spec in LISTS.values():
@@ -128,7 +119,7 @@ def test_memory_lists_answer_exactly_as_the_sql_path(awkward, monkeypatch):
 def test_memory_lists_match_pandas(awkward):
     reader = Reader(awkward, preload=True)
     try:
-        ci = _frame(awkward, "SELECT * FROM customer_insights")
+        ci = read_frame(awkward, "SELECT * FROM customer_insights")
         # NULLs last in both directions, NaN above every number, ties by customer id
         for desc in (True, False):
             key = ci["p_alive"].fillna(np.inf)  # DuckDB: NaN above every number (no NULL p_alive here)
@@ -147,7 +138,7 @@ def test_memory_lists_match_pandas(awkward):
         expect = ci[pd.to_datetime(ci["last_order"]) <= pd.Timestamp("2011-03-15")]
         assert sorted(got["customer_id"]) == sorted(expect["customer_id"])
         # search: a literal, case-insensitive substring of any search column
-        gaps = _frame(awkward, "SELECT * FROM crosssell_gaps")
+        gaps = read_frame(awkward, "SELECT * FROM crosssell_gaps")
         for q in ("crème", "BRÛLÉE", "p1", "jug"):
             got = reader.page(LISTS["cross-sell"], Query(q=q, per_page=1))
             hit = np.zeros(len(gaps), dtype=bool)
@@ -161,7 +152,7 @@ def test_memory_lists_match_pandas(awkward):
 def test_memory_customer_pages_match_the_sql_path_and_the_transactions(awkward):
     mem, sql = Reader(awkward, preload=True), Reader(awkward)
     try:
-        ids = _frame(awkward, "SELECT customer_id FROM customer_insights ORDER BY orders DESC")["customer_id"].tolist()
+        ids = read_frame(awkward, "SELECT customer_id FROM customer_insights ORDER BY orders DESC")["customer_id"].tolist()
         for cid in ids[:15] + ids[-5:]:
             a, b = mem.customer(cid), sql.customer(cid)
             assert fmt.plain(a["insights"]) == fmt.plain(b["insights"]), cid
@@ -175,7 +166,7 @@ def test_memory_customer_pages_match_the_sql_path_and_the_transactions(awkward):
                 ra = sorted(map(repr, fmt.records(a[table])))
                 rb = sorted(map(repr, fmt.records(b[table])))
                 assert ra == rb, (cid, table)
-            tx = _frame(awkward, f"SELECT * FROM transactions WHERE customer_id = '{cid}'")
+            tx = read_frame(awkward, f"SELECT * FROM transactions WHERE customer_id = '{cid}'")
             tx = tx[~tx["is_guest"] & ~tx["is_non_product"]]
             back = tx["is_cancellation"] | tx["is_return"]
             expect = tx.assign(a=np.where(back, 0.0, tx["amount"])).groupby("order_id")["a"].sum()
@@ -210,7 +201,7 @@ def test_server_pages_are_the_same_with_and_without_preload(awkward):
     assert fast.state.reader.memory is not None and slow.state.reader.memory is None
     try:
         with TestClient(fast) as f, TestClient(slow) as s:
-            ids = _frame(awkward, "SELECT customer_id FROM customer_insights LIMIT 3")["customer_id"].tolist()
+            ids = read_frame(awkward, "SELECT customer_id FROM customer_insights LIMIT 3")["customer_id"].tolist()
             for url in ["/lists/customers?sort=revenue&order=asc&page=2", "/lists/at-risk?q=1&min_revenue=100",
                         "/lists/cross-sell?q=cr%C3%A8me&page=3", "/lists/growing?volume_pricing_candidate=true",
                         "/lists/growing?volume_pricing_candidate=maybe", "/lists/alerts?type=overdue&sort=event_date",
@@ -259,7 +250,7 @@ def test_serve_with_two_worker_processes_answers_from_both(awkward):
             except OSError:
                 time.sleep(0.3)
         assert len(pids) == 2
-        ci = _frame(awkward, "SELECT customer_id FROM customer_insights")
+        ci = read_frame(awkward, "SELECT customer_id FROM customer_insights")
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/lists/customers?per_page=500", timeout=30) as r:
             assert f"<b>{len(ci):,}</b> rows" in r.read().decode()
     finally:

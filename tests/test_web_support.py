@@ -15,12 +15,22 @@ import os
 import shutil
 from pathlib import Path
 
+import duckdb
 import numpy as np
 import pandas as pd
 from conftest import REPO
 
 DEMO = sorted((REPO / "data" / "demo").glob("*.csv.gz"))
 CUTOFF = dt.date(2011, 6, 1)
+
+
+def read_frame(db, sql: str) -> pd.DataFrame:
+    """One query against a store file, read-only (what a test checks the pages against)."""
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        return con.execute(sql).df()
+    finally:
+        con.close()
 
 
 def _shared_dir() -> Path:
