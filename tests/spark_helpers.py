@@ -84,11 +84,17 @@ def spark_result_tables(out: Path) -> dict[str, pd.DataFrame]:
     return {name: pd.read_parquet(out / name) for name in FORECAST_TABLES}
 
 
+LIFECYCLE_TABLES = {  # the lifecycle step's result tables -> the columns that identify a row
+    "cohorts": ["cohort_month", "months_since"],
+    "lifecycle_conversion": ["kind", "period_start", "from_stage", "to_stage"],
+}
+
+
 def assert_same_rows(name: str, duck: pd.DataFrame, spark: pd.DataFrame, rtol: float = 1e-9) -> None:
     """Same columns, same rows (matched on the table's key), numbers within `rtol` relative, text equal."""
     assert list(spark.columns) == list(duck.columns), name
     assert len(spark) == len(duck), name
-    key = FORECAST_TABLES[name]
+    key = {**FORECAST_TABLES, **LIFECYCLE_TABLES}[name]
     a = duck.sort_values(key, kind="stable").reset_index(drop=True)
     b = spark.sort_values(key, kind="stable").reset_index(drop=True)
     for c in a.columns:

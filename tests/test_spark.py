@@ -123,7 +123,7 @@ def test_synthetic_forecast_on_spark_equals_duckdb(synth, bgnbd_run, monkeypatch
     assert set(f["level"]) == {"total", "orders", "product"}  # no products table on Spark: no category level
     assert f.loc[f["level"] == "product", "bottom_up"].notna().any()  # reconciled with the customer level
     assert got["staffing"]["people"].notna().all()
-    assert any("products table is not read on the Spark engine" in n for n in run.report.notes)
+    assert any("no products table (--products)" in n for n in run.report.notes)
     # independent check of one aggregate: orders per weekday x hour from the raw lines, plain pandas
     raw = pd.read_parquet(parquet)
     keep = (~raw["is_non_product"] & ~raw["is_cancellation"] & ~raw["is_return"] & (raw["quantity"] > 0)
@@ -159,7 +159,7 @@ def test_cli_dump_then_analyze_on_spark_into_the_store(spark, tmp_path, monkeypa
     assert "800 customers scored on Spark with bgnbd" in res.output
     for name in [s.name for s in insights.load_steps() if not s.spark]:  # named as not available on Spark
         assert name in res.output
-    assert "insight steps that run on Spark: forecast" in res.output
+    assert "insight steps that run on Spark: lifecycle, forecast" in res.output
     said = " ".join(res.output.split())  # rich wraps long lines
     tables = said[said.index("result tables (Parquet"):]
     assert all(name in tables for name in FORECAST_TABLES)
@@ -175,7 +175,9 @@ def test_cli_dump_then_analyze_on_spark_into_the_store(spark, tmp_path, monkeypa
     assert types["first_order"] == "TIMESTAMP_S" and types["as_of"] == "TIMESTAMP_S"
     assert runs >= 1
     assert stored["customer_id"].is_monotonic_increasing  # stored in customer_id order, as the DuckDB engine does
-    assert_same_table(duck, stored)
+    assert list(stored.columns) == BASE_COLUMNS + ["lifecycle_stage", "lifecycle_reason"]  # + the lifecycle step
+    assert stored["lifecycle_stage"].notna().all()
+    assert_same_table(duck, stored[BASE_COLUMNS])
 
 
 @pytest.fixture
@@ -219,7 +221,7 @@ def test_spark_capable_step_runs_on_spark(spark, extra_steps, synth, tmp_path):
 
 def test_ported_steps_run_and_the_others_are_refused_by_name():
     runnable, skipped = steps_on_spark()
-    assert "forecast" in [s.name for s in runnable]
+    assert {"forecast", "lifecycle"} <= {s.name for s in runnable}
     assert {s.name for s in skipped} == {s.name for s in insights.load_steps() if not s.spark}
     for s in skipped:
         with pytest.raises(LoyalistError, match=f"not available on the Spark engine: {s.name}"):
@@ -269,3 +271,101 @@ def test_online_retail_spark_equals_duckdb(spark, tmp_path, monkeypatch):
     assert (got["forecasts"]["level"] == "product").sum() > 1000
     for name in FORECAST_TABLES:
         assert_same_rows(name, duck_forecast[name], got[name])
+
+
+def _with_products(folder, n_customers: int = 800, n_products: int = 40):
+    """A synthetic store whose products carry unit costs, margins and categories (some products none of them),
+    and the products as a Parquet file for --products."""
+    store, parquet = synthetic_store(folder, n_customers=n_customers, seed=11, products=n_products)
+    i = np.arange(n_products)
+    prods = pd.DataFrame({
+        "product_id": [f"P{k}" for k in i], "description": [f"product {k}" for k in i],
+        "category": np.where(i % 4 == 3, None, np.array(["cards", "mugs", "bags"])[i % 3]),
+        "unit_cost": np.where(i % 3 == 0, 1.5 + (i % 5) * 0.25, np.nan),
+        "margin": np.where(i % 3 == 1, 0.2 + (i % 7) * 0.05, np.nan)})
+    store.con.register("prods_df", prods)
+    store.con.execute("INSERT INTO products BY NAME SELECT * FROM prods_df")
+    store.con.unregister("prods_df")
+    path = folder / "products.parquet"
+    prods.to_parquet(path)
+    return store, parquet, path, prods
+
+
+def test_products_give_the_same_clv_and_category_forecasts(spark, tmp_path, monkeypatch):
+    store, parquet, products, prods = _with_products(tmp_path)
+    duck = duckdb_table(store, SYNTH_AS_OF, "bgnbd", monkeypatch)
+    duck_fc = duckdb_forecast_tables(store, SYNTH_AS_OF, duck, {})
+    run = analyze_spark(str(parquet), out=str(tmp_path / "out"), session=spark, model="bgnbd", as_of=SYNTH_AS_OF,
+                        steps=["forecast"], products=str(products))
+    table = pd.read_parquet(run.out)
+    assert run.report.margin_source == "product costs"
+    assert_same_table(duck, table)
+    got = spark_result_tables(tmp_path / "out")
+    for name in FORECAST_TABLES:
+        assert_same_rows(name, duck_fc[name], got[name])
+    cats = set(got["forecasts"].loc[got["forecasts"]["level"] == "category", "series_id"])
+    assert cats == {"cards", "mugs", "bags", "(no category)"}
+    assert not any("no products table" in n for n in run.report.notes)
+    # independent: CLV is linear in the margin, so clv(products) / clv(setting 1.0) is each customer's margin,
+    # which plain pandas computes from the raw lines and the products file
+    plain = pd.read_parquet(analyze_spark(str(parquet), out=str(tmp_path / "plain"), session=spark, model="bgnbd",
+                                          as_of=SYNTH_AS_OF, steps=[]).out).set_index("customer_id")["clv_12m"]
+    raw = pd.read_parquet(parquet)
+    buy = raw[raw["customer_id"].notna() & ~raw["is_guest"] & ~raw["is_non_product"] & ~raw["is_return"]
+              & ~raw["is_cancellation"] & (raw["amount"] > 0) & (raw["order_date"] < pd.Timestamp(SYNTH_AS_OF))]
+    j = buy.merge(prods, on="product_id")
+    j["cost"] = (j["quantity"] * j["unit_cost"]).fillna(j["amount"] * (1 - j["margin"]))
+    j = j[j["cost"].notna()]
+    g = j.groupby("customer_id")[["cost", "amount"]].sum()
+    margin = (1 - g["cost"] / g["amount"]).reindex(plain.index).fillna(1.0)
+    clv = table.set_index("customer_id")["clv_12m"].reindex(plain.index)
+    ok = plain.notna()
+    assert ok.sum() > 100 and (margin < 1).sum() > 100
+    np.testing.assert_allclose(clv[ok], plain[ok] * margin[ok], rtol=1e-9)
+    # a store with such products and no --products: refused at once, naming the flag
+    store.close()
+    with pytest.raises(LoyalistError, match="pass them with --products"):
+        analyze_spark(str(parquet), out=str(tmp_path / "never"), session=spark, model="bgnbd",
+                      db=tmp_path / "synthetic.duckdb")
+    assert not (tmp_path / "never").exists()
+
+
+def test_synthetic_lifecycle_on_spark_equals_duckdb(spark, synth, bgnbd_run, tmp_path):
+    """The lifecycle step: stages and reasons per customer, cohorts and lifecycle_conversion equal the DuckDB
+    engine's (the population gaps are medians over all customers, the counts are summed over partitions)."""
+    from spark_helpers import LIFECYCLE_TABLES
+
+    from loyalist.insights import Context
+    from loyalist.insights.aggregate import lifecycle_step
+
+    store, parquet, _ = synth
+    customers = bgnbd_run[1]
+    duck = lifecycle_step(Context(store, SYNTH_AS_OF, None, None, customers, {}, []))
+    duck_tables = {n: store.con.execute(f"SELECT * FROM {n}").df() for n in LIFECYCLE_TABLES}
+    run = analyze_spark(str(parquet), out=str(tmp_path / "out"), session=spark, model="bgnbd", as_of=SYNTH_AS_OF,
+                        steps=["lifecycle"], partitions=3)
+    table = pd.read_parquet(run.out)
+    assert sorted(run.result_tables) == sorted(LIFECYCLE_TABLES)
+    assert list(table.columns) == BASE_COLUMNS + ["lifecycle_stage", "lifecycle_reason"]
+    m = duck.merge(table[["customer_id", "lifecycle_stage", "lifecycle_reason"]], on="customer_id", how="outer",
+                   suffixes=("_d", "_s"), indicator=True)
+    assert len(m) == len(customers) and (m["_merge"] == "both").all()
+    assert (m["lifecycle_stage_d"] == m["lifecycle_stage_s"]).all()
+    assert (m["lifecycle_reason_d"] == m["lifecycle_reason_s"]).all()
+    assert m["lifecycle_stage_s"].nunique() >= 4
+    for name in LIFECYCLE_TABLES:
+        got = pd.read_parquet(tmp_path / "out" / name)
+        assert_same_rows(name, duck_tables[name], got)
+    conv = pd.read_parquet(tmp_path / "out" / "lifecycle_conversion")
+    assert set(conv["kind"]) == {"stage", "first_to_second"}
+    # independent: one-order customers are never "active" or "reactivated"; the first-to-second base of a
+    # month is the number of customers whose first purchase fell in it (plain pandas on the raw lines)
+    one = table[table["orders"] == 1]
+    assert len(one) and one["lifecycle_stage"].isin(["new", "at risk", "lapsed"]).all()
+    raw = pd.read_parquet(parquet)
+    buy = raw[raw["customer_id"].notna() & ~raw["is_guest"] & ~raw["is_non_product"] & ~raw["is_return"]
+              & ~raw["is_cancellation"] & (raw["order_date"] < pd.Timestamp(SYNTH_AS_OF))]
+    first_month = buy.groupby("customer_id")["order_date"].min().dt.to_period("M").dt.to_timestamp()
+    f2 = conv[conv["kind"] == "first_to_second"].set_index("period_start")["base"]
+    assert len(f2) > 3
+    assert (first_month.value_counts().reindex(f2.index).to_numpy() == f2.to_numpy()).all()

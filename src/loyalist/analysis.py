@@ -78,15 +78,19 @@ def customer_margins(store: Store, as_of: dt.date) -> tuple[pd.DataFrame | None,
     """Gross margin per customer from product costs or margins, when the store has them."""
     if store.table("products").count().execute() == 0:
         return None, "setting"
-    t = store.table("transactions")
-    p = store.table("products")
+    per = margin_table(store.table("transactions"), store.table("products"), as_of).execute()
+    return (per, "product costs") if len(per) else (None, "setting")
+
+
+def margin_table(t: ibis.Table, p: ibis.Table, as_of: dt.date) -> ibis.Table:
+    """(customer_id, margin): 1 - cost / revenue of the customer's purchase lines before as_of whose product
+    has a unit cost or a margin (the Ibis expression both engines run; customers without one are absent)."""
     lines = t.filter(~t.is_guest & ~t.is_non_product & ~t.is_return & ~t.is_cancellation & (t.amount > 0)
                      & (t.order_date < ibis.timestamp(dt.datetime.combine(as_of, dt.time()))))
     j = lines.join(p, lines.product_id == p.product_id)
     j = j.mutate(cost=ibis.coalesce(j.quantity * j.unit_cost, j.amount * (1 - j.margin)))
     j = j.filter(j.cost.notnull())
-    per = j.group_by(j.customer_id).aggregate(margin=1 - j.cost.sum() / j.amount.sum()).execute()
-    return (per, "product costs") if len(per) else (None, "setting")
+    return j.group_by(j.customer_id).aggregate(margin=1 - j.cost.sum() / j.amount.sum())
 
 
 def analyze(store: Store, as_of: dt.date | None = None, model: str = "auto", settings: Settings | None = None,

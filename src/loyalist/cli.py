@@ -363,6 +363,9 @@ def analyze(
                                                                   "dataset (default ./loyalist-spark-out).")] = None,
     steps: Annotated[Optional[list[str]], typer.Option("--step", help="Spark: run only these insight steps "
                                                                      "(fails at once if one cannot run on Spark).")] = None,
+    products: Annotated[Optional[str], typer.Option("--products", help="Spark: the canonical products table as "
+                                                                      "Parquet/CSV (`loyalist dump products`): "
+                                                                      "costs for CLV, categories for forecasts.")] = None,
 ) -> None:
     """Score every customer: P(alive), expected orders and P(order) in the next days, expected order value,
     12-month CLV. The per-customer table is stored; `loyalist customers` prints or exports it."""
@@ -373,11 +376,11 @@ def analyze(
         cfg = config.load(config_path)
         if model not in ("auto", "bgnbd", "paretonbd", "mbgnbd"):
             raise LoyalistError(f"--model {model!r}: choose auto, bgnbd, paretonbd or mbgnbd")
-        if engine != "duckdb" or source or spark_master or spark_out or steps:
+        if engine != "duckdb" or source or spark_master or spark_out or steps or products:
             from loyalist.commands.spark import analyze_on_spark
 
             return analyze_on_spark(engine, db, _as_date(as_of, "--as-of"), model, _settings(cfg, horizon), cfg,
-                                    spark_master, source, spark_out, steps, json_)
+                                    spark_master, source, spark_out, steps, json_, products)
         store = open_store(_db(db, cfg))
         with err.status("fitting the customer-base models and scoring every customer") as status:
             try:

@@ -24,17 +24,25 @@ recency_days, tenure_days, p_alive, expected_orders_<h>d, prob_order_<h>d, expec
 clv_<m>m, as_of, model — plus the columns of insight steps that run on Spark.
 
 Insight steps (`loyalist.insights`) run on Spark only when registered with `spark=True`; such a step gets a
-`Context` whose `store` is a `SparkSource` (`.ibis` = the Ibis PySpark backend, `.table("transactions")`, an
-empty `products` table, `.write_result(name, frame)` for its result tables) and whose `customers` is the
+`Context` whose `store` is a `SparkSource` (`.ibis` = the Ibis PySpark backend, `.table("transactions")`,
+`.table("products")` (from `products=` / `--products`, else empty), `.write_result(name, frame)` for its result
+tables) and whose `customers` is the
 per-customer table as an Ibis table on Spark (cached); it returns an Ibis table keyed by customer_id (or None).
 Its result tables (small: one row per series, week, hour ...) are written as Parquet under `OUT/<table>/`
 and, with `--db`, into the store as the DuckDB engine's steps store them. Ported so far: `forecast`
 (`loyalist.insights.aggregate`: forecasts, forecast_backtest, peak_hours, peak_weeks, staffing; the weekly
 series, peaks and the customer-level bottom-up sum are aggregated on Spark by the same Ibis expressions, the
-series are forecast at the driver by the same statsforecast code). Every other step is named before any work
+series are forecast at the driver by the same statsforecast code) and `lifecycle` (cohorts, lifecycle_conversion
+and the columns lifecycle_stage, lifecycle_reason; see `loyalist.insights.aggregate.lifecycle_on_spark`). Every
+other step is named before any work
 starts as not available on Spark, and asking for one explicitly (`--step NAME`) fails at once. Not available on Spark yet either: the backtest (so
-`--model auto` takes the choice of the latest backtest stored in `--db`, else the user names the model) and
-product margins (CLV uses the gross_margin setting; the report says so).
+`--model auto` takes the choice of the latest backtest stored in `--db`, else the user names the model).
+
+Products (`products=` / `--products`, the store's products table as Parquet/CSV or a Spark table): used as the
+DuckDB engine uses the store's — per-customer margins for CLV by the same Ibis expression
+(`loyalist.analysis.margin_table`, joined onto the summary before scoring) and the category level of the
+forecasts. Without them CLV uses the gross_margin setting and the report says so; with `db` naming a store whose
+products carry costs, margins or categories, they are required (refused before Spark starts).
 
 Hand-written here is only the glue (reading the source, collecting patterns, wiring mapInPandas): Spark does
 the distribution, Ibis the SQL, the models the statistics.
@@ -125,21 +133,22 @@ PRODUCTS_TYPES: dict[str, str] = {"product_id": "string", "description": "string
 class SparkSource:
     """The `store` of a Spark-capable insight step: the Ibis PySpark backend and the source tables.
 
-    The Spark engine reads no products table: `table("products")` is an empty one (no categories, no costs), and
-    the run report says so. Result tables of the steps are handed to `write_result(name, frame)` and written by
+    Without `--products` the Spark engine has no products table: `table("products")` is then an empty one (no
+    categories, no costs), and the run report says so. Result tables of the steps are handed to `write_result(name, frame)` and written by
     the engine under OUT/<name>/ (and into --db)."""
 
     ibis: Any
     tables: dict[str, ir.Table]
     results: dict[str, pd.DataFrame] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    cached: list = field(default_factory=list)
+    """Spark DataFrames a step persisted for the final write; the engine unpersists them at the end."""
 
     def table(self, name: str) -> ir.Table:
         if name == "products" and name not in self.tables:
             import ibis
 
-            note = ("the products table is not read on the Spark engine: no product categories (forecasts have no "
-                    "category level)")
+            note = ("no products table (--products): no product categories (forecasts have no category level)")
             if note not in self.notes:
                 self.notes.append(note)
             return ibis.memtable(pd.DataFrame({c: pd.Series(dtype="object" if t == "string" else t)
@@ -192,6 +201,55 @@ def read_transactions(con, source: str | list[str]) -> ir.Table:
     return t.mutate(**casts) if casts else t
 
 
+def read_products(con, source: str) -> ir.Table:
+    """The canonical products table (product_id, description, category, unit_cost, margin) from Parquet/CSV
+    path(s) or a Spark table (write one with `loyalist dump products --out DIR`), cast to the store's types."""
+    import ibis
+
+    session = con._session
+    if not _is_path(source):
+        try:
+            p = con.table(source)
+        except Exception as exc:
+            raise LoyalistError(f"--products {source!r}: no such path, and no Spark table of that name "
+                                f"({str(exc).splitlines()[0]})") from None
+    else:
+        csv = source.lower().rstrip("/").endswith((".csv", ".csv.gz"))
+        try:
+            sdf = session.read.csv(source, header=True, inferSchema=False) if csv else session.read.parquet(source)
+        except Exception as exc:
+            raise LoyalistError(f"--products {source}: cannot read ({str(exc).splitlines()[0][:300]})") from None
+        name = f"loyalist_products_{abs(hash(source)) % 10**8}"
+        sdf.createOrReplaceTempView(name)
+        p = con.table(name)
+    if "product_id" not in p.columns:
+        raise LoyalistError("--products lacks the column product_id; it must be a copy of the store's products "
+                            "table (write one with `loyalist dump products --out DIR`)")
+    cols = {c: (p[c].cast(ty) if c in p.columns else ibis.null(ty)) for c, ty in PRODUCTS_TYPES.items()}
+    return p.select(**cols)
+
+
+def store_products_need_flag(db: Path | str, store=None) -> str | None:
+    """Why the products of the store `db` must be given with --products (they carry costs, margins or
+    categories the DuckDB engine uses), or None."""
+    from loyalist.store import has_table, open_store
+
+    own = store is None
+    store = store or open_store(db, read_only=True)
+    try:
+        if not has_table(store, "products"):
+            return None
+        n = store.con.execute("SELECT count(unit_cost), count(margin), count(category) FROM products").fetchall()[0]
+    finally:
+        if own:
+            store.close()
+    if not any(n):
+        return None
+    return (f"{db} holds products with unit costs ({n[0]:,}), margins ({n[1]:,}) or categories ({n[2]:,}), which "
+            "the DuckDB engine uses for CLV and the category forecasts: pass them with --products PATH (write them "
+            f"with `loyalist dump products --db {db} --out DIR`)")
+
+
 def _portable(fitted: FittedBase) -> FittedBase:
     """The fitted models rebuilt from their parameters only: what the executors need, nothing more."""
     tm = type(fitted.transaction).from_params(**fitted.transaction.params_)
@@ -225,7 +283,9 @@ def scorer(fitted: FittedBase, settings: Settings, margin: float, as_of: dt.date
         for batch in batches:
             if batch.empty:
                 continue
-            out = score(fitted, batch, settings, margin)
+            m = (batch["margin"].fillna(margin).to_numpy(float) if "margin" in batch.columns
+                 else margin)  # per-customer margins from product costs, as analysis.analyze
+            out = score(fitted, batch, settings, m)
             out.insert(len(out.columns) - 1, "as_of", as_of_ts)
             yield out
 
@@ -293,8 +353,12 @@ def analyze_spark(source: str | list[str], *, out: str, session: SparkSession | 
                   master: str | None = None, as_of: dt.date | None = None, model: str = "auto",
                   settings: Settings | None = None, config: dict | None = None, db: Path | str | None = None,
                   steps: list[str] | None = None, on_stage: Callable[[str], None] | None = None,
-                  partitions: int | None = None) -> SparkRun:
-    """Score every customer of `source` on Spark and write the per-customer table to `out` (and `db`)."""
+                  partitions: int | None = None, products: str | None = None) -> SparkRun:
+    """Score every customer of `source` on Spark and write the per-customer table to `out` (and `db`).
+
+    `products`: the canonical products table (path or Spark table), used as the DuckDB engine uses the store's:
+    per-customer margins for CLV (`analysis.margin_table`) and the category level of the forecasts. With `db`
+    holding products with costs, margins or categories, `products` is required (else the answers would differ)."""
     import time
 
     settings = settings or Settings()
@@ -329,6 +393,12 @@ def analyze_spark(source: str | list[str], *, out: str, session: SparkSession | 
                                 "model (--model bgnbd, paretonbd or mbgnbd), or give --db STORE holding a backtest")
     if model not in TRANSACTION_MODELS:
         raise LoyalistError(f"unknown model {model!r}; choose one of {', '.join(TRANSACTION_MODELS)}")
+    if db is not None and products is None:
+        why = store_products_need_flag(db, store)
+        if why:
+            if store is not None:
+                store.close()
+            raise LoyalistError(why)
 
     import ibis
     from pyspark import StorageLevel
@@ -347,11 +417,15 @@ def analyze_spark(source: str | list[str], *, out: str, session: SparkSession | 
     lap("session")
     stage("reading the transactions")
     t = read_transactions(con, source)
+    tables = {"transactions": t}
+    if products is not None:
+        tables["products"] = read_products(con, products)
     as_of = as_of or _data_end(t)
     notes: list[str] = []
     summary_expr = rfm_summary(t, as_of)
     summary = session.sql(con.compile(summary_expr)).persist(StorageLevel.MEMORY_AND_DISK)
-    persisted: list = []
+    source_view = SparkSource(con, tables)
+    persisted: list = source_view.cached
     try:
         stage("building the per-customer sufficient statistics (Ibis on Spark)")
         patterns = (summary.groupBy("frequency", "recency", "T").agg(F.count(F.lit(1)).alias("n"))
@@ -368,14 +442,25 @@ def analyze_spark(source: str | list[str], *, out: str, session: SparkSession | 
         notes += fitted.notes
         lap("fit")
         margin = settings.gross_margin
-        notes.append("product costs are not read on the Spark engine: CLV uses the gross_margin setting "
-                     f"({margin:g})" + (", i.e. revenue, not profit" if margin == 1.0 else ""))
+        margin_source = "setting"
+        scoring_input = summary
+        if products is not None and tables["products"].count().execute() > 0:
+            from loyalist.analysis import margin_table
+
+            # the DuckDB engine's expression (analysis.customer_margins), here on Spark
+            margins = session.sql(con.compile(margin_table(t, tables["products"], as_of)))
+            if margins.limit(1).count():
+                margin_source = "product costs"
+                scoring_input = summary.join(margins, "customer_id", "left")
+        if margin_source == "setting":
+            notes.append(("no --products: " if products is None else "no product costs or margins: ")
+                         + f"CLV uses the gross_margin setting ({margin:g})"
+                         + (", i.e. revenue, not profit" if margin == 1.0 else ""))
         if skipped:
             notes.append("insight steps not available on Spark (their columns are absent): "
                          + ", ".join(s.name for s in skipped))
         stage("scoring every customer (mapInPandas on the executors)")
-        scored = summary.mapInPandas(scorer(fitted, settings, margin, as_of), output_schema(settings))
-        source_view = SparkSource(con, {"transactions": t})
+        scored = scoring_input.mapInPandas(scorer(fitted, settings, margin, as_of), output_schema(settings))
         if runnable:
             scored = scored.persist(StorageLevel.MEMORY_AND_DISK)  # read by the steps and by the write
             persisted.append(scored)
@@ -396,7 +481,7 @@ def analyze_spark(source: str | list[str], *, out: str, session: SparkSession | 
 
     report = AnalysisReport(as_of, model, customers, fitted.transaction.params_,
                             fitted.spend.params_ if fitted.spend is not None else None,
-                            "setting", chosen_by, notes)
+                            margin_source, chosen_by, notes)
     run = SparkRun(report, target, customers, len(patterns), len(spend_patterns), [s.name for s in skipped], seconds,
                    result_tables=result_tables)
     report_json = json.dumps({**report.to_dict(), "engine": "spark", "source": source, "out": target,

@@ -4,6 +4,7 @@ conversion. Two analysis steps:
 - `lifecycle` (order 60): per-customer column `lifecycle_stage` (+ `lifecycle_reason`), tables `cohorts`
   and `lifecycle_conversion`;
 - `forecast` (order 70): tables `forecasts`, `forecast_backtest`, `peak_hours`, `peak_weeks`, `staffing`.
+Both also run on the Spark engine (`spark=True`; `lifecycle_on_spark`, and `run_all` with a SparkSource).
 
 Tables (columns):
 - forecasts: level (product | category | total | orders), series_id, week (Monday), forecast, lo80, hi80,
@@ -294,12 +295,9 @@ def compute_cohorts(store: Store, as_of: dt.date) -> pd.DataFrame:
 def compute_lifecycle(store: Store, as_of: dt.date) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(stages at as_of per customer with the reason, lifecycle_conversion table)."""
     t = store.table("transactions")
-    first = t.filter(t.customer_id.notnull()).order_date.min().execute()
-    if first is None or pd.isna(first):
+    snaps = _snapshot_dates(t, as_of)
+    if snaps is None:
         return pd.DataFrame(), pd.DataFrame()
-    start = pd.Timestamp(first).to_period("M").to_timestamp() + pd.offsets.MonthBegin(1)
-    snaps = [d.date() for d in pd.date_range(start, pd.Timestamp(as_of), freq="MS")]
-    snaps = sorted(set(snaps) | {as_of})
     snap = feat.lifecycle_snapshots(t, snaps).execute()
     snap["snapshot"] = pd.to_datetime(snap["snapshot"])
     st = lc.assign_stages(snap)
@@ -307,21 +305,7 @@ def compute_lifecycle(store: Store, as_of: dt.date) -> tuple[pd.DataFrame, pd.Da
     now = st[st["snapshot"] == pd.Timestamp(as_of)].copy()
     now["lifecycle_reason"] = now["stage"] + ": " + lc.stage_reason(now)
     # first-to-second order conversion from the purchase occasions
-    from loyalist.features.summary import purchases
-
-    occ = purchases(t, dt.datetime.combine(as_of, dt.time()))
-    import ibis
-
-    w = ibis.window(group_by=occ.customer_id, order_by=occ.day)
-    ranked = occ.mutate(n=ibis.row_number().over(w))
-    first_two = ranked.filter(ranked.n <= 1)  # ibis row_number() counts from 0: the first two occasions
-    two = first_two.group_by("customer_id").aggregate(
-        first=first_two.day.min(), second=first_two.day.max()).execute()
-    two["first"] = pd.to_datetime(two["first"])
-    two["second"] = pd.to_datetime(two["second"])
-    two.loc[two["first"] == two["second"], "second"] = pd.NaT
-    two = two.set_index("customer_id")
-    f2 = lc.first_to_second(two["first"], two["second"], as_of)
+    f2 = _first_to_second(_first_two(t, as_of).execute(), as_of)
     if len(conv):
         conv["base"] = conv.groupby(["period_start", "from_stage"])["customers"].transform("sum")
     conv = pd.concat([conv, f2], ignore_index=True) if len(conv) else f2
@@ -329,10 +313,158 @@ def compute_lifecycle(store: Store, as_of: dt.date) -> tuple[pd.DataFrame, pd.Da
     return now, conv
 
 
-@step("lifecycle", 60)
+def _snapshot_dates(t: ir.Table, as_of: dt.date) -> list[dt.date] | None:
+    first = t.filter(t.customer_id.notnull()).order_date.min().execute()
+    if first is None or pd.isna(first):
+        return None
+    start = pd.Timestamp(first).to_period("M").to_timestamp() + pd.offsets.MonthBegin(1)
+    snaps = [d.date() for d in pd.date_range(start, pd.Timestamp(as_of), freq="MS")]
+    return sorted(set(snaps) | {as_of})
+
+
+def _first_two(t: ir.Table, as_of: dt.date) -> ir.Table:
+    """customer_id, first, second: the days of each customer's first two purchase occasions (second = first
+    with one occasion)."""
+    import ibis
+
+    from loyalist.features.summary import purchases
+
+    occ = purchases(t, dt.datetime.combine(as_of, dt.time()))
+    w = ibis.window(group_by=occ.customer_id, order_by=occ.day)
+    ranked = occ.mutate(n=ibis.row_number().over(w))
+    first_two = ranked.filter(ranked.n <= 1)  # ibis row_number() counts from 0: the first two occasions
+    return first_two.group_by("customer_id").aggregate(first=first_two.day.min(), second=first_two.day.max())
+
+
+def _first_to_second(two: pd.DataFrame, as_of: dt.date) -> pd.DataFrame:
+    two = two.copy()
+    two["first"] = pd.to_datetime(two["first"])
+    two["second"] = pd.to_datetime(two["second"])
+    two.loc[two["first"] == two["second"], "second"] = pd.NaT
+    two = two.set_index("customer_id")
+    return lc.first_to_second(two["first"], two["second"], as_of)
+
+
+def lifecycle_on_spark(source, as_of: dt.date) -> tuple[ir.Table | None, pd.DataFrame]:
+    """`compute_lifecycle` on the Spark engine (`source` = loyalist.engine.spark.SparkSource): the snapshots,
+    the population gaps (exact medians, Spark `percentile`) and the first two orders are the same Ibis
+    expressions run on Spark; `lc.assign_stages` and `lc.stage_reason` run per Arrow batch (mapInPandas) with
+    the population gaps of all customers; `lc.transition_counts` runs per partition of customers and
+    `lc.first_to_second` per batch, and their counts (one row per month x stage pair) are summed at the
+    driver, where the rates are computed as on one machine. Returns (Ibis table customer_id, lifecycle_stage,
+    lifecycle_reason; the lifecycle_conversion table)."""
+    import ibis
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+    from pyspark.sql import types as T
+
+    con = source.ibis
+    session = con._session
+    t = source.table("transactions")
+    snaps = _snapshot_dates(t, as_of)
+    if snaps is None:
+        return None, pd.DataFrame()
+    snap = feat.lifecycle_snapshots(t, snaps)
+    # mean gap of customers with two orders or more, as lc.assign_stages computes it (NULL: one order)
+    snap = snap.mutate(mg=ibis.ifelse(snap.orders > 1, snap.span_days / (snap.orders - 1), ibis.null("float64")))
+    per = snap.group_by("snapshot").aggregate(pop=snap.mg.median()).execute()
+    overall = snap.mg.median().execute()
+    fallback = float(overall) if overall is not None and np.isfinite(overall) else 30.0
+    pop = pd.Series(per["pop"].to_numpy(float), index=pd.to_datetime(per["snapshot"]))
+    pop = pd.Series(np.where(np.isfinite(pop.to_numpy()), pop.to_numpy(), fallback), index=pop.index)
+    as_of_ts = pd.Timestamp(as_of)
+
+    def stages(batches):
+        for b in batches:
+            if b.empty:
+                continue
+            b["snapshot"] = pd.to_datetime(b["snapshot"])
+            st = lc.assign_stages(b.drop(columns="mg"), population_gap=pop)
+            now = (st["snapshot"] == as_of_ts).to_numpy()
+            reason = pd.Series(None, index=st.index, dtype=object)
+            if now.any():
+                reason[now] = st.loc[now, "stage"] + ": " + lc.stage_reason(st[now])
+            yield pd.DataFrame({"snapshot": st["snapshot"], "customer_id": st["customer_id"],
+                                "stage": st["stage"].astype(str), "lifecycle_reason": reason})
+
+    schema = T.StructType([T.StructField("snapshot", T.TimestampNTZType()),
+                           T.StructField("customer_id", T.StringType()), T.StructField("stage", T.StringType()),
+                           T.StructField("lifecycle_reason", T.StringType())])
+    st = session.sql(con.compile(snap)).mapInPandas(stages, schema).persist(StorageLevel.MEMORY_AND_DISK)
+    source.cached.append(st)
+    conv = pd.DataFrame()
+    if len(snaps) > 2:
+        before = [pd.Timestamp(d) for d in snaps if pd.Timestamp(d) < as_of_ts]
+
+        def transitions(batches):
+            part = [b for b in batches if not b.empty]
+            if not part:
+                return
+            df = pd.concat(part, ignore_index=True)
+            df["snapshot"] = pd.to_datetime(df["snapshot"])
+            g = lc.transition_counts(df, before)
+            if len(g):
+                yield g
+
+        cschema = T.StructType([T.StructField("period_start", T.TimestampNTZType()),
+                                T.StructField("period_end", T.TimestampNTZType()),
+                                T.StructField("from_stage", T.StringType()), T.StructField("to_stage", T.StringType()),
+                                T.StructField("customers", T.LongType())])
+        counts = (st.filter(F.col("snapshot") < F.lit(as_of_ts.to_pydatetime()))
+                  .select("snapshot", "customer_id", "stage").repartition("customer_id")  # a customer in one part
+                  .mapInPandas(transitions, cschema).toPandas())
+        keys = ["period_start", "period_end", "from_stage", "to_stage"]
+        counts = counts.groupby(keys)["customers"].sum().reset_index()
+        counts["period_start"] = pd.to_datetime(counts["period_start"])
+        counts["period_end"] = pd.to_datetime(counts["period_end"])
+        conv = lc.conversion_rates(counts)
+
+    def f2(batches):
+        for b in batches:
+            if b.empty:
+                continue
+            g = _first_to_second(b, as_of)
+            if len(g):
+                yield g[f2_cols]
+
+    # lc.first_to_second per batch of customers; its counts (customers = converted, base) summed per month
+    f2_cols = ["period_start", "period_end", "from_stage", "to_stage", "kind", "customers", "base"]
+    fschema = T.StructType([T.StructField("period_start", T.TimestampNTZType()),
+                            T.StructField("period_end", T.TimestampNTZType()),
+                            T.StructField("from_stage", T.StringType()), T.StructField("to_stage", T.StringType()),
+                            T.StructField("kind", T.StringType()),
+                            T.StructField("customers", T.LongType()), T.StructField("base", T.LongType())])
+    parts = session.sql(con.compile(_first_two(t, as_of))).mapInPandas(f2, fschema).toPandas()
+    g = parts.groupby(f2_cols[:5])[["customers", "base"]].sum().reset_index()
+    g["period_start"] = pd.to_datetime(g["period_start"])
+    g["period_end"] = pd.to_datetime(g["period_end"])
+    g["rate"] = g["customers"] / g["base"]  # as lc.first_to_second: converted / customers of the month
+    f2_table = g
+    if len(conv):
+        conv["base"] = conv.groupby(["period_start", "from_stage"])["customers"].transform("sum")
+    conv = pd.concat([conv, f2_table], ignore_index=True) if len(conv) else f2_table
+    conv = conv[["kind", "period_start", "period_end", "from_stage", "to_stage", "customers", "rate", "base"]]
+    view = f"loyalist_lifecycle_{abs(hash((str(as_of), id(st)))) % 10**8}"
+    st.filter(F.col("snapshot") == F.lit(as_of_ts.to_pydatetime())).select(
+        "customer_id", F.col("stage").alias("lifecycle_stage"), "lifecycle_reason").createOrReplaceTempView(view)
+    return con.table(view), conv
+
+
+@step("lifecycle", 60, spark=True)
 def lifecycle_step(ctx: Context) -> pd.DataFrame | None:
+    """On the Spark engine `ctx.store` is a SparkSource: cohorts are the same Ibis aggregation, the stages
+    `lifecycle_on_spark`; the tables go to its `write_result`."""
     store = ctx.store
     cohorts = compute_cohorts(store, ctx.as_of)
+    write = getattr(store, "write_result", None)
+    if write is not None:
+        write("cohorts", cohorts)
+        now_t, conv = lifecycle_on_spark(store, ctx.as_of)
+        if now_t is None:
+            ctx.notes.append("lifecycle: no customer purchases before the as-of date")
+            return None
+        write("lifecycle_conversion", conv)
+        return now_t
     write_frame(store, "cohorts", cohorts, replace=True)
     now, conv = compute_lifecycle(store, ctx.as_of)
     if now.empty:

@@ -36,9 +36,13 @@ def _shrunk(mean_gap: np.ndarray, n_gaps: np.ndarray, pop_gap: float | np.ndarra
 
 
 def assign_stages(snap: pd.DataFrame, at_risk: float = AT_RISK_MULT, lapsed: float = LAPSED_MULT,
-                  prior_gaps: float = PRIOR_GAPS) -> pd.DataFrame:
+                  prior_gaps: float = PRIOR_GAPS, population_gap: pd.Series | None = None) -> pd.DataFrame:
     """Stage per row of `snap` (columns: snapshot, customer_id, orders, span_days, since_last_days,
-    last_gap_days). Adds typical_gap_days, population_gap_days, stage."""
+    last_gap_days). Adds typical_gap_days, population_gap_days, stage.
+
+    `population_gap` (snapshot -> population gap, fallback applied): given when `snap` is only a part of the
+    customers (the Spark engine scores a batch at a time; the medians are computed over all customers there),
+    else computed from `snap`."""
     s = snap.copy()
     orders = s["orders"].to_numpy(float)
     span = s["span_days"].to_numpy(float)
@@ -46,8 +50,11 @@ def assign_stages(snap: pd.DataFrame, at_risk: float = AT_RISK_MULT, lapsed: flo
     last_gap = s["last_gap_days"].to_numpy(float)
     n_gaps = orders - 1
     mean_gap = np.where(n_gaps > 0, span / np.maximum(n_gaps, 1), np.nan)
-    pop = s.assign(mg=mean_gap).groupby("snapshot")["mg"].transform("median").to_numpy(float)
-    pop = np.where(np.isfinite(pop), pop, np.nanmedian(mean_gap) if np.isfinite(mean_gap).any() else 30.0)
+    if population_gap is None:
+        pop = s.assign(mg=mean_gap).groupby("snapshot")["mg"].transform("median").to_numpy(float)
+        pop = np.where(np.isfinite(pop), pop, np.nanmedian(mean_gap) if np.isfinite(mean_gap).any() else 30.0)
+    else:
+        pop = s["snapshot"].map(population_gap).to_numpy(float)
     g = _shrunk(mean_gap, n_gaps, pop, prior_gaps)
     # typical gap before the last one (for reactivation)
     prev_n = np.maximum(n_gaps - 1, 0)
@@ -78,14 +85,26 @@ def conversion(stages: pd.DataFrame) -> pd.DataFrame:
     """Stage-to-stage transitions between consecutive snapshots: period_start, period_end, from_stage,
     to_stage, customers, rate (share of the from_stage customers at period_start). Customers acquired during
     a period appear from the next one."""
+    return conversion_rates(transition_counts(stages))
+
+
+def transition_counts(stages: pd.DataFrame, snapshots: list | None = None) -> pd.DataFrame:
+    """period_start, period_end, from_stage, to_stage, customers: how many customers moved between stages from
+    one snapshot to the next. Additive over customers: counts of parts of the customers (each customer's rows
+    in one part, `snapshots` = all snapshot dates) sum to the counts of the whole (the Spark engine)."""
     st = stages[["snapshot", "customer_id", "stage"]]
-    snaps = sorted(st["snapshot"].unique())
+    snaps = sorted(st["snapshot"].unique()) if snapshots is None else sorted(snapshots)
     nxt = dict(zip(snaps[:-1], snaps[1:]))
     a = st[st["snapshot"].isin(list(nxt))].assign(period_end=lambda f: f["snapshot"].map(nxt))
     j = a.merge(st.rename(columns={"snapshot": "period_end", "stage": "to_stage"}), on=["period_end", "customer_id"])
     g = j.groupby(["snapshot", "period_end", "stage", "to_stage"]).size().rename("customers").reset_index()
-    g["rate"] = g["customers"] / g.groupby(["snapshot", "stage"])["customers"].transform("sum")
-    g = g.rename(columns={"snapshot": "period_start", "stage": "from_stage"})
+    return g.rename(columns={"snapshot": "period_start", "stage": "from_stage"})
+
+
+def conversion_rates(counts: pd.DataFrame) -> pd.DataFrame:
+    """`transition_counts` with rate (share of the from_stage customers at period_start) and kind."""
+    g = counts.copy()
+    g["rate"] = g["customers"] / g.groupby(["period_start", "from_stage"])["customers"].transform("sum")
     g["kind"] = "stage"
     return g
 
