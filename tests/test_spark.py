@@ -292,9 +292,13 @@ def _with_products(folder, n_customers: int = 800, n_products: int = 40):
 
 
 def test_products_give_the_same_clv_and_category_forecasts(spark, tmp_path, monkeypatch):
-    store, parquet, products, prods = _with_products(tmp_path)
+    store, parquet, _, prods = _with_products(tmp_path)
     duck = duckdb_table(store, SYNTH_AS_OF, "bgnbd", monkeypatch)
     duck_fc = duckdb_forecast_tables(store, SYNTH_AS_OF, duck, {})
+    store.close()  # the CLI opens it itself
+    db, products = tmp_path / "synthetic.duckdb", tmp_path / "products"
+    res = CliRunner().invoke(app, ["dump", "products", "--db", str(db), "--out", str(products)])
+    assert res.exit_code == 0, res.output
     run = analyze_spark(str(parquet), out=str(tmp_path / "out"), session=spark, model="bgnbd", as_of=SYNTH_AS_OF,
                         steps=["forecast"], products=str(products))
     table = pd.read_parquet(run.out)
@@ -323,10 +327,11 @@ def test_products_give_the_same_clv_and_category_forecasts(spark, tmp_path, monk
     assert ok.sum() > 100 and (margin < 1).sum() > 100
     np.testing.assert_allclose(clv[ok], plain[ok] * margin[ok], rtol=1e-9)
     # a store with such products and no --products: refused at once, naming the flag
-    store.close()
     with pytest.raises(LoyalistError, match="pass them with --products"):
-        analyze_spark(str(parquet), out=str(tmp_path / "never"), session=spark, model="bgnbd",
-                      db=tmp_path / "synthetic.duckdb")
+        analyze_spark(str(parquet), out=str(tmp_path / "never"), session=spark, model="bgnbd", db=db)
+    res = CliRunner().invoke(app, ["analyze", "--engine", "spark", "--source", str(parquet), "--out",
+                                   str(tmp_path / "never"), "--model", "bgnbd", "--db", str(db)])
+    assert res.exit_code == 1 and "--products" in res.output
     assert not (tmp_path / "never").exists()
 
 
