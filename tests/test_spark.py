@@ -259,13 +259,26 @@ def test_online_retail_spark_equals_duckdb(spark, tmp_path, monkeypatch):
     # Online Retail II has no product categories, so the DuckDB engine makes no category level either
     assert store.con.execute("SELECT count(category) FROM products").fetchall()[0][0] == 0
     duck_forecast = duckdb_forecast_tables(store, as_of, duck, {})
+    from spark_helpers import LIFECYCLE_TABLES
+
+    from loyalist.insights import Context
+    from loyalist.insights.aggregate import lifecycle_step
+
+    duck_life = lifecycle_step(Context(store, as_of, None, None, duck, {}, []))
+    duck_life_tables = {n: store.con.execute(f"SELECT * FROM {n}").df() for n in LIFECYCLE_TABLES}
     store.con.execute(f"COPY transactions TO '{tmp_path / 'tx'}' (FORMAT parquet, FILE_SIZE_BYTES '16MB')")
     store.close()
     run = analyze_spark(str(tmp_path / "tx"), out=str(tmp_path / "out"), session=spark, model=model, as_of=as_of,
-                        steps=["forecast"])
+                        steps=["lifecycle", "forecast"])
     table = pd.read_parquet(run.out)
     assert len(table) > 5000
-    assert_same_table(duck, table)
+    assert_same_table(duck, table[BASE_COLUMNS])
+    m = duck_life.merge(table, on="customer_id", suffixes=("_d", ""))
+    assert len(m) == len(table)
+    assert (m["lifecycle_stage_d"] == m["lifecycle_stage"]).all()
+    assert (m["lifecycle_reason_d"] == m["lifecycle_reason"]).all()
+    for name in LIFECYCLE_TABLES:
+        assert_same_rows(name, duck_life_tables[name], pd.read_parquet(tmp_path / "out" / name))
     assert np.isfinite(table["clv_12m"]).all()
     got = spark_result_tables(tmp_path / "out")
     assert (got["forecasts"]["level"] == "product").sum() > 1000
