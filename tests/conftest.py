@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 pytest_plugins = ["pg"]
@@ -38,3 +39,33 @@ def demo_store(tmp_path_factory):
     ingest(store, DEMO)
     yield store
     store.close()
+
+
+# The Online Retail II non-product codes, written out here so the tests do not lean on loyalist.schema's list.
+NON_PRODUCT_CODES = ("POST", "DOT", "M", "C2", "D", "S", "B", "BANK CHARGES", "AMAZONFEE", "CRUK", "PADS")
+
+
+def demo_lines(paths: list[Path] = DEMO) -> pd.DataFrame:
+    """Independent pandas reading of two Online Retail II exports: the second export repeats the first one's
+    last days line for line, so those are counted once. Adds customer_id (NaN for guests), day, non_product
+    (postage, fees, adjustments) and cancelled (invoice 'C...')."""
+    from loyalist.schema import NON_PRODUCT_DESCRIPTION
+
+    first, second = (pd.read_csv(p, dtype={"Customer ID": str, "Invoice": str, "StockCode": str},
+                                 parse_dates=["InvoiceDate"]) for p in paths)
+    df = pd.concat([first, second[second["InvoiceDate"] > first["InvoiceDate"].max()]])
+    code = df["StockCode"].str.upper()
+    return df.assign(
+        customer_id=df["Customer ID"].str.replace(r"\.0+$", "", regex=True),
+        day=df["InvoiceDate"].dt.normalize(),
+        non_product=(code.isin(NON_PRODUCT_CODES) | code.str.startswith(("ADJUST", "TEST", "GIFT_"))
+                     | df["Description"].fillna("").str.match(NON_PRODUCT_DESCRIPTION)),
+        cancelled=df["Invoice"].str.startswith("C"))
+
+
+def demo_purchases(paths: list[Path] = DEMO) -> pd.DataFrame:
+    """The purchase lines of demo_lines: known customer, not cancelled, positive quantity, price >= 0,
+    a product."""
+    df = demo_lines(paths)
+    return df[df["customer_id"].notna() & ~df["cancelled"] & (df["Quantity"] > 0) & (df["Price"] >= 0)
+              & ~df["non_product"]].copy()

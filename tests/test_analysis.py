@@ -9,14 +9,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import DEMO, shared_file
+from conftest import DEMO, demo_purchases, shared_file
 from typer.testing import CliRunner
 
 from loyalist.analysis import analyze, run_backtest
 from loyalist.backtest import backtest
 from loyalist.cli import app
 from loyalist.ingest import Options, ingest
-from loyalist.schema import NON_PRODUCT_DESCRIPTION
 from loyalist.store import open_store
 
 COLUMNS = ["customer_id", "first_order", "last_order", "orders", "revenue", "frequency", "recency_days",
@@ -27,20 +26,7 @@ COLUMNS = ["customer_id", "first_order", "last_order", "orders", "revenue", "fre
 def _occasions(paths: list[Path]) -> pd.DataFrame:
     """Independent pandas version of the purchase-occasion rule: per customer and day, positive product
     lines of non-cancelled invoices, overlapping exports counted once."""
-    first, second = (pd.read_csv(p, dtype={"Customer ID": str, "Invoice": str, "StockCode": str},
-                                 parse_dates=["InvoiceDate"]) for p in paths)
-    # The second export repeats the first one's last days line for line: count them once.
-    df = pd.concat([first, second[second["InvoiceDate"] > first["InvoiceDate"].max()]])
-    df = df[df["Customer ID"].notna() & ~df["Invoice"].str.startswith("C") & (df["Quantity"] > 0)
-            & (df["Price"] >= 0)]
-    code = df["StockCode"].str.upper()
-    non_product = (code.isin(["POST", "DOT", "M", "C2", "D", "S", "B", "BANK CHARGES", "AMAZONFEE", "CRUK", "PADS"])
-                   | code.str.startswith(("ADJUST", "TEST", "GIFT_"))
-                   | df["Description"].fillna("").str.match(NON_PRODUCT_DESCRIPTION))
-    df = df[~non_product]
-    df["customer_id"] = df["Customer ID"].str.replace(r"\.0+$", "", regex=True)
-    df["day"] = df["InvoiceDate"].dt.normalize()
-    return df.groupby(["customer_id", "day"]).size().reset_index(name="lines")
+    return demo_purchases(paths).groupby(["customer_id", "day"]).size().reset_index(name="lines")
 
 
 def test_backtest_counts_the_holdout_independently(demo_store):

@@ -7,17 +7,12 @@ import datetime as dt
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import DEMO
+from conftest import DEMO, demo_purchases
 from typer.testing import CliRunner
 
 from loyalist.cli import app
 from loyalist.ingest import ingest
 from loyalist.insights import aggregate as agg
-from loyalist.schema import (
-    NON_PRODUCT_CODE_PREFIXES,
-    NON_PRODUCT_CODES,
-    NON_PRODUCT_DESCRIPTION,
-)
 from loyalist.store import open_store
 
 AS_OF = dt.date(2011, 12, 10)
@@ -25,16 +20,8 @@ AS_OF = dt.date(2011, 12, 10)
 
 def occasions() -> pd.DataFrame:
     """Purchase occasions (customer x day, positive product lines of non-cancelled invoices, guests out)."""
-    first, second = (pd.read_csv(p, dtype={"Customer ID": str, "Invoice": str, "StockCode": str},
-                                 parse_dates=["InvoiceDate"]) for p in DEMO)
-    df = pd.concat([first, second[second["InvoiceDate"] > first["InvoiceDate"].max()]])
-    code = df["StockCode"].str.upper()
-    non_product = (code.isin(NON_PRODUCT_CODES) | code.str.startswith(NON_PRODUCT_CODE_PREFIXES)
-                   | df["Description"].fillna("").str.match(NON_PRODUCT_DESCRIPTION))
-    df = df[df["Customer ID"].notna() & ~df["Invoice"].str.startswith("C") & (df["Quantity"] > 0)
-            & (df["Price"] >= 0) & ~non_product]
-    df = df.assign(customer_id=df["Customer ID"].str.replace(r"\.0+$", "", regex=True),
-                   day=df["InvoiceDate"].dt.normalize(), spend=df["Quantity"] * df["Price"])
+    df = demo_purchases()
+    df["spend"] = df["Quantity"] * df["Price"]
     return df.groupby(["customer_id", "day"], as_index=False)["spend"].sum()
 
 

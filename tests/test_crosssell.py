@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
-from conftest import REPO
+from conftest import DEMO, demo_lines
 from typer.testing import CliRunner
 
 from loyalist.cli import app
@@ -22,12 +22,7 @@ from loyalist.ingest import ingest
 from loyalist.insights import Context
 from loyalist.insights.crosssell import compute_gaps, crosssell_step, prepare
 from loyalist.models.crosssell import LookAlikeRecommender, top_n_sparse
-from loyalist.schema import NON_PRODUCT_DESCRIPTION
 from loyalist.store import has_table, open_store
-
-DEMO = sorted((REPO / "data" / "demo").glob("*.csv.gz"))
-NON_PRODUCT_CODES = ["POST", "DOT", "M", "C2", "D", "S", "B", "BANK CHARGES", "AMAZONFEE", "CRUK", "PADS"]
-
 
 # ---------------------------------------------------------------- the numeric core against dense references
 
@@ -293,16 +288,10 @@ def test_categories_and_customer_attributes(tmp_path):
 # ---------------------------------------------------------------- the bundled demo data, checked against pandas
 
 def _raw(paths: list[Path]) -> pd.DataFrame:
-    first, second = (pd.read_csv(p, dtype={"Customer ID": str, "Invoice": str, "StockCode": str},
-                                 parse_dates=["InvoiceDate"]) for p in paths)
-    df = pd.concat([first, second[second["InvoiceDate"] > first["InvoiceDate"].max()]])
-    df = df[df["Customer ID"].notna()].copy()
-    code = df["StockCode"].str.upper()
-    df["non_product"] = (code.isin(NON_PRODUCT_CODES) | code.str.startswith(("ADJUST", "TEST", "GIFT_"))
-                         | df["Description"].fillna("").str.match(NON_PRODUCT_DESCRIPTION))
-    df["customer_id"] = df["Customer ID"].str.replace(r"\.0+$", "", regex=True)
-    df["purchase"] = ~df["Invoice"].str.startswith("C") & (df["Quantity"] > 0) & ~df["non_product"]
-    df["returned"] = (df["Invoice"].str.startswith("C") | (df["Quantity"] < 0)) & ~df["non_product"]
+    df = demo_lines(paths)
+    df = df[df["customer_id"].notna()].copy()
+    df["purchase"] = ~df["cancelled"] & (df["Quantity"] > 0) & ~df["non_product"]
+    df["returned"] = (df["cancelled"] | (df["Quantity"] < 0)) & ~df["non_product"]
     return df
 
 

@@ -10,7 +10,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import DEMO
+from conftest import DEMO, demo_lines
 from typer.testing import CliRunner
 
 from loyalist.cli import app
@@ -18,11 +18,6 @@ from loyalist.features import aggregate as feat
 from loyalist.ingest import ingest
 from loyalist.insights import aggregate as agg
 from loyalist.models import forecast as fm
-from loyalist.schema import (
-    NON_PRODUCT_CODE_PREFIXES,
-    NON_PRODUCT_CODES,
-    NON_PRODUCT_DESCRIPTION,
-)
 from loyalist.store import open_store
 
 AS_OF = dt.date(2011, 12, 10)
@@ -31,15 +26,9 @@ AS_OF = dt.date(2011, 12, 10)
 def raw_demand() -> pd.DataFrame:
     """Independent pandas version of the demand rule: product lines with positive quantity, cancellations
     (invoice 'C...') and non-product codes left out, guests kept, the two exports' overlap counted once."""
-    first, second = (pd.read_csv(p, dtype={"Customer ID": str, "Invoice": str, "StockCode": str},
-                                 parse_dates=["InvoiceDate"]) for p in DEMO)
-    df = pd.concat([first, second[second["InvoiceDate"] > first["InvoiceDate"].max()]])
-    code = df["StockCode"].str.upper()
-    non_product = (code.isin(NON_PRODUCT_CODES) | code.str.startswith(NON_PRODUCT_CODE_PREFIXES)
-                   | df["Description"].fillna("").str.match(NON_PRODUCT_DESCRIPTION))
-    df = df[~non_product & ~df["Invoice"].str.startswith("C") & (df["Quantity"] > 0)]
-    df = df.assign(week=df["InvoiceDate"].dt.to_period("W-SUN").dt.start_time)
-    return df
+    df = demo_lines()
+    df = df[~df["non_product"] & ~df["cancelled"] & (df["Quantity"] > 0)]
+    return df.assign(week=df["InvoiceDate"].dt.to_period("W-SUN").dt.start_time)
 
 
 @pytest.fixture(scope="module")

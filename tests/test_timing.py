@@ -10,7 +10,7 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import REPO
+from conftest import demo_purchases
 from typer.testing import CliRunner
 
 from loyalist.analysis import CUSTOMER_TABLE
@@ -19,15 +19,22 @@ from loyalist.customer_base import Settings, fit_base, score
 from loyalist.evaluation.timing import evaluate, versus_baselines
 from loyalist.features import rfm_summary
 from loyalist.features.timing import customer_gaps, product_cycles
-from loyalist.ingest import ingest
 from loyalist.insights import Context
-from loyalist.insights.timing import (MEDIAN_WEIGHTS, MIX_GRID, base_prob_order, base_summary, coverage_80,
-                                      fit_customer_model, fit_stack, score_customers, select_mix, timing)
+from loyalist.insights.timing import (
+    MEDIAN_WEIGHTS,
+    MIX_GRID,
+    base_prob_order,
+    base_summary,
+    coverage_80,
+    fit_customer_model,
+    fit_stack,
+    score_customers,
+    select_mix,
+    timing,
+)
 from loyalist.models.next_order import GammaRenewal
-from loyalist.schema import NON_PRODUCT_DESCRIPTION
 from loyalist.store import open_store, write_frame
 
-DEMO = sorted((REPO / "data" / "demo").glob("*.csv.gz"))
 AS_OF = dt.date(2011, 9, 1)
 CONTRACT = ["next_order_date", "next_order_p10", "next_order_p90", "prob_order_30d", "prob_order_60d",
             "overdue_days", "overdue_score", "overdue_reason", "cycle_days", "cycle_regularity", "cycle_class",
@@ -112,18 +119,7 @@ def test_fit_validates_its_input():
 # ----------------------------------------------------------------------------- features vs pandas
 def _lines(until: dt.date | None = AS_OF) -> pd.DataFrame:
     """Independent pandas reading of the demo files: purchase lines (same rules as test_analysis)."""
-    first, second = (pd.read_csv(p, dtype={"Customer ID": str, "Invoice": str, "StockCode": str},
-                                 parse_dates=["InvoiceDate"]) for p in DEMO)
-    df = pd.concat([first, second[second["InvoiceDate"] > first["InvoiceDate"].max()]])
-    df = df[df["Customer ID"].notna() & ~df["Invoice"].str.startswith("C") & (df["Quantity"] > 0)
-            & (df["Price"] >= 0)]
-    code = df["StockCode"].str.upper()
-    non_product = (code.isin(["POST", "DOT", "M", "C2", "D", "S", "B", "BANK CHARGES", "AMAZONFEE", "CRUK", "PADS"])
-                   | code.str.startswith(("ADJUST", "TEST", "GIFT_"))
-                   | df["Description"].fillna("").str.match(NON_PRODUCT_DESCRIPTION))
-    df = df[~non_product].copy()
-    df["customer_id"] = df["Customer ID"].str.replace(r"\.0+$", "", regex=True)
-    df["day"] = df["InvoiceDate"].dt.normalize()
+    df = demo_purchases()
     return df if until is None else df[df["day"] < pd.Timestamp(until)]
 
 
@@ -134,14 +130,6 @@ def _gap_stats(days: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     return pd.DataFrame({"occasions": g.size(), "gap_sum": g["gap"].sum(), "logsum": np.log(d["gap"]).groupby(
         [d[k] for k in keys]).sum(), "last_gap": g["gap"].last(),
         "elapsed": (pd.Timestamp(AS_OF) - g["day"].max()).dt.days})
-
-
-@pytest.fixture(scope="module")
-def demo_store(tmp_path_factory):
-    store = open_store(tmp_path_factory.mktemp("timing") / "demo.duckdb")
-    ingest(store, DEMO)
-    yield store
-    store.close()
 
 
 def test_customer_gaps_match_pandas(demo_store):
