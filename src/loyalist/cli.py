@@ -366,6 +366,9 @@ def analyze(
     products: Annotated[Optional[str], typer.Option("--products", help="Spark: the canonical products table as "
                                                                       "Parquet/CSV (`loyalist dump products`): "
                                                                       "costs for CLV, categories for forecasts.")] = None,
+    invoices: Annotated[Optional[str], typer.Option("--invoices", help="Spark: the canonical invoices table as "
+                                                                      "Parquet/CSV (`loyalist dump invoices`): "
+                                                                      "payment behaviour.")] = None,
 ) -> None:
     """Score every customer: P(alive), expected orders and P(order) in the next days, expected order value,
     12-month CLV. The per-customer table is stored; `loyalist customers` prints or exports it."""
@@ -376,11 +379,11 @@ def analyze(
         cfg = config.load(config_path)
         if model not in ("auto", "bgnbd", "paretonbd", "mbgnbd"):
             raise LoyalistError(f"--model {model!r}: choose auto, bgnbd, paretonbd or mbgnbd")
-        if engine != "duckdb" or source or spark_master or spark_out or steps or products:
+        if engine != "duckdb" or source or spark_master or spark_out or steps or products or invoices:
             from loyalist.commands.spark import analyze_on_spark
 
             return analyze_on_spark(engine, db, _as_date(as_of, "--as-of"), model, _settings(cfg, horizon), cfg,
-                                    spark_master, source, spark_out, steps, json_, products)
+                                    spark_master, source, spark_out, steps, json_, products, invoices)
         store = open_store(_db(db, cfg))
         with err.status("fitting the customer-base models and scoring every customer") as status:
             try:

@@ -60,11 +60,12 @@ def dump(
 
 def analyze_on_spark(engine: str, db: Path | None, as_of: dt.date | None, model: str, settings, cfg: config.Config,
                      master: str | None, source: list[str] | None, spark_out: str | None, steps: list[str] | None,
-                     json_: bool, products: str | None = None) -> None:
+                     json_: bool, products: str | None = None, invoices: str | None = None) -> None:
     """`loyalist analyze --engine spark ...` (called from the analyze command; errors are LoyalistError)."""
     if engine != "spark":
         if engine == "duckdb":
-            raise LoyalistError("--spark-master, --source, --out, --step and --products are for --engine spark")
+            raise LoyalistError("--spark-master, --source, --out, --step, --products and --invoices are for "
+                                "--engine spark")
         raise LoyalistError(f"--engine {engine!r}: choose duckdb or spark")
     if not source:
         raise LoyalistError("--engine spark needs --source: the canonical transactions as Parquet/CSV path(s) or a "
@@ -81,7 +82,7 @@ def analyze_on_spark(engine: str, db: Path | None, as_of: dt.date | None, model:
     with err.status("starting Spark") as status:
         run = analyze_spark(source if len(source) > 1 else source[0], out=target, master=master, as_of=as_of,
                             model=model, settings=settings, config=cfg.sections, db=db, steps=steps,
-                            on_stage=status.update, products=products)
+                            on_stage=status.update, products=products, invoices=invoices)
     report = run.report
     if json_:
         out.print_json(json.dumps({**report.to_dict(), "engine": "spark", "out": run.out, "patterns": run.patterns,

@@ -127,6 +127,11 @@ def spark_session(master: str | None = None, conf: dict[str, str] | None = None,
 
 PRODUCTS_TYPES: dict[str, str] = {"product_id": "string", "description": "string", "category": "string",
                                   "unit_cost": "float64", "margin": "float64"}
+INVOICE_TYPES: dict[str, str] = {"invoice_id": "string", "customer_id": "string", "invoice_date": "date",
+                                 "due_date": "date", "amount": "float64", "paid_date": "date", "disputed": "boolean"}
+EMPTY_WITHOUT_OPTION = {"products": (PRODUCTS_TYPES, "no products table (--products): no product categories "
+                                                     "(forecasts have no category level)"),
+                        "invoices": (INVOICE_TYPES, "no invoices table (--invoices): no payment behaviour")}
 
 
 @dataclass
@@ -145,21 +150,25 @@ class SparkSource:
     """Spark DataFrames a step persisted for the final write; the engine unpersists them at the end."""
 
     def table(self, name: str) -> ir.Table:
-        if name == "products" and name not in self.tables:
+        if name in EMPTY_WITHOUT_OPTION and name not in self.tables:
             import ibis
 
-            note = ("no products table (--products): no product categories (forecasts have no category level)")
+            types, note = EMPTY_WITHOUT_OPTION[name]
             if note not in self.notes:
                 self.notes.append(note)
-            return ibis.memtable(pd.DataFrame({c: pd.Series(dtype="object" if t == "string" else t)
-                                               for c, t in PRODUCTS_TYPES.items()}),
-                                 schema=PRODUCTS_TYPES)
+            return ibis.memtable(pd.DataFrame({c: pd.Series(dtype="object" if t in ("string", "date") else
+                                                            "boolean" if t == "boolean" else t)
+                                               for c, t in types.items()}), schema=types)
         if name not in self.tables:
             raise LoyalistError(f"table {name!r} is not read on the Spark engine (available: {sorted(self.tables)})")
         return self.tables[name]
 
-    def write_result(self, name: str, frame: pd.DataFrame) -> None:
-        """Keep a step's result table (small: one row per series, segment ...) for the engine to write."""
+    def write_result(self, name: str, frame: pd.DataFrame | DataFrame | ir.Table) -> None:
+        """Keep a step's result table for the engine to write under OUT/<name>/ (and into --db): a pandas frame
+        (small: one row per series, segment ...) or, for tables with a row per customer or customer x product,
+        a Spark DataFrame or an Ibis table on Spark, written by the executors without reaching the driver."""
+        if not isinstance(frame, pd.DataFrame) and hasattr(frame, "to_pyarrow"):  # an Ibis table
+            frame = self.ibis._session.sql(self.ibis.compile(frame))
         self.results[name] = frame
 
 
@@ -201,9 +210,9 @@ def read_transactions(con, source: str | list[str]) -> ir.Table:
     return t.mutate(**casts) if casts else t
 
 
-def read_products(con, source: str) -> ir.Table:
-    """The canonical products table (product_id, description, category, unit_cost, margin) from Parquet/CSV
-    path(s) or a Spark table (write one with `loyalist dump products --out DIR`), cast to the store's types."""
+def _read_canonical(con, source: str, option: str, types: dict[str, str], key: str, dump: str) -> ir.Table:
+    """A canonical store table from Parquet/CSV path(s) or a Spark table, with exactly `types`' columns cast to
+    the store's types (a column the source lacks is NULL; lacking `key` is an error naming the option)."""
     import ibis
 
     session = con._session
@@ -211,22 +220,34 @@ def read_products(con, source: str) -> ir.Table:
         try:
             p = con.table(source)
         except Exception as exc:
-            raise LoyalistError(f"--products {source!r}: no such path, and no Spark table of that name "
+            raise LoyalistError(f"{option} {source!r}: no such path, and no Spark table of that name "
                                 f"({str(exc).splitlines()[0]})") from None
     else:
         csv = source.lower().rstrip("/").endswith((".csv", ".csv.gz"))
         try:
             sdf = session.read.csv(source, header=True, inferSchema=False) if csv else session.read.parquet(source)
         except Exception as exc:
-            raise LoyalistError(f"--products {source}: cannot read ({str(exc).splitlines()[0][:300]})") from None
-        name = f"loyalist_products_{abs(hash(source)) % 10**8}"
+            raise LoyalistError(f"{option} {source}: cannot read ({str(exc).splitlines()[0][:300]})") from None
+        name = f"loyalist_{option.strip('-')}_{abs(hash(source)) % 10**8}"
         sdf.createOrReplaceTempView(name)
         p = con.table(name)
-    if "product_id" not in p.columns:
-        raise LoyalistError("--products lacks the column product_id; it must be a copy of the store's products "
-                            "table (write one with `loyalist dump products --out DIR`)")
-    cols = {c: (p[c].cast(ty) if c in p.columns else ibis.null(ty)) for c, ty in PRODUCTS_TYPES.items()}
+    if key not in p.columns:
+        raise LoyalistError(f"{option} lacks the column {key}; it must be a copy of the store's {dump} table "
+                            f"(write one with `loyalist dump {dump} --out DIR`)")
+    cols = {c: (p[c].cast(ty) if c in p.columns else ibis.null(ty)) for c, ty in types.items()}
     return p.select(**cols)
+
+
+def read_products(con, source: str) -> ir.Table:
+    """The canonical products table (product_id, description, category, unit_cost, margin) from Parquet/CSV
+    path(s) or a Spark table (write one with `loyalist dump products --out DIR`), cast to the store's types."""
+    return _read_canonical(con, source, "--products", PRODUCTS_TYPES, "product_id", "products")
+
+
+def read_invoices(con, source: str) -> ir.Table:
+    """The canonical invoices table (invoice_id, customer_id, invoice_date, due_date, amount, paid_date,
+    disputed) from Parquet/CSV path(s) or a Spark table (`loyalist dump invoices --out DIR`)."""
+    return _read_canonical(con, source, "--invoices", INVOICE_TYPES, "customer_id", "invoices")
 
 
 def store_products_need_flag(db: Path | str, store=None) -> str | None:
@@ -353,12 +374,14 @@ def analyze_spark(source: str | list[str], *, out: str, session: SparkSession | 
                   master: str | None = None, as_of: dt.date | None = None, model: str = "auto",
                   settings: Settings | None = None, config: dict | None = None, db: Path | str | None = None,
                   steps: list[str] | None = None, on_stage: Callable[[str], None] | None = None,
-                  partitions: int | None = None, products: str | None = None) -> SparkRun:
+                  partitions: int | None = None, products: str | None = None,
+                  invoices: str | None = None) -> SparkRun:
     """Score every customer of `source` on Spark and write the per-customer table to `out` (and `db`).
 
     `products`: the canonical products table (path or Spark table), used as the DuckDB engine uses the store's:
     per-customer margins for CLV (`analysis.margin_table`) and the category level of the forecasts. With `db`
-    holding products with costs, margins or categories, `products` is required (else the answers would differ)."""
+    holding products with costs, margins or categories, `products` is required (else the answers would differ).
+    `invoices`: the canonical invoices table (path or Spark table), for the steps that read invoices."""
     import time
 
     settings = settings or Settings()
@@ -420,6 +443,8 @@ def analyze_spark(source: str | list[str], *, out: str, session: SparkSession | 
     tables = {"transactions": t}
     if products is not None:
         tables["products"] = read_products(con, products)
+    if invoices is not None:
+        tables["invoices"] = read_invoices(con, invoices)
     as_of = as_of or _data_end(t)
     notes: list[str] = []
     summary_expr = rfm_summary(t, as_of)
@@ -470,12 +495,12 @@ def analyze_spark(source: str | list[str], *, out: str, session: SparkSession | 
             lap("steps")
         target = out.rstrip("/") + f"/{CUSTOMER_TABLE}"
         scored.sortWithinPartitions("customer_id").write.mode("overwrite").parquet(target)
+        result_tables = _write_results(session, out, source_view.results)  # before the cached frames go
         lap("score_and_write")
     finally:
         for frame in persisted:
             frame.unpersist()
         summary.unpersist()
-    result_tables = _write_results(session, out, source_view.results)
     customers = int(patterns["n"].sum())
     from loyalist.analysis import AnalysisReport
 
@@ -512,7 +537,11 @@ def analyze_spark(source: str | list[str], *, out: str, session: SparkSession | 
                 "run_at": pd.Timestamp.now(tz="UTC").tz_localize(None), "as_of": pd.Timestamp(as_of),
                 "model": model, "report": report_json}]), replace=False)
             for name, frame in source_view.results.items():
-                write_frame(store, name, frame, replace=True)  # as the DuckDB engine's steps store them
+                if isinstance(frame, pd.DataFrame):
+                    write_frame(store, name, frame, replace=True)  # as the DuckDB engine's steps store them
+                else:  # written by the executors: the store reads their Parquet files
+                    store.con.execute(f"CREATE OR REPLACE TABLE {name} AS SELECT * FROM read_parquet(?)",
+                                      [str(local.resolve() / name / "*.parquet")])
         finally:
             store.close()
         lap("load_store")
@@ -522,13 +551,16 @@ def analyze_spark(source: str | list[str], *, out: str, session: SparkSession | 
     return run
 
 
-def _write_results(session, out: str, results: dict[str, pd.DataFrame]) -> dict[str, str]:
-    """The steps' result tables (small, at the driver) as Parquet under OUT/<name>/; returns name -> path."""
+def _write_results(session, out: str, results: dict[str, Any]) -> dict[str, str]:
+    """The steps' result tables as Parquet under OUT/<name>/ (pandas frames from the driver, Spark DataFrames by
+    the executors); returns name -> path."""
     written = {}
     local = _local_dir(out)
     for name, frame in results.items():
         target = out.rstrip("/") + f"/{name}"
-        if local is not None:
+        if not isinstance(frame, pd.DataFrame):
+            frame.write.mode("overwrite").parquet(target)
+        elif local is not None:
             import shutil
 
             folder = local / name
