@@ -238,6 +238,60 @@ def fit_predict_stack(transactions: ir.Table, calib: pd.DataFrame, cutoff: dt.da
     return pred, f"{STACK}: uses {best} unchanged ({verdict}; the blend was {note})"
 
 
+def metric_sums(expected: np.ndarray, prob: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    """The sums the holdout metrics are made of, over the customers given (a whole population, or one batch of
+    it on a Spark executor: sums of batches add up). `y`: actual holdout orders."""
+    pos = (y > 0).astype(float)
+    return {"n": float(len(y)), "predicted": float(expected.sum()), "actual": float(y.sum()),
+            "abs_err": float(np.abs(expected - y).sum()), "sq_err": float(((expected - y) ** 2).sum()),
+            "brier": float(((pos - np.clip(prob, 0, 1)) ** 2).sum()), "positives": float(pos.sum())}
+
+
+def holdout_auc(pos: np.ndarray, prob: np.ndarray, weight: np.ndarray | None = None) -> float:
+    """AUC of P(order) for "ordered at least once in the holdout"; `weight`: customers per (prob, pos) row when
+    the input is counts (the same value as over the customers one by one). NaN without both outcomes."""
+    w = np.ones(len(pos)) if weight is None else np.asarray(weight, float)
+    npos = float(w[pos].sum())
+    if not 0 < npos < float(w.sum()):
+        return np.nan
+    return float(roc_auc_score(pos, prob, sample_weight=weight))
+
+
+def metric_row(name: str, s: dict[str, float], auc: float) -> dict:
+    """One row of the metrics table from :func:`metric_sums` (both engines)."""
+    n = s["n"]
+    return {
+        "model": name,
+        "predicted_orders": s["predicted"],
+        "actual_orders": s["actual"],
+        "total_error_pct": float(100 * (s["predicted"] - s["actual"]) / max(s["actual"], 1)),
+        "mae": s["abs_err"] / n,
+        "rmse": float(np.sqrt(s["sq_err"] / n)),
+        "auc": auc,
+        "brier": s["brier"] / n,
+    }
+
+
+def spend_errors(spend_pred: np.ndarray, holdout_orders: np.ndarray, holdout_spend: np.ndarray) -> tuple[float, int]:
+    """(sum of |predicted - observed average order value|, customers) over those with both, in the holdout."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        obs = holdout_spend / holdout_orders
+    ok = np.isfinite(obs) & np.isfinite(spend_pred)
+    return float(np.abs(spend_pred[ok] - obs[ok]).sum()), int(ok.sum())
+
+
+def finish_metrics(rows: list[dict], spend: tuple[float, int] | None) -> tuple[pd.DataFrame, str]:
+    """The metrics table (with the spend error when a spend model was fitted) and the chosen model: the lowest
+    per-customer MAE, the higher AUC on a tie (stable: on a tie the model listed first wins)."""
+    metrics = pd.DataFrame(rows)
+    if spend is not None:
+        total, count = spend
+        metrics["spend_mae"] = total / count if count else np.nan
+        metrics["spend_customers"] = int(count)
+    best = metrics.sort_values(["mae", "auc"], ascending=[True, False], kind="mergesort").iloc[0]["model"]
+    return metrics, str(best)
+
+
 def backtest(transactions: ir.Table, cutoff: dt.date | str, horizon_days: int = 90,
              models: tuple[str, ...] = (*TRANSACTION_MODELS, GBM)) -> BacktestResult:
     cutoff = _date(cutoff)
@@ -247,11 +301,10 @@ def backtest(transactions: ir.Table, cutoff: dt.date | str, horizon_days: int = 
         raise ValueError(f"only {len(calib)} customers bought before {cutoff}; choose a later cutoff")
     act = calib[["customer_id"]].merge(actuals(transactions, cutoff, horizon_days), on="customer_id", how="left")
     y = act["holdout_orders"].fillna(0).to_numpy(float)
-    spend_obs = (act["holdout_spend"] / act["holdout_orders"]).to_numpy(float)
     f, r, T = (calib[c].to_numpy(float) for c in ("frequency", "recency", "T"))
     rows, predicted = [], {}
     per_customer = pd.DataFrame({"customer_id": calib["customer_id"], "frequency": f, "actual": y})
-    spend_pred = None
+    spend = None
     for name in models:
         if name in (GBM, STACK, STACK_UNGUARDED):
             if name == GBM:
@@ -270,30 +323,27 @@ def backtest(transactions: ir.Table, cutoff: dt.date | str, horizon_days: int = 
             expected = tm.conditional_expected_number_of_purchases_up_to_time(horizon_days, f, r, T)
             prob = tm.probability_of_purchase_within(horizon_days, f, r, T)
             predicted[name] = tm
-            if fitted.spend is not None and spend_pred is None:
+            if fitted.spend is not None and spend is None:
                 mv = np.nan_to_num(calib["monetary_value"].to_numpy(float), nan=0.0)
-                spend_pred = fitted.spend.conditional_expected_average_profit(f, mv)
+                spend = spend_errors(fitted.spend.conditional_expected_average_profit(f, mv),
+                                     act["holdout_orders"].to_numpy(float), act["holdout_spend"].to_numpy(float))
         per_customer[name] = expected
-        has_both = 0 < (y > 0).sum() < len(y)
-        rows.append({
-            "model": name,
-            "predicted_orders": float(expected.sum()),
-            "actual_orders": float(y.sum()),
-            "total_error_pct": float(100 * (expected.sum() - y.sum()) / max(y.sum(), 1)),
-            "mae": float(np.mean(np.abs(expected - y))),
-            "rmse": float(np.sqrt(np.mean((expected - y) ** 2))),
-            "auc": float(roc_auc_score(y > 0, prob)) if has_both else np.nan,
-            "brier": float(brier_score_loss(y > 0, np.clip(prob, 0, 1))),
-        })
-    metrics = pd.DataFrame(rows)
-    if spend_pred is not None:
-        ok = np.isfinite(spend_obs) & np.isfinite(spend_pred)
-        metrics["spend_mae"] = float(np.mean(np.abs(spend_pred[ok] - spend_obs[ok]))) if ok.any() else np.nan
-        metrics["spend_customers"] = int(ok.sum())
-    # stable sort: on a tie (btyd_stack falling back to a classic model) the classic model listed first wins
-    best = metrics.sort_values(["mae", "auc"], ascending=[True, False], kind="mergesort").iloc[0]["model"]
+        rows.append(metric_row(name, metric_sums(expected, prob, y), holdout_auc(y > 0, prob)))
+    metrics, best = finish_metrics(rows, spend)
     tracking = tracking_curve(transactions, calib, predicted, cutoff, horizon_days)
-    return BacktestResult(cutoff, horizon_days, metrics, tracking, str(best), len(calib), per_customer, notes)
+    return BacktestResult(cutoff, horizon_days, metrics, tracking, best, len(calib), per_customer, notes)
+
+
+def repeat_days(transactions: ir.Table, cutoff: dt.date, horizon_days: int) -> ir.Table:
+    """(day, n): repeat purchase occasions per day up to cutoff + horizon of the customers who bought before
+    the cutoff (the actual line of the tracking plot; the Ibis expression both engines run)."""
+    end = cutoff + dt.timedelta(days=horizon_days)
+    first = purchases(transactions, dt.datetime.combine(cutoff, dt.time()))
+    first = first.group_by("customer_id").aggregate(first_day=first.day.min())
+    occ = purchases(transactions, dt.datetime.combine(end, dt.time()))
+    j = occ.join(first, "customer_id")
+    j = j.filter(j.day > j.first_day)
+    return j.group_by("day").aggregate(n=j.count())
 
 
 def tracking_curve(transactions: ir.Table, calib: pd.DataFrame, models: dict, cutoff: dt.date,
@@ -301,18 +351,26 @@ def tracking_curve(transactions: ir.Table, calib: pd.DataFrame, models: dict, cu
     """Cumulative repeat purchases of the calibration customers, week by week through calibration and
     holdout: actual, and each model's population expectation E[X(t)] summed over customers from their
     first purchase (the classic tracking plot)."""
+    repeats = repeat_days(transactions, cutoff, horizon_days).execute()
+    cohorts = pd.to_datetime(calib["first_order"]).value_counts().rename_axis("first_order").reset_index(name="n")
+    return tracking_from(repeats, cohorts, models, cutoff, horizon_days, step_days)
+
+
+def tracking_from(repeats: pd.DataFrame, cohorts: pd.DataFrame, models: dict, cutoff: dt.date,
+                  horizon_days: int, step_days: int = 7) -> pd.DataFrame:
+    """The tracking curve from small aggregates (both engines): `repeats` (day, n) from :func:`repeat_days`,
+    `cohorts` (first_order, n: customers per first-purchase day)."""
     end = cutoff + dt.timedelta(days=horizon_days)
-    occ = purchases(transactions, dt.datetime.combine(end, dt.time())).execute()
-    occ = occ[occ["customer_id"].isin(calib["customer_id"])]
-    first = occ.groupby("customer_id")["day"].transform("min")
-    repeat_days = pd.to_datetime(occ.loc[occ["day"] > first, "day"]).to_numpy()
-    start = pd.Timestamp(calib["first_order"].min())
+    cohorts = cohorts.assign(first_order=pd.to_datetime(cohorts["first_order"])).sort_values("first_order")
+    start = cohorts["first_order"].iloc[0]
     grid = pd.date_range(start, pd.Timestamp(end), freq=f"{step_days}D")
     out = pd.DataFrame({"date": grid})
-    out["actual"] = np.searchsorted(np.sort(repeat_days), grid.to_numpy(), side="right")
-    firsts = pd.to_datetime(calib["first_order"]).to_numpy()
+    repeats = repeats.assign(day=pd.to_datetime(repeats["day"])).sort_values("day")
+    cum = np.concatenate([[0], np.cumsum(repeats["n"].to_numpy(np.int64))])
+    out["actual"] = cum[np.searchsorted(repeats["day"].to_numpy(), grid.to_numpy(), side="right")]
     # Group customers by first-purchase day so each model call covers one cohort.
-    cohort_days, counts = np.unique(firsts, return_counts=True)
+    cohort_days = cohorts["first_order"].to_numpy()
+    counts = cohorts["n"].to_numpy(np.int64)
     for name, tm in models.items():
         ages = (grid.to_numpy()[:, None] - cohort_days[None, :]) / np.timedelta64(1, "D")
         ages = np.maximum(ages, 0.0)
