@@ -33,6 +33,7 @@ from loyalist.customer_base import TRANSACTION_MODELS, fit_base
 from loyalist.features import purchases, rfm_summary, rhythm
 
 GBM = "rhythm_gbm"
+SEASONAL = "bgnbd_seasonal"  # loyalist.backtest_seasonal: the seasonal BG/NBD, on request (bench/predictor.py)
 STACK = "btyd_stack"
 STACK_UNGUARDED = "btyd_stack_unguarded"  # the blend without its guard: reported by bench/predictor.py
 
@@ -306,8 +307,12 @@ def backtest(transactions: ir.Table, cutoff: dt.date | str, horizon_days: int = 
     per_customer = pd.DataFrame({"customer_id": calib["customer_id"], "frequency": f, "actual": y})
     spend = None
     for name in models:
-        if name in (GBM, STACK, STACK_UNGUARDED):
-            if name == GBM:
+        if name in (GBM, STACK, STACK_UNGUARDED, SEASONAL):
+            if name == SEASONAL:
+                from loyalist.backtest_seasonal import fit_predict_seasonal
+
+                pred, note = fit_predict_seasonal(transactions, calib, cutoff, horizon_days)
+            elif name == GBM:
                 pred, note = fit_predict_gbm(transactions, calib, cutoff, horizon_days, predicted.get("bgnbd"))
             else:
                 pred, note = fit_predict_stack(transactions, calib, cutoff, horizon_days, predicted,
