@@ -51,13 +51,19 @@ def data_end(store: Store) -> dt.date:
 
 def run_backtest(store: Store, cutoff: dt.date, horizon_days: int) -> BacktestResult:
     result = backtest(store.table("transactions"), cutoff, horizon_days)
-    metrics = result.metrics.assign(cutoff=pd.Timestamp(result.cutoff), horizon_days=horizon_days,
+    metrics, tracking = backtest_tables(result)
+    write_frame(store, "backtest_metrics", metrics, replace=False)
+    write_frame(store, "backtest_tracking", tracking, replace=False)
+    return result
+
+
+def backtest_tables(result: BacktestResult) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The rows a backtest appends to `backtest_metrics` and `backtest_tracking` (both engines)."""
+    metrics = result.metrics.assign(cutoff=pd.Timestamp(result.cutoff), horizon_days=result.horizon_days,
                                     chosen=result.metrics["model"] == result.chosen,
                                     run_at=pd.Timestamp.now(tz="UTC").tz_localize(None), customers=result.customers)
-    write_frame(store, "backtest_metrics", metrics, replace=False)
-    write_frame(store, "backtest_tracking",
-                result.tracking.assign(cutoff=pd.Timestamp(result.cutoff), horizon_days=horizon_days), replace=False)
-    return result
+    tracking = result.tracking.assign(cutoff=pd.Timestamp(result.cutoff), horizon_days=result.horizon_days)
+    return metrics, tracking
 
 
 def chosen_model(store: Store) -> tuple[str, str] | None:
@@ -65,7 +71,11 @@ def chosen_model(store: Store) -> tuple[str, str] | None:
     if not has_table(store, "backtest_metrics"):
         return None
     m = store.table("backtest_metrics")
-    latest = m.filter(m.run_at == m.run_at.max()).execute()
+    return choice_from(m.filter(m.run_at == m.run_at.max()).execute())
+
+
+def choice_from(latest: pd.DataFrame) -> tuple[str, str] | None:
+    """(model, reason) from one backtest's metrics rows, restricted to the classic models (both engines)."""
     classic = latest[latest["model"].isin(list(TRANSACTION_MODELS))].sort_values(["mae", "auc"], ascending=[True, False])
     if classic.empty:
         return None

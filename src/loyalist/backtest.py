@@ -27,7 +27,7 @@ import ibis.expr.types as ir
 import numpy as np
 import pandas as pd
 from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
-from sklearn.metrics import brier_score_loss, roc_auc_score
+from sklearn.metrics import roc_auc_score
 
 from loyalist.customer_base import TRANSACTION_MODELS, fit_base
 from loyalist.features import purchases, rfm_summary, rhythm
@@ -60,12 +60,17 @@ def _date(d: dt.date | str) -> dt.date:
     return d if isinstance(d, dt.date) else dt.date.fromisoformat(str(d))
 
 
-def actuals(transactions: ir.Table, start: dt.date, days: int) -> pd.DataFrame:
-    """Purchase occasions and spend per customer in [start, start + days)."""
+def actuals_table(transactions: ir.Table, start: dt.date, days: int) -> ir.Table:
+    """Purchase occasions and spend per customer in [start, start + days) (the Ibis expression both engines run)."""
     end = start + dt.timedelta(days=days)
     occ = purchases(transactions, dt.datetime.combine(end, dt.time()))
     occ = occ.filter(occ.day >= ibis.date(start))
-    return occ.group_by("customer_id").aggregate(holdout_orders=occ.count(), holdout_spend=occ.spend.sum()).execute()
+    return occ.group_by("customer_id").aggregate(holdout_orders=occ.count(), holdout_spend=occ.spend.sum())
+
+
+def actuals(transactions: ir.Table, start: dt.date, days: int) -> pd.DataFrame:
+    """Purchase occasions and spend per customer in [start, start + days)."""
+    return actuals_table(transactions, start, days).execute()
 
 
 def features(transactions: ir.Table, as_of: dt.date) -> pd.DataFrame:
@@ -383,3 +388,111 @@ def tracking_from(repeats: pd.DataFrame, cohorts: pd.DataFrame, models: dict, cu
         out[name] = (flat * counts[None, :]).sum(axis=1)
     out["phase"] = np.where(out["date"] <= pd.Timestamp(cutoff), "calibration", "holdout")
     return out
+
+
+def backtest_on_spark(con, transactions: ir.Table, cutoff: dt.date | str, horizon_days: int = 90) -> BacktestResult:
+    """:func:`backtest` of the classic models on the Spark engine (`con`: the Ibis PySpark backend), the same
+    numbers as on DuckDB (within floating-point summation order).
+
+    What runs where: the calibration summary (`rfm_summary` at the cutoff) and the holdout counts
+    (:func:`actuals_table`) are the same Ibis expressions, run on Spark and joined there. The driver collects
+    the distinct (frequency, recency, T) and (frequency, monetary_value) patterns with their counts and fits
+    every classic model on them (`customer_base.fit_patterns`, as the engine's analysis does). The executors
+    score every customer (mapInPandas, the models rebuilt from their parameters) and reduce each batch to
+    :func:`metric_sums` and the spend error per model, plus customer counts per (P(order), ordered) pair;
+    Spark sums these, and the driver turns the sums into the metrics table (:func:`metric_row`, AUC from the
+    counts by :func:`holdout_auc`). The tracking curve comes from repeat occasions per day and customers per
+    first-purchase day, aggregated on Spark (:func:`repeat_days`, :func:`tracking_from`). Driver memory grows
+    with the distinct patterns and P(order) values, never with order lines.
+
+    `rhythm_gbm` does not run here: it trains gradient-boosted trees on per-customer feature rows, which would
+    have to reach the driver; the choice (`analyze`'s) is among the classic models on both engines, so it is
+    the same. `per_customer` of the result is None (the per-customer predictions stay on the executors).
+    """
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+    from pyspark.sql import types as T
+
+    from loyalist.customer_base import fit_patterns
+
+    cutoff = _date(cutoff)
+    session = con._session
+    summ = rfm_summary(transactions, cutoff)
+    act = actuals_table(transactions, cutoff, horizon_days)
+    j = summ.left_join(act, "customer_id")
+    j = j.select("customer_id", "frequency", "recency", "T", "monetary_value", "first_order",
+                 holdout_orders=j.holdout_orders.fill_null(0).cast("float64"), holdout_spend=j.holdout_spend)
+    calib = session.sql(con.compile(j)).persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        patterns = (calib.groupBy("frequency", "recency", "T").agg(F.count(F.lit(1)).alias("n"))
+                    .orderBy("frequency", "recency", "T").toPandas())
+        customers = int(patterns["n"].sum()) if len(patterns) else 0
+        if customers < 50:
+            raise ValueError(f"only {customers} customers bought before {cutoff}; choose a later cutoff")
+        spend_patterns = (calib.filter((F.col("frequency") > 0) & (F.col("monetary_value") > 0)
+                                       & ~F.isnan("monetary_value"))
+                          .groupBy("frequency", "monetary_value").agg(F.count(F.lit(1)).alias("n"))
+                          .orderBy("frequency", "monetary_value").toPandas())
+        notes: list[str] = []
+        fitted_models: dict = {}
+        spend_params = None
+        for name in TRANSACTION_MODELS:
+            fitted = fit_patterns(patterns, spend_patterns, name)
+            notes += fitted.notes
+            fitted_models[name] = fitted.transaction
+            if fitted.spend is not None and spend_params is None:
+                spend_params = dict(fitted.spend.params_)
+        notes.append(f"{GBM}: not run on the Spark engine (it trains on per-customer feature rows at the driver); "
+                     "the model is chosen among the classic models, as on DuckDB")
+        shipped = {n: (type(tm), dict(tm.params_)) for n, tm in fitted_models.items()}
+        h = horizon_days
+        sums_cols = ["n", "predicted", "actual", "abs_err", "sq_err", "brier", "positives"]
+        out_cols = ["kind", "model", "prob", "pos", *sums_cols]
+
+        def run(batches):
+            from loyalist.models import GammaGamma
+
+            models = {n: cls.from_params(**prm) for n, (cls, prm) in shipped.items()}
+            spend = GammaGamma.from_params(**spend_params) if spend_params is not None else None
+            for b in batches:
+                if b.empty:
+                    continue
+                f, r, TT = (b[c].to_numpy(float) for c in ("frequency", "recency", "T"))
+                y = b["holdout_orders"].to_numpy(float)
+                pos = y > 0
+                for name, tm in models.items():
+                    e = tm.conditional_expected_number_of_purchases_up_to_time(h, f, r, TT)
+                    p = tm.probability_of_purchase_within(h, f, r, TT)
+                    yield pd.DataFrame([{"kind": "sums", "model": name, **metric_sums(e, p, y)}]).reindex(
+                        columns=out_cols)
+                    c = pd.DataFrame({"prob": p, "pos": pos}).groupby(["prob", "pos"]).size().reset_index(name="n")
+                    yield c.assign(kind="auc", model=name, n=c["n"].astype(float)).reindex(columns=out_cols)
+                if spend is not None:
+                    mv = np.nan_to_num(b["monetary_value"].to_numpy(float), nan=0.0)
+                    total, count = spend_errors(spend.conditional_expected_average_profit(f, mv), y,
+                                                b["holdout_spend"].to_numpy(float))
+                    yield pd.DataFrame([{"kind": "spend", "model": "", "abs_err": total,
+                                         "n": float(count)}]).reindex(columns=out_cols)
+
+        dbl = T.DoubleType()
+        schema = T.StructType([T.StructField("kind", T.StringType()), T.StructField("model", T.StringType()),
+                               T.StructField("prob", dbl), T.StructField("pos", T.BooleanType()),
+                               *[T.StructField(c, dbl) for c in sums_cols]])
+        parts = (calib.select("frequency", "recency", "T", "monetary_value", "holdout_orders", "holdout_spend")
+                 .mapInPandas(run, schema).groupBy("kind", "model", "prob", "pos")
+                 .agg(*[F.sum(c).alias(c) for c in sums_cols]).toPandas())
+        rows = []
+        for name in TRANSACTION_MODELS:
+            srow = parts[(parts["kind"] == "sums") & (parts["model"] == name)].iloc[0]
+            a = parts[(parts["kind"] == "auc") & (parts["model"] == name)]
+            auc = holdout_auc(a["pos"].to_numpy(bool), a["prob"].to_numpy(float), a["n"].to_numpy(float))
+            rows.append(metric_row(name, {c: float(srow[c]) for c in sums_cols}, auc))
+        sp = parts[parts["kind"] == "spend"]
+        spend_sum = (float(sp["abs_err"].iloc[0]), int(sp["n"].iloc[0])) if len(sp) else None
+        metrics, best = finish_metrics(rows, spend_sum)
+        repeats = session.sql(con.compile(repeat_days(transactions, cutoff, horizon_days))).toPandas()
+        cohorts = calib.groupBy("first_order").agg(F.count(F.lit(1)).alias("n")).toPandas()
+        tracking = tracking_from(repeats, cohorts, fitted_models, cutoff, horizon_days)
+    finally:
+        calib.unpersist()
+    return BacktestResult(cutoff, horizon_days, metrics, tracking, best, customers, None, notes)

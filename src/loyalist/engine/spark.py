@@ -129,6 +129,8 @@ PRODUCTS_TYPES: dict[str, str] = {"product_id": "string", "description": "string
                                   "unit_cost": "float64", "margin": "float64"}
 INVOICE_TYPES: dict[str, str] = {"invoice_id": "string", "customer_id": "string", "invoice_date": "date",
                                  "due_date": "date", "amount": "float64", "paid_date": "date", "disputed": "boolean"}
+APPEND_TABLES = ("backtest_metrics", "backtest_tracking", "events", "event_runs")
+"""Result tables appended to the --db store (as the DuckDB engine appends them), not replaced."""
 EMPTY_WITHOUT_OPTION = {"products": (PRODUCTS_TYPES, "no products table (--products): no product categories "
                                                      "(forecasts have no category level)"),
                         "invoices": (INVOICE_TYPES, "no invoices table (--invoices): no payment behaviour")}
@@ -148,6 +150,9 @@ class SparkSource:
     notes: list[str] = field(default_factory=list)
     cached: list = field(default_factory=list)
     """Spark DataFrames a step persisted for the final write; the engine unpersists them at the end."""
+    stored: Any = None
+    """The --db store (loyalist.store.Store) when given, else None: what earlier runs left there (the events
+    step reads the events already stored, so it adds only new ones). Tables in APPEND_TABLES are appended to it."""
 
     def table(self, name: str) -> ir.Table:
         if name in EMPTY_WITHOUT_OPTION and name not in self.tables:
@@ -269,6 +274,26 @@ def store_products_need_flag(db: Path | str, store=None) -> str | None:
     return (f"{db} holds products with unit costs ({n[0]:,}), margins ({n[1]:,}) or categories ({n[2]:,}), which "
             "the DuckDB engine uses for CLV and the category forecasts: pass them with --products PATH (write them "
             f"with `loyalist dump products --db {db} --out DIR`)")
+
+
+def store_invoices_need_flag(db: Path | str, store=None) -> str | None:
+    """Why the invoices of the store `db` must be given with --invoices (the DuckDB engine's payment step reads
+    them), or None."""
+    from loyalist.store import has_table, open_store
+
+    own = store is None
+    store = store or open_store(db, read_only=True)
+    try:
+        n = (store.con.execute("SELECT count(*) FROM invoices").fetchall()[0][0]
+             if has_table(store, "invoices") else 0)
+    finally:
+        if own:
+            store.close()
+    if not n:
+        return None
+    return (f"{db} holds {n:,} invoices, which the DuckDB engine's payment step uses (payment behaviour and "
+            f"payment risk): pass them with --invoices PATH (write them with `loyalist dump invoices --db {db} "
+            "--out DIR`)")
 
 
 def _portable(fitted: FittedBase) -> FittedBase:
@@ -399,29 +424,29 @@ def analyze_spark(source: str | list[str], *, out: str, session: SparkSession | 
 
     store = None
     chosen_by = "set by the user"
-    if model == "auto":
-        if db is not None:
-            from loyalist.analysis import chosen_model
-            from loyalist.store import open_store
+    if model == "auto" and db is not None:
+        from loyalist.analysis import chosen_model
+        from loyalist.store import open_store
 
-            store = open_store(db)
-            choice = chosen_model(store)
-            if choice is None:
-                raise LoyalistError(f"--model auto: {db} holds no backtest, and the backtest does not run on the "
-                                    "Spark engine yet; name the model (--model bgnbd, paretonbd or mbgnbd) or run "
-                                    "`loyalist backtest` on the store first")
+        store = open_store(db)
+        choice = chosen_model(store)
+        if choice is not None:  # as the DuckDB engine: the latest stored backtest's choice
             model, chosen_by = choice[0], f"{choice[1]} (stored in {db})"
-        else:
-            raise LoyalistError("--model auto needs a backtest, which does not run on the Spark engine yet: name the "
-                                "model (--model bgnbd, paretonbd or mbgnbd), or give --db STORE holding a backtest")
-    if model not in TRANSACTION_MODELS:
+    # still "auto": the backtest runs on Spark once the data is read (as analysis.analyze runs one on DuckDB)
+    if model not in TRANSACTION_MODELS and model != "auto":
         raise LoyalistError(f"unknown model {model!r}; choose one of {', '.join(TRANSACTION_MODELS)}")
-    if db is not None and products is None:
-        why = store_products_need_flag(db, store)
+    if db is not None and (products is None or invoices is None):
+        why = ((store_products_need_flag(db, store) if products is None else None)
+               or (store_invoices_need_flag(db, store)  # the payment step reads them
+                   if invoices is None and any(s.name == "payment" for s in runnable) else None))
         if why:
             if store is not None:
                 store.close()
             raise LoyalistError(why)
+    if db is not None and store is None:
+        from loyalist.store import open_store
+
+        store = open_store(db)
 
     import ibis
     from pyspark import StorageLevel
@@ -449,9 +474,13 @@ def analyze_spark(source: str | list[str], *, out: str, session: SparkSession | 
     notes: list[str] = []
     summary_expr = rfm_summary(t, as_of)
     summary = session.sql(con.compile(summary_expr)).persist(StorageLevel.MEMORY_AND_DISK)
-    source_view = SparkSource(con, tables)
+    source_view = SparkSource(con, tables, stored=store)
     persisted: list = source_view.cached
     try:
+        if model == "auto":
+            stage(f"backtesting the classic models at {as_of - dt.timedelta(days=settings.horizon_days)} (Spark)")
+            model, chosen_by = _auto_model(con, t, as_of, settings, notes, source_view)
+            lap("backtest")
         stage("building the per-customer sufficient statistics (Ibis on Spark)")
         patterns = (summary.groupBy("frequency", "recency", "T").agg(F.count(F.lit(1)).alias("n"))
                     .orderBy("frequency", "recency", "T").toPandas())
@@ -536,10 +565,16 @@ def analyze_spark(source: str | list[str], *, out: str, session: SparkSession | 
             write_frame(store, "analysis_runs", pd.DataFrame([{
                 "run_at": pd.Timestamp.now(tz="UTC").tz_localize(None), "as_of": pd.Timestamp(as_of),
                 "model": model, "report": report_json}]), replace=False)
+            from loyalist.store import has_table
+
             for name, frame in source_view.results.items():
+                append = name in APPEND_TABLES
                 if isinstance(frame, pd.DataFrame):
-                    write_frame(store, name, frame, replace=True)  # as the DuckDB engine's steps store them
-                else:  # written by the executors: the store reads their Parquet files
+                    write_frame(store, name, frame, replace=not append)  # as the DuckDB engine stores them
+                elif append and has_table(store, name):  # written by the executors: read their Parquet files
+                    store.con.execute(f"INSERT INTO {name} BY NAME SELECT * FROM read_parquet(?)",
+                                      [str(local.resolve() / name / "*.parquet")])
+                else:
                     store.con.execute(f"CREATE OR REPLACE TABLE {name} AS SELECT * FROM read_parquet(?)",
                                       [str(local.resolve() / name / "*.parquet")])
         finally:
@@ -549,6 +584,24 @@ def analyze_spark(source: str | list[str], *, out: str, session: SparkSession | 
         store.close()
     run.seconds = seconds
     return run
+
+
+def _auto_model(con, t, as_of: dt.date, settings: Settings, notes: list[str], source: SparkSource) -> tuple[str, str]:
+    """`--model auto` without a stored backtest: the backtest at as_of - horizon on Spark
+    (`loyalist.backtest.backtest_on_spark`), its tables kept for OUT/ and --db (appended, as
+    `analysis.run_backtest` appends them), and its choice, as `analysis.analyze` makes it on DuckDB."""
+    from loyalist.analysis import backtest_tables, choice_from
+    from loyalist.backtest import backtest_on_spark
+
+    try:
+        result = backtest_on_spark(con, t, as_of - dt.timedelta(days=settings.horizon_days), settings.horizon_days)
+    except ValueError as exc:
+        notes.append(f"no backtest possible ({exc}); using BG/NBD")
+        return "bgnbd", "default (no backtest)"
+    metrics, tracking = backtest_tables(result)
+    source.write_result("backtest_metrics", metrics)
+    source.write_result("backtest_tracking", tracking)
+    return choice_from(metrics)
 
 
 def _write_results(session, out: str, results: dict[str, Any]) -> dict[str, str]:
