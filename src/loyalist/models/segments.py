@@ -82,24 +82,59 @@ RFM_ACTIONS = {
 }
 
 
-def quintile_score(values: np.ndarray, higher_is_better: bool = True) -> np.ndarray:
-    """1..5: 1 + floor(5 * share of customers strictly worse); ties share a score; NaN counts as worst."""
+def _oriented(values: np.ndarray, higher_is_better: bool) -> np.ndarray:
     v = np.asarray(values, float)
     v = np.where(np.isnan(v), -np.inf if higher_is_better else np.inf, v)
-    if not higher_is_better:
-        v = -v
-    n = len(v)
+    return v if higher_is_better else -v
+
+
+def quintile_cuts(values: np.ndarray, counts: np.ndarray | None = None, higher_is_better: bool = True
+                  ) -> np.ndarray:
+    """The four cut points of `quintile_score`, in its oriented scale (higher is better, NaN = -inf), from all
+    the values, or from the distinct values and how many customers have each (`counts`; what an engine that
+    cannot hold every customer collects). Score >= s + 1 exactly when the value exceeds the c-th smallest
+    value, c = ceil(s n / 5) (as 1 + floor(5 below / n) >= s + 1 <=> below >= s n / 5), so the four order
+    statistics c = ceil(n/5) .. ceil(4n/5) decide every score."""
+    v = _oriented(values, higher_is_better)
+    c = np.ones(len(v), np.int64) if counts is None else np.asarray(counts, np.int64)
+    n = int(c.sum())
     if n == 0:
-        return np.zeros(0, dtype=np.int64)
-    below = np.searchsorted(np.sort(v), v, side="left")  # customers strictly worse
-    return (1 + np.floor(5 * below / n)).astype(np.int64).clip(1, 5)
+        return np.full(4, np.inf)
+    order = np.argsort(v, kind="stable")
+    cum = np.cumsum(c[order])
+    ks = (np.arange(1, 5) * n + 4) // 5  # ceil(s n / 5), s = 1..4
+    return v[order][np.searchsorted(cum, ks, side="left")]
 
 
-def rfm_scores(days_since_last: np.ndarray, orders: np.ndarray, revenue: np.ndarray
+def quintile_from_cuts(values: np.ndarray, cuts: np.ndarray, higher_is_better: bool = True) -> np.ndarray:
+    """1..5 from the cut points of `quintile_cuts` (any subset of the customers, e.g. one partition)."""
+    v = _oriented(values, higher_is_better)
+    return (1 + (v[:, None] > np.asarray(cuts, float)[None, :]).sum(axis=1)).astype(np.int64)
+
+
+def quintile_score(values: np.ndarray, higher_is_better: bool = True) -> np.ndarray:
+    """1..5: 1 + floor(5 * share of customers strictly worse); ties share a score; NaN counts as worst."""
+    return quintile_from_cuts(values, quintile_cuts(values, None, higher_is_better), higher_is_better)
+
+
+RfmCuts = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+def rfm_cuts(days_since_last: np.ndarray, orders: np.ndarray, revenue: np.ndarray,
+             counts: tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None] = (None, None, None)) -> RfmCuts:
+    """The cut points of the R, F and M scores (`quintile_cuts`); with `counts`, each input is the distinct
+    values of that feature and `counts` how many customers have each."""
+    return (quintile_cuts(days_since_last, counts[0], higher_is_better=False), quintile_cuts(orders, counts[1]),
+            quintile_cuts(revenue, counts[2]))
+
+
+def rfm_scores(days_since_last: np.ndarray, orders: np.ndarray, revenue: np.ndarray, cuts: RfmCuts | None = None
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(R, F, M) scores 1..5 by quintile (recency: fewer days is better)."""
-    return (quintile_score(days_since_last, higher_is_better=False), quintile_score(orders),
-            quintile_score(revenue))
+    """(R, F, M) scores 1..5 by quintile (recency: fewer days is better). `cuts` (`rfm_cuts` of all customers)
+    lets a part of the customers be scored as within the whole; default: these customers are the whole."""
+    cuts = cuts if cuts is not None else rfm_cuts(days_since_last, orders, revenue)
+    return (quintile_from_cuts(days_since_last, cuts[0], higher_is_better=False),
+            quintile_from_cuts(orders, cuts[1]), quintile_from_cuts(revenue, cuts[2]))
 
 
 def rfm_segment(r: np.ndarray, f: np.ndarray, m: np.ndarray) -> np.ndarray:
@@ -124,12 +159,14 @@ _WORDS = {  # (word when the centre is high, word when low); None = not distinct
 
 
 def behaviour_matrix(revenue: np.ndarray, cycle_days: np.ndarray, cycle_cv: np.ndarray, products: np.ndarray,
-                     trend: np.ndarray, return_rate: np.ndarray) -> np.ndarray:
+                     trend: np.ndarray, return_rate: np.ndarray, cv_fill: float | None = None) -> np.ndarray:
     """The clustering features, one row per customer (columns `FEATURES`), before scaling:
     log revenue, log cycle (days), gap CV (median-imputed for two-order customers, whose one gap has no
-    spread), log distinct products, trend in [-1, 1], sqrt of the return rate (tames its long right tail)."""
+    spread), log distinct products, trend in [-1, 1], sqrt of the return rate (tames its long right tail).
+    `cv_fill`: the value imputed (`cv_fill_value` of all the customers clustered, so a part of them can be
+    transformed alone); default: computed from these rows."""
     cv = np.asarray(cycle_cv, float).copy()
-    cv[~np.isfinite(cv)] = np.nanmedian(cv) if np.isfinite(cv).any() else 0.0
+    cv[~np.isfinite(cv)] = cv_fill_value(cv) if cv_fill is None else cv_fill
     return np.column_stack([
         np.log1p(np.maximum(np.asarray(revenue, float), 0.0)),
         np.log1p(np.maximum(np.nan_to_num(np.asarray(cycle_days, float), nan=0.0), 0.0)),
@@ -138,6 +175,12 @@ def behaviour_matrix(revenue: np.ndarray, cycle_days: np.ndarray, cycle_cv: np.n
         np.asarray(trend, float),
         np.sqrt(np.clip(np.asarray(return_rate, float), 0.0, 1.0)),
     ])
+
+
+def cv_fill_value(cycle_cv: np.ndarray) -> float:
+    """The gap CV imputed in `behaviour_matrix`: the median of the finite ones (0 when there are none)."""
+    cv = np.asarray(cycle_cv, float)
+    return float(np.nanmedian(np.where(np.isfinite(cv), cv, np.nan))) if np.isfinite(cv).any() else 0.0
 
 
 class MicroSegments:
