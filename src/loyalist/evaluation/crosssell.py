@@ -59,11 +59,45 @@ def _dense_method(score_rows, rows: np.ndarray, exclude: sp.csr_matrix, k: int, 
 
 def target_matrix(transactions, data: CrossSellData, cutoff: dt.date, horizon_days: int) -> sp.csr_matrix:
     """1 where a customer known at the cutoff first bought a product (known at the cutoff) in the horizon."""
-    fp = baskets.first_purchases(transactions, cutoff, horizon_days).execute()
+    return targets(data, baskets.first_purchases(transactions, cutoff, horizon_days).execute())[0]
+
+
+def targets(data: CrossSellData, fp: pd.DataFrame) -> tuple[sp.csr_matrix, np.ndarray]:
+    """From the `baskets.first_purchases` pairs: the 0/1 target matrix (customers and products known at the
+    cutoff) and |target| per customer. Products first bought in the horizon that nobody had bought before the
+    cutoff are not in the columns (no method can suggest them); they still count in |target|."""
     r = pd.Index(data.customers).get_indexer(fp["customer_id"].astype(str))
     c = pd.Index(data.products).get_indexer(fp["product_id"].astype(str))
     ok = (r >= 0) & (c >= 0)
-    return sp.csr_matrix((np.ones(ok.sum()), (r[ok], c[ok])), shape=(len(data.customers), len(data.products)))
+    target = sp.csr_matrix((np.ones(ok.sum()), (r[ok], c[ok])), shape=(len(data.customers), len(data.products)))
+    sizes = np.bincount(r[r >= 0], minlength=len(data.customers)).astype(float)
+    return target, sizes
+
+
+def top_lists(method: str, data: CrossSellData, rows: np.ndarray, k: int, o: dict[str, Any], transactions=None,
+              seed: int = 0, num_threads: int = 2) -> np.ndarray:
+    """The top-k product columns (-1 = none) of `method` for the customer rows `rows`, fitted on all of `data`
+    (a row's list does not depend on which other rows are asked for)."""
+    if method == "lookalikes":
+        model = model_for(o)
+        model.num_threads = num_threads
+        model.fit(data.strength, data.votes, attributes=data.attributes, popularity=data.popularity, rows=rows)
+        return model.recommend(k, exclude=data.exclude, allowed=data.allowed, customers=rows).items
+    if method == "popularity":
+        buyers = np.asarray((data.strength > 0).sum(axis=0)).ravel().astype(float)
+        buyers -= np.arange(buyers.size) * 1e-6  # ties: the lower product id first
+        return _dense_method(lambda r, b=buyers: np.broadcast_to(b, (r.size, b.size)), rows, data.exclude, k)
+    if method == "als_default":
+        from implicit.als import AlternatingLeastSquares
+        from threadpoolctl import threadpool_limits
+
+        orders = orders_matrix(transactions, data)
+        with threadpool_limits(1, "blas"):
+            als = AlternatingLeastSquares(random_state=seed, num_threads=num_threads)
+            als.fit(orders, show_progress=False)
+        uf, itf = np.asarray(als.user_factors), np.asarray(als.item_factors)
+        return _dense_method(lambda r, u=uf, i=itf: u[r] @ i.T, rows, data.exclude, k)
+    raise ValueError(f"unknown method {method!r}")
 
 
 def evaluate_cutoff(transactions, cutoff: dt.date, horizon_days: int = 90, k: int = 10,
@@ -72,37 +106,12 @@ def evaluate_cutoff(transactions, cutoff: dt.date, horizon_days: int = 90, k: in
     """One row per method: the ranking metrics at `cutoff` (see the module docstring)."""
     o = {**DEFAULTS, **(opts or {})}
     data = prepare(transactions, cutoff, None, o)
-    target = target_matrix(transactions, data, cutoff, horizon_days)
-    # Products first bought in the horizon that nobody had bought before the cutoff are not in the columns
-    # (no method can suggest them); they still count in |target| (`sizes`).
-    fp = baskets.first_purchases(transactions, cutoff, horizon_days).execute()
-    per_cust = fp.assign(customer_id=fp["customer_id"].astype(str)).groupby("customer_id").size()
-    sizes = per_cust.reindex(data.customers).fillna(0).to_numpy()
+    target, sizes = targets(data, baskets.first_purchases(transactions, cutoff, horizon_days).execute())
     rows = np.flatnonzero(sizes > 0)
     out = []
     for method in methods:
         t0 = time.perf_counter()
-        if method == "lookalikes":
-            model = model_for(o)
-            model.num_threads = num_threads
-            model.fit(data.strength, data.votes, attributes=data.attributes, popularity=data.popularity)
-            top = model.recommend(k, exclude=data.exclude, allowed=data.allowed, customers=rows).items
-        elif method == "popularity":
-            buyers = np.asarray((data.strength > 0).sum(axis=0)).ravel().astype(float)
-            buyers -= np.arange(buyers.size) * 1e-6  # ties: the lower product id first
-            top = _dense_method(lambda r, b=buyers: np.broadcast_to(b, (r.size, b.size)), rows, data.exclude, k)
-        elif method == "als_default":
-            from implicit.als import AlternatingLeastSquares
-            from threadpoolctl import threadpool_limits
-
-            orders = orders_matrix(transactions, data)
-            with threadpool_limits(1, "blas"):
-                als = AlternatingLeastSquares(random_state=seed, num_threads=num_threads)
-                als.fit(orders, show_progress=False)
-            uf, itf = np.asarray(als.user_factors), np.asarray(als.item_factors)
-            top = _dense_method(lambda r, u=uf, i=itf: u[r] @ i.T, rows, data.exclude, k)
-        else:
-            raise ValueError(f"unknown method {method!r}")
+        top = top_lists(method, data, rows, k, o, transactions, seed, num_threads)
         seconds = time.perf_counter() - t0
         m = ranking_metrics(top, target[rows], sizes[rows], k)
         out.append({"cutoff": pd.Timestamp(cutoff), "horizon_days": horizon_days, "method": method, **m,
@@ -110,9 +119,9 @@ def evaluate_cutoff(transactions, cutoff: dt.date, horizon_days: int = 90, k: in
     return pd.DataFrame(out)
 
 
-def ranking_metrics(top: np.ndarray, target: sp.csr_matrix, sizes: np.ndarray, k: int) -> dict[str, float]:
-    """recall@k, NDCG@k and hit rate of ranked lists `top` (rows, k columns, -1 = empty) against the 0/1
-    `target` (same rows); `sizes` = |target| per row, which may also count products no method could know."""
+def ranking_rows(top: np.ndarray, target: sp.csr_matrix, sizes: np.ndarray,
+                 k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per row of `top`: recall@k, NDCG@k and whether it has a hit (see `ranking_metrics`)."""
     rows = np.broadcast_to(np.arange(top.shape[0])[:, None], top.shape)
     valid = top >= 0
     hit = np.zeros(top.shape, bool)
@@ -120,8 +129,15 @@ def ranking_metrics(top: np.ndarray, target: sp.csr_matrix, sizes: np.ndarray, k
     disc = 1.0 / np.log2(np.arange(2, k + 2))
     dcg = (hit * disc).sum(axis=1)
     idcg = np.cumsum(disc)[np.minimum(sizes.astype(int), k) - 1]
-    return {"customers": int(top.shape[0]), "recall_at_k": float((hit.sum(axis=1) / sizes).mean()),
-            "ndcg_at_k": float((dcg / idcg).mean()), "hit_rate": float(hit.any(axis=1).mean())}
+    return hit.sum(axis=1) / sizes, dcg / idcg, hit.any(axis=1)
+
+
+def ranking_metrics(top: np.ndarray, target: sp.csr_matrix, sizes: np.ndarray, k: int) -> dict[str, float]:
+    """recall@k, NDCG@k and hit rate of ranked lists `top` (rows, k columns, -1 = empty) against the 0/1
+    `target` (same rows); `sizes` = |target| per row, which may also count products no method could know."""
+    recall, ndcg, hit = ranking_rows(top, target, sizes, k)
+    return {"customers": int(top.shape[0]), "recall_at_k": float(recall.mean()),
+            "ndcg_at_k": float(ndcg.mean()), "hit_rate": float(hit.mean())}
 
 
 def orders_matrix(transactions, data: CrossSellData) -> sp.csr_matrix:

@@ -12,6 +12,9 @@ Tables returned:
 - `interactions(t, as_of)`: customer_id, product_id, orders (distinct orders with the product), days (distinct
   days), quantity, amount, first_bought, last_bought, and, with `half_life_days`, recency_weight = the sum over
   the days the product was bought of 0.5 ** (days before as_of / half_life_days).
+- `purchase_days(t, as_of)`: customer_id, product_id, day, last_at (the latest order time that day): one row per
+  customer, product and buying day; the cross-sell step computes its recency weights from these in numpy, so
+  both engines sum the same terms in the same order (`loyalist.insights.crosssell.build_data`).
 - `returned(t, as_of)`: customer_id, product_id, returned_lines (pairs with at least one return line).
 - `product_stats(t, as_of)`: product_id, description (the latest), buyers, orders, typical_quantity (median
   units per purchase line), typical_price (median unit price of the paid lines), first_sold, last_sold.
@@ -62,6 +65,13 @@ def interactions(t: ir.Table, as_of: dt.date | dt.datetime | None = None,
         age = ibis.date(_ts(as_of).date()).delta(daily.day, unit="day").cast("float64")
         aggs["recency_weight"] = (ibis.literal(0.5) ** (age / float(half_life_days))).sum()
     return daily.group_by(["customer_id", "product_id"]).aggregate(**aggs)
+
+
+def purchase_days(t: ir.Table, as_of: dt.date | dt.datetime | None = None) -> ir.Table:
+    """One row per customer, product and day with a purchase before `as_of` (see the module docstring)."""
+    lines = purchase_lines(t, as_of)
+    return lines.group_by(["customer_id", "product_id", lines.order_date.date().name("day")]).aggregate(
+        last_at=lines.order_date.max())
 
 
 def returned(t: ir.Table, as_of: dt.date | dt.datetime | None = None) -> ir.Table:

@@ -118,51 +118,93 @@ def _attributes(store_or_table, customer_ids: np.ndarray) -> sp.csr_matrix | Non
 
 def prepare(transactions, as_of: dt.date, customers_table=None, opts: dict[str, Any] | None = None,
             extra_customers: np.ndarray | None = None, products_table=None) -> CrossSellData:
-    """Build the recommender's inputs from the purchase lines before `as_of` (Ibis, then scipy.sparse).
+    """Build the recommender's inputs from the purchase lines before `as_of` (Ibis, then `build_data`).
 
     extra_customers: ids to include although they bought nothing yet (from the customers table: their
     look-alikes come from their attributes alone). products_table: adds each product's category when known.
     """
     o = {**DEFAULTS, **(opts or {})}
     t = transactions
-    inter = baskets.interactions(t, as_of, half_life_days=float(o["half_life_days"])).execute()
+    days = baskets.purchase_days(t, as_of).execute()
     ret = baskets.returned(t, as_of).execute()
-    info = baskets.product_stats(t, as_of).execute()
-    cust = np.unique(np.concatenate([inter["customer_id"].astype(str).to_numpy(),
-                                     np.asarray([] if extra_customers is None else extra_customers, dtype=str)]))
-    prods = np.sort(info["product_id"].astype(str).to_numpy())
-    ci = pd.Index(cust)
-    pi = pd.Index(prods)
-    r = ci.get_indexer(inter["customer_id"].astype(str))
-    c = pi.get_indexer(inter["product_id"].astype(str))
-    shape = (len(cust), len(prods))
-    strength = sp.csr_matrix((inter["recency_weight"].to_numpy(float), (r, c)), shape=shape)
-    bought = sp.csr_matrix((np.ones(len(r)), (r, c)), shape=shape)
-    as_of_ts = pd.Timestamp(as_of)
-    if o["vote_half_life_days"]:
-        age = (as_of_ts - pd.to_datetime(inter["last_bought"])).dt.total_seconds().to_numpy() / 86400.0
-        votes = sp.csr_matrix((0.5 ** (age / float(o["vote_half_life_days"])), (r, c)), shape=shape)
-    else:
-        votes = bought
-    rr = ci.get_indexer(ret["customer_id"].astype(str))
-    rc = pi.get_indexer(ret["product_id"].astype(str))
-    ok = (rr >= 0) & (rc >= 0)
-    returned = sp.csr_matrix((np.ones(ok.sum()), (rr[ok], rc[ok])), shape=shape)
-    exclude = ((bought + returned) > 0).astype(np.float64).tocsr()
-    recent = inter["last_bought"] >= as_of_ts - pd.Timedelta(days=int(o["popularity_days"]))
-    popularity = np.bincount(c[recent.to_numpy()], minlength=len(prods)).astype(float)
-    info = info.assign(product_id=info["product_id"].astype(str)).set_index("product_id").reindex(prods)
-    allowed = (info["last_sold"] >= as_of_ts - pd.Timedelta(days=int(o["active_days"]))).to_numpy()
-    attrs = _attributes(customers_table, cust)
+    info = product_info(baskets.product_stats(t, as_of).execute(), categories(products_table))
+    cust = customer_index(days["customer_id"], extra_customers)
+    return build_data(days, ret, info, as_of, o, cust, _attributes(customers_table, cust))
+
+
+def categories(products_table) -> pd.DataFrame | None:
+    """product_id, category of the products table (None without one)."""
+    if products_table is None:
+        return None
+    return products_table.select("product_id", "category").execute()
+
+
+def product_info(info: pd.DataFrame, cats: pd.DataFrame | None) -> pd.DataFrame:
+    """`baskets.product_stats` sorted by product_id, description stripped, with the category (NA when unknown)."""
+    info = info.assign(product_id=info["product_id"].astype(str))
+    info = info.set_index("product_id").reindex(np.sort(info["product_id"].to_numpy()))
     info["description"] = info["description"].astype("string").str.strip()
     info["category"] = pd.Series(pd.NA, index=info.index, dtype="string")
-    if products_table is not None:
-        cats = products_table.select("product_id", "category").execute().dropna()
+    if cats is not None:
+        cats = cats.dropna()
         cats = cats.assign(product_id=cats["product_id"].astype(str)).drop_duplicates("product_id", keep="last")
         info["category"] = cats.set_index("product_id")["category"].reindex(info.index).astype("string").str.strip()
-    return CrossSellData(as_of, cust, prods, strength, votes, exclude, attrs, popularity, allowed,
-                         info.reset_index()[["product_id", "description", "category", "buyers", "typical_quantity",
-                                             "typical_price"]])
+    info.index.name = "product_id"
+    return info.reset_index()[["product_id", "description", "category", "buyers", "typical_quantity",
+                               "typical_price", "last_sold"]]
+
+
+def customer_index(buyer_ids, extra_customers: np.ndarray | None = None) -> np.ndarray:
+    """The sorted customer ids (the matrices' rows): the buyers and the extra customers."""
+    return np.unique(np.concatenate([pd.Series(buyer_ids).astype(str).to_numpy(),
+                                     np.asarray([] if extra_customers is None else extra_customers, dtype=str)]))
+
+
+def build_data(days: pd.DataFrame, returned: pd.DataFrame, info: pd.DataFrame, as_of: dt.date,
+               opts: dict[str, Any], customers: np.ndarray | None = None,
+               attributes: sp.csr_matrix | None = None) -> CrossSellData:
+    """The recommender's sparse inputs from `baskets.purchase_days` rows, `baskets.returned` pairs and
+    `product_info` (numpy and scipy only, shared by both engines: on Spark each scoring task runs it on the
+    whole table). The recency weight of a (customer, product) pair is the sum over its buying days, oldest
+    first, of 0.5 ** (days before as_of / half_life_days)."""
+    o = {**DEFAULTS, **(opts or {})}
+    d = days.assign(customer_id=days["customer_id"].astype(str), product_id=days["product_id"].astype(str),
+                    day=pd.to_datetime(days["day"]))
+    d = d.sort_values(["customer_id", "product_id", "day"], kind="stable")
+    cid, pid = d["customer_id"].to_numpy(), d["product_id"].to_numpy()
+    new = np.ones(len(d), bool)
+    new[1:] = (cid[1:] != cid[:-1]) | (pid[1:] != pid[:-1])
+    starts = np.flatnonzero(new)
+    pair = np.cumsum(new) - 1
+    as_of_ts = pd.Timestamp(as_of)
+    age = (as_of_ts - d["day"]).dt.days.to_numpy(float)
+    weight = np.bincount(pair, weights=0.5 ** (age / float(o["half_life_days"])), minlength=starts.size)
+    last_ns = pd.to_datetime(d["last_at"]).to_numpy("datetime64[ns]").astype(np.int64)
+    last = pd.Series(pd.to_datetime(np.maximum.reduceat(last_ns, starts) if starts.size else last_ns[:0]))
+    cust = customer_index(cid, None) if customers is None else customers
+    prods = info["product_id"].to_numpy()
+    ci, pi = pd.Index(cust), pd.Index(prods)
+    r = ci.get_indexer(cid[starts])
+    c = pi.get_indexer(pid[starts])
+    shape = (len(cust), len(prods))
+    strength = sp.csr_matrix((weight, (r, c)), shape=shape)
+    bought = sp.csr_matrix((np.ones(len(r)), (r, c)), shape=shape)
+    if o["vote_half_life_days"]:
+        vage = (as_of_ts - last).dt.total_seconds().to_numpy() / 86400.0
+        votes = sp.csr_matrix((0.5 ** (vage / float(o["vote_half_life_days"])), (r, c)), shape=shape)
+    else:
+        votes = bought
+    rr = ci.get_indexer(returned["customer_id"].astype(str))
+    rc = pi.get_indexer(returned["product_id"].astype(str))
+    ok = (rr >= 0) & (rc >= 0)
+    ret = sp.csr_matrix((np.ones(ok.sum()), (rr[ok], rc[ok])), shape=shape)
+    exclude = ((bought + ret) > 0).astype(np.float64).tocsr()
+    recent = (last >= as_of_ts - pd.Timedelta(days=int(o["popularity_days"]))).to_numpy()
+    popularity = np.bincount(c[recent], minlength=len(prods)).astype(float)
+    allowed = (pd.to_datetime(info["last_sold"]) >= as_of_ts - pd.Timedelta(days=int(o["active_days"]))).to_numpy()
+    return CrossSellData(as_of, cust, prods, strength, votes, exclude, attributes, popularity, allowed,
+                         info[["product_id", "description", "category", "buyers", "typical_quantity",
+                               "typical_price"]].reset_index(drop=True))
 
 
 def model_for(opts: dict[str, Any]) -> LookAlikeRecommender:
@@ -203,19 +245,23 @@ def evidence(lookalikes_buying: np.ndarray, lookalikes: np.ndarray, quantity: np
 
 
 def gaps_table(data: CrossSellData, model: LookAlikeRecommender, top: int, opts: dict[str, Any],
-               symbol: str) -> pd.DataFrame:
-    """Fit, rank and explain: one row per (customer, gap)."""
-    model.fit(data.strength, data.votes, attributes=data.attributes, popularity=data.popularity)
-    g = model.recommend(top, exclude=data.exclude, allowed=data.allowed)
+               symbol: str, rows: np.ndarray | None = None) -> pd.DataFrame:
+    """Fit, rank and explain: one row per (customer, gap), for the customer rows `rows` (default: all). The
+    model is fitted on all of `data` either way, so a customer's gaps do not depend on `rows` (the Spark engine
+    runs this per partition of customers)."""
+    rows = np.arange(len(data.customers)) if rows is None else np.asarray(rows, dtype=np.int64)
+    model.fit(data.strength, data.votes, attributes=data.attributes, popularity=data.popularity, rows=rows)
+    g = model.recommend(top, exclude=data.exclude, allowed=data.allowed, customers=rows)
     have = g.items >= 0
-    row, rank = np.nonzero(have)
+    pos, rank = np.nonzero(have)
+    row = rows[pos]
     item = g.items[have]
     info = data.product_info.iloc[item]
     frame = pd.DataFrame({
         "customer_id": data.customers[row], "rank": (rank + 1).astype("int64"),
         "product_id": data.products[item], "description": info["description"].to_numpy(),
         "score": g.scores[have], "lookalikes_buying": g.lookalikes_buying[have].astype("int64"),
-        "lookalikes": g.neighbours[row].astype("int64"),
+        "lookalikes": g.neighbours[pos].astype("int64"),
         "typical_quantity": info["typical_quantity"].to_numpy(float),
         "typical_price": info["typical_price"].to_numpy(float)})
     frame.insert(5, "evidence", evidence(frame["lookalikes_buying"].to_numpy(), frame["lookalikes"].to_numpy(),
@@ -276,14 +322,18 @@ def per_customer(gaps: pd.DataFrame, customer_ids) -> pd.DataFrame:
                          "gaps_count": ids.map(counts).fillna(0).astype("int64")})
 
 
-@step("crosssell", 40)
+@step("crosssell", 40, spark=True)
 def crosssell_step(ctx: Context) -> pd.DataFrame | None:
+    """On the Spark engine `ctx.store` is a SparkSource: `gaps_on_spark` and `held_out_on_spark` (the same
+    numpy per partition of customers), the tables go to its `write_result`."""
     t = ctx.store.table("transactions")
     lines = baskets.purchase_lines(t, ctx.as_of)
-    if lines.product_id.notnull().sum().execute() == 0:
+    if lines.filter(lines.product_id.notnull()).count().execute() == 0:
         ctx.notes.append("cross-sell gaps skipped: the transactions carry no product codes")
         return None
     opts = settings(ctx.config)
+    if getattr(ctx.store, "write_result", None) is not None:
+        return _step_on_spark(ctx, opts)
     gaps = compute_gaps(ctx.store, ctx.as_of, ctx.config)
     write_frame(ctx.store, "crosssell_gaps", gaps, replace=True)
     if gaps.empty:
@@ -305,6 +355,10 @@ def held_out_note(store: Store, as_of: dt.date, opts: dict[str, Any]) -> str:
         return f"cross-sell gaps: no held-out check possible (nobody bought a new product after {cutoff})"
     write_frame(store, "crosssell_backtest", m.assign(run_at=pd.Timestamp.now(tz="UTC").tz_localize(None)),
                 replace=False)
+    return _note(m, cutoff, horizon)
+
+
+def _note(m: pd.DataFrame, cutoff: dt.date, horizon: int) -> str:
     r = m.set_index("method")
     return (f"cross-sell gaps held out at {cutoff} ({horizon} days, {int(r.loc['lookalikes', 'customers']):,} "
             f"customers): recall@10 {r.loc['lookalikes', 'recall_at_k']:.3f} vs {r.loc['popularity', 'recall_at_k']:.3f} "
@@ -320,3 +374,163 @@ def stored_or_computed(store: Store, as_of: dt.date | None, config: dict | None)
     from loyalist.analysis import data_end
 
     return compute_gaps(store, as_of or data_end(store), config)
+
+
+# --- The Spark engine (`loyalist analyze --engine spark`) ---------------------------------------------------------
+#
+# Look-alikes can be any customer, so every customer's scoring needs the whole customer x product matrix: the
+# purchase days and returned pairs (same Ibis expressions as above, run on Spark) are replicated to `blocks`
+# scoring tasks (a cross join with the block numbers, grouped by block: executor to executor, never through the
+# driver); each task builds the matrices with `build_data` and fits with `gaps_table` / `top_lists` for its own
+# customers (`block_of`), so its answers are those of the one-machine code. The driver holds only the product
+# table (one row per product) and the per-method sums of the backtest.
+
+def block_of(customer_ids, blocks: int) -> np.ndarray:
+    """The scoring task of each customer id: a fixed hash of the id modulo `blocks` (pandas' hash_array, the
+    same in every process)."""
+    ids = np.asarray(customer_ids, dtype=object)
+    return (pd.util.hash_array(ids) % np.uint64(blocks)).astype(np.int64)
+
+
+GAP_SCHEMA = ("customer_id string, rank long, product_id string, description string, score double, "
+              "evidence string, lookalikes_buying long, lookalikes long, typical_quantity double, "
+              "typical_price double, category string, new_category boolean, as_of timestamp_ntz")
+
+
+def _replicated(source, as_of: dt.date, blocks: int, first_purchases: int | None = None):
+    """The purchase days (kind 0), returned pairs (kind 1) and, with `first_purchases` = horizon days, the
+    first purchases after as_of (kind 2), as one Spark DataFrame copied once per block (column `block`)."""
+    from pyspark.sql import functions as F
+
+    con = source.ibis
+    session = con._session
+    t = source.table("transactions")
+    days = session.sql(con.compile(baskets.purchase_days(t, as_of))).withColumn("kind", F.lit(0))
+    empty = {"day": F.lit(None).cast("date"), "last_at": F.lit(None).cast("timestamp")}
+    ret = session.sql(con.compile(baskets.returned(t, as_of))).select(
+        "customer_id", "product_id", *[v.alias(k) for k, v in empty.items()], F.lit(1).alias("kind"))
+    full = days.select("customer_id", "product_id", "day", "last_at", "kind").unionByName(ret)
+    if first_purchases is not None:
+        fp = session.sql(con.compile(baskets.first_purchases(t, as_of, first_purchases))).select(
+            "customer_id", "product_id", *[v.alias(k) for k, v in empty.items()], F.lit(2).alias("kind"))
+        full = full.unionByName(fp)
+    return full.crossJoin(session.range(blocks).withColumnRenamed("id", "block"))
+
+
+def _blocks(session) -> int:
+    return max(1, int(session.conf.get("spark.sql.shuffle.partitions")))
+
+
+def _parts(pdf: pd.DataFrame) -> tuple[pd.DataFrame, ...]:
+    kind = pdf["kind"].to_numpy()
+    cols = ["customer_id", "product_id"]
+    return (pdf.loc[kind == 0, cols + ["day", "last_at"]], pdf.loc[kind == 1, cols], pdf.loc[kind == 2, cols])
+
+
+def gaps_on_spark(source, as_of: dt.date, opts: dict[str, Any], symbol: str):
+    """The `crosssell_gaps` table on the Spark engine (`source` = loyalist.engine.spark.SparkSource), as a Spark
+    DataFrame computed by the executors: per block of customers `build_data` + `gaps_table` on the whole
+    (replicated) matrix. None when nobody bought a product before as_of."""
+    t = source.table("transactions")
+    products = source.table("products")
+    products = products if products.count().execute() else None
+    info = product_info(baskets.product_stats(t, as_of).execute(), categories(products))
+    if info.empty:
+        return None
+    session = source.ibis._session
+    blocks = _blocks(session)
+
+    def task(pdf: pd.DataFrame) -> pd.DataFrame:
+        days, ret, _ = _parts(pdf)
+        data = build_data(days, ret, info, as_of, opts)
+        rows = np.flatnonzero(block_of(data.customers, blocks) == int(pdf["block"].iloc[0]))
+        frame = gaps_table(data, model_for(opts), int(opts["top"]), opts, symbol, rows)
+        frame["category"] = frame["category"].astype(object).where(frame["category"].notna(), None)
+        return frame[GAP_COLUMNS]
+
+    return _replicated(source, as_of, blocks).groupBy("block").applyInPandas(task, GAP_SCHEMA)
+
+
+def held_out_on_spark(source, as_of: dt.date, opts: dict[str, Any], horizon: int = 90,
+                      k: int = 10) -> pd.DataFrame:
+    """`evaluation.crosssell.evaluate_cutoff` (look-alikes and popularity) on the Spark engine: per block of
+    customers `build_data` + `top_lists` + `ranking_rows` on the whole matrix at the cutoff; the driver sums
+    the per-block sums (one row per block and method) into the means. `seconds` is the sum over the tasks."""
+    from loyalist.evaluation.crosssell import ranking_rows, targets, top_lists
+
+    cutoff = as_of - dt.timedelta(days=horizon)
+    t = source.table("transactions")
+    info = product_info(baskets.product_stats(t, cutoff).execute(), None)
+    methods = ("lookalikes", "popularity")
+    if info.empty:
+        return pd.DataFrame()
+    session = source.ibis._session
+    blocks = _blocks(session)
+
+    def task(pdf: pd.DataFrame) -> pd.DataFrame:
+        import time
+
+        days, ret, fp = _parts(pdf)
+        data = build_data(days, ret, info, cutoff, opts)
+        target, sizes = targets(data, fp)
+        mine = block_of(data.customers, blocks) == int(pdf["block"].iloc[0])
+        rows = np.flatnonzero(mine & (sizes > 0))
+        out = []
+        for method in methods:
+            t0 = time.perf_counter()
+            top = top_lists(method, data, rows, k, opts)
+            seconds = time.perf_counter() - t0
+            recall, ndcg, hit = ranking_rows(top, target[rows], sizes[rows], k)
+            out.append({"method": method, "customers": rows.size, "recall": float(recall.sum()),
+                        "ndcg": float(ndcg.sum()), "hits": int(hit.sum()), "targets": int(sizes[mine].sum()),
+                        "seconds": seconds})
+        return pd.DataFrame(out)
+
+    schema = "method string, customers long, recall double, ndcg double, hits long, targets long, seconds double"
+    sums = (_replicated(source, cutoff, blocks, horizon).groupBy("block").applyInPandas(task, schema)
+            .toPandas().groupby("method").sum().reindex(list(methods)))
+    n = sums["customers"].to_numpy(float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return pd.DataFrame({
+            "cutoff": pd.Timestamp(cutoff), "horizon_days": horizon, "method": list(methods),
+            "customers": sums["customers"].astype(int).to_numpy(), "recall_at_k": sums["recall"].to_numpy() / n,
+            "ndcg_at_k": sums["ndcg"].to_numpy() / n, "hit_rate": sums["hits"].to_numpy() / n,
+            "targets": sums["targets"].astype(int).to_numpy(), "k": k, "seconds": sums["seconds"].round(3).to_numpy()})
+
+
+def _step_on_spark(ctx: Context, opts: dict[str, Any]):
+    """The crosssell step on the Spark engine: the gaps table written by the executors, the per-customer
+    columns by an Ibis aggregation of it on Spark, the held-out note from `held_out_on_spark`."""
+    from pyspark import StorageLevel
+
+    source = ctx.store
+    con = source.ibis
+    gaps = gaps_on_spark(source, ctx.as_of, opts, currency_symbol(source, opts))
+    if gaps is None:
+        ctx.notes.append("cross-sell gaps: no product has been bought by customers' look-alikes yet")
+        source.write_result("crosssell_gaps", pd.DataFrame(columns=GAP_COLUMNS))
+        return None
+    gaps = gaps.persist(StorageLevel.MEMORY_AND_DISK)  # read by the per-customer columns and by the write
+    source.cached.append(gaps)
+    source.write_result("crosssell_gaps", gaps)
+    view = f"loyalist_crosssell_gaps_{abs(hash((str(ctx.as_of), id(gaps)))) % 10**8}"
+    gaps.createOrReplaceTempView(view)
+    g = con.table(view)
+    if g.count().execute() == 0:
+        ctx.notes.append("cross-sell gaps: no product has been bought by customers' look-alikes yet")
+    if opts["backtest"]:
+        m = held_out_on_spark(source, ctx.as_of, opts)
+        horizon = 90
+        cutoff = ctx.as_of - dt.timedelta(days=horizon)
+        if m.empty or m["customers"].iloc[0] == 0:
+            ctx.notes.append(f"cross-sell gaps: no held-out check possible (nobody bought a new product after "
+                             f"{cutoff})")
+        else:
+            source.write_result("crosssell_backtest",
+                                m.assign(run_at=pd.Timestamp.now(tz="UTC").tz_localize(None)))
+            ctx.notes.append(_note(m, cutoff, horizon))
+    per = g.group_by("customer_id").aggregate(top_gap_product=g.product_id.argmin(g["rank"]), gaps_count=g.count())
+    cust = ctx.customers.select("customer_id")
+    j = cust.left_join(per, cust.customer_id == per.customer_id)
+    return j.select(customer_id=cust.customer_id, top_gap_product=per.top_gap_product,
+                    gaps_count=per.gaps_count.fill_null(0).cast("int64"))

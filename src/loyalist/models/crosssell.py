@@ -9,9 +9,11 @@ for performing collaborative filtering", SIGIR) on BM25-weighted purchase profil
    length-normalised), then L2-normalised. When customer attributes are known (industry, region, size from the
    `customers` table) their one-hot columns are appended with weight `attribute_weight`, so look-alikes share
    both behaviour and attributes.
-2. Look-alikes: the `n_neighbors` rows with the highest cosine similarity s(u, v). This is computed by
-   `implicit`'s `all_pairs_knn` (multi-threaded C++, sparse, keeps only the top K per row) on the transposed
-   profile matrix — the same routine implicit uses for item-item models, applied to customers.
+2. Look-alikes: the `n_neighbors` rows with the highest cosine similarity s(u, v) (ties: the lower row, i.e.
+   customer id, first). Computed per chunk of customers as the sparse product of their profiles with every
+   buyer's (scipy; the same sums, in the same order, as `implicit`'s `all_pairs_knn`, which was used here
+   until the Spark port) and an O(nnz) top-K per row, so any subset of customers can be searched on its own
+   (`fit(rows=...)`: the Spark engine scores each partition of customers that way).
 3. Score of product i for u: the look-alikes' weighted vote (Herlocker et al.), blended with a
    product-to-product part (item-based kNN, Sarwar, Karypis, Konstan & Riedl 2001, "Item-based collaborative
    filtering recommendation algorithms", WWW), each scaled to a maximum of 1 per customer:
@@ -30,15 +32,15 @@ Why this and not ALS or item-item alone: the user-facing evidence the issue asks
 customer's 50 nearest look-alikes", which only a neighbourhood over customers gives exactly; on the held-out
 backtest (loyalist.evaluation.crosssell, bench/results/crosssell.json) it also beats `implicit` ALS with
 default settings (recall@10 1.02-1.19x ALS's, 2.5-2.7x popularity's at three cutoffs). Why these tools:
-scipy.sparse for all matrices and `implicit.nearest_neighbours.all_pairs_knn` for the O(sum_i buyers_i^2)
-neighbour search — nothing here is dense in customers x products.
+scipy.sparse for all matrices (and `implicit.nearest_neighbours.all_pairs_knn` for the product-to-product
+neighbours) — nothing here is dense in customers x products.
 
 Scale (1M customers x 100k products): nothing is dense in customers x products. Memory: the profile and
 vote matrices hold one float per (customer, product) pair bought; the look-alike graph K floats per customer
 (100M for K = 100); scoring runs over chunks of `chunk_size` customers, each chunk holding at most
 K x (products per look-alike) candidate scores per customer and keeping only the top N, so peak memory is set
 by the chunk, not by the catalogue. Time: the neighbour search costs the sum over products of buyers^2
-(implicit's C++ loop, on all cores), so it is driven by the most popular products, not by customers x
+(scipy's sparse product, one core per process), so it is driven by the most popular products, not by customers x
 products; scoring costs the sum over customers of the products their K look-alikes bought (scipy's sparse
 product plus O(nnz) numpy ranking), i.e. about customers x K x products per customer. Both are linear in
 customers for a fixed buying pattern; `bench/crosssell.py --scale N` measures a synthetic run (Zipf
@@ -173,7 +175,7 @@ class LookAlikeRecommender:
             x = _l2_rows(sp.hstack([x, a], format="csr"))
         return x
 
-    def fit(self, strength, votes=None, attributes=None, popularity=None) -> LookAlikeRecommender:
+    def fit(self, strength, votes=None, attributes=None, popularity=None, rows=None) -> LookAlikeRecommender:
         """Find every customer's look-alikes.
 
         strength: (customers, products) sparse, how strongly each customer bought each product (e.g. the
@@ -182,6 +184,10 @@ class LookAlikeRecommender:
             1 for every product bought).
         attributes: (customers, attribute values) sparse one-hot, or None.
         popularity: (products,) non-negative prior (e.g. recent buyers per product), or None for none.
+        rows: the customers (row indices) whose look-alikes are searched (default: all); `recommend` may then
+            only be asked for these. Everything else (BM25 weights, product-to-product neighbours, votes) is
+            fitted on all rows, so a row's look-alikes and gaps do not depend on which other rows are asked
+            for: the Spark engine fits each partition of customers on the whole matrix this way.
         """
         self._validate()
         strength = _csr(strength, "strength")
@@ -195,21 +201,8 @@ class LookAlikeRecommender:
         if pop.shape != (n_prod,) or (pop < 0).any() or not np.isfinite(pop).all():
             raise ValueError("popularity must be one non-negative number per product")
         prof = self.profiles(strength, attributes)
-        # Look-alikes are customers who bought something: a customer known only by attributes (no purchase
-        # yet) gets look-alikes but is nobody's look-alike.
-        buyers = np.flatnonzero(np.diff(votes.indptr) > 0)
-        others = np.setdiff1d(np.arange(n_cust), buyers)
-        k = int(min(self.n_neighbors, max(buyers.size - 1, 0)))
-        sim = sp.csr_matrix((n_cust, n_cust))
-        if k > 0 and prof.nnz:
-            among = sp.csr_matrix(all_pairs_knn(sp.csr_matrix(prof[buyers].T), k + 1, show_progress=False,
-                                                num_threads=self.num_threads))
-            among.setdiag(0)
-            sim = _embed(among, buyers, buyers, k, n_cust)
-            for start in range(0, others.size, self.chunk_size):
-                q = others[start:start + self.chunk_size]
-                sim = sim + _embed(sp.csr_matrix(prof[q] @ prof[buyers].T), q, buyers, k, n_cust)
-        self.similarity_ = sim
+        query = np.arange(n_cust) if rows is None else np.unique(np.asarray(rows, dtype=np.int64))
+        self.similarity_ = self.lookalikes(prof, votes, query)
         item_sim = sp.csr_matrix((n_prod, n_prod))
         if self.item_weight > 0 and n_prod > 1 and strength.nnz:
             # Product-to-product: dot products of the BM25-weighted buyer columns, top item_neighbors per
@@ -222,12 +215,39 @@ class LookAlikeRecommender:
             knn.eliminate_zeros()
             item_sim = sp.csr_matrix(knn.T)
         self.item_similarity_ = item_sim
-        self.neighbours_ = np.diff(sim.indptr)
+        self.neighbours_ = np.diff(self.similarity_.indptr)
         self.votes_ = votes
         self.bought_ = (votes > 0).astype(np.float64).tocsr()
         self.popularity_ = pop / pop.max() if pop.max() > 0 else pop
         self.n_products_ = n_prod
         return self
+
+    def lookalikes(self, prof: sp.csr_matrix, votes: sp.csr_matrix, query: np.ndarray) -> sp.csr_matrix:
+        """The look-alike graph (customers x customers, top `n_neighbors` positive cosine similarities per row)
+        for the rows `query`: per chunk of rows, the sparse product of their profiles with those of every buyer
+        (scipy), the customer itself left out, then the top k per row (`top_n_sparse`: ties to the lower row
+        index). A row's result depends only on its own profile and on the buyers', never on the chunk."""
+        n_cust = prof.shape[0]
+        # Look-alikes are customers who bought something: a customer known only by attributes (no purchase
+        # yet) gets look-alikes but is nobody's look-alike.
+        buyers = np.flatnonzero(np.diff(votes.indptr) > 0)
+        k = int(min(self.n_neighbors, max(buyers.size - 1, 0)))
+        sim = sp.csr_matrix((n_cust, n_cust))
+        if k == 0 or not prof.nnz or query.size == 0:
+            return sim
+        among = sp.csr_matrix(prof[buyers].T)
+        parts = []
+        for start in range(0, query.size, self.chunk_size):
+            q = query[start:start + self.chunk_size]
+            block = sp.csr_matrix(prof[q] @ among)
+            pos = np.searchsorted(buyers, q)
+            own = np.where((pos < buyers.size) & (buyers[np.minimum(pos, buyers.size - 1)] == q), pos, -1)
+            rows_of = np.repeat(np.arange(q.size), np.diff(block.indptr))
+            block.data[block.indices == own[rows_of]] = 0.0  # not one's own look-alike
+            parts.append(_embed(block, q, buyers, k, n_cust).tocoo())
+        return sp.csr_matrix((np.concatenate([p.data for p in parts]),
+                              (np.concatenate([p.row for p in parts]), np.concatenate([p.col for p in parts]))),
+                             shape=(n_cust, n_cust))
 
     def recommend(self, n: int = 10, exclude=None, allowed=None, customers=None) -> Gaps:
         """Top-n gaps for each customer (rows of the fitted matrices, or the given row indices).
