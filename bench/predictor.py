@@ -9,7 +9,18 @@ and RMSE of the order count, AUC and Brier score of "orders at least once". Pred
 * btyd_stack_unguarded: BG/NBD and Pareto/NBD blended and recalibrated (Poisson / logistic regression) on a
   reference window before the cutoff (the same season a year earlier when available, else the latest days);
 * btyd_stack: the same blend with its guard: used only if, one step earlier (also before the cutoff), the
-  blend beat the better classic model in Poisson deviance; otherwise that classic model's predictions.
+  blend beat the better classic model in Poisson deviance; otherwise that classic model's predictions;
+* bgnbd_seasonal: the BG/NBD with a month-of-year purchase intensity (BG/NBD in operational time,
+  src/loyalist/models/seasonal.py), fitted on the data before the cutoff.
+
+Every predictor gives one vector of expected orders and one of P(at least one order) from the same fit: total,
+MAE and RMSE score the first, AUC and Brier the second; `auc_expected` is the AUC of the expected orders (the
+ranking lifetimes users score, and the definition behind issue 4's reference AUCs).
+
+Issue 4's lifetimes figures are reproduced in the isolated lifetimes 0.11.3 venv (bench/_peer_predictor.py,
+skipped when bench/.peers/lifetimes is absent) and next to them loyalist's BG/NBD and Pareto/NBD fitted with
+lifetimes' time origin (T counted to the last calibration day, one day less than rfm_summary's T, which counts
+to the cutoff): `lifetimes_reference` in the JSON.
 
 Data: CDNOW 1/10 sample (2,357 customers, Fader & Hardie's 39-week calibration ending 1997-09-30, holdout the
 next 39 weeks = 273 days, same-day purchases merged) and Online Retail II (both exports ingested into a
@@ -36,7 +47,8 @@ import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
-MODELS = ("bgnbd", "paretonbd", "mbgnbd", "rhythm_gbm", "btyd_stack_unguarded", "btyd_stack")
+MODELS = ("bgnbd", "paretonbd", "mbgnbd", "rhythm_gbm", "btyd_stack_unguarded", "btyd_stack", "bgnbd_seasonal")
+CANDIDATES = ("rhythm_gbm", "btyd_stack_unguarded", "btyd_stack", "bgnbd_seasonal")
 CDNOW_RUNS = [("1997-10-01", 273)]
 ORII_RUNS = [("2010-12-01", 90), ("2011-06-01", 90), ("2011-09-10", 90)]
 FLAGS = ("is_guest", "is_non_product", "is_cancellation", "is_return")
@@ -70,12 +82,54 @@ def orii_table(path: Path):
     return store.table("transactions")
 
 
+def lifetimes_reference(table) -> dict:
+    """Issue 4's lifetimes figures (peer venv) and loyalist's models in lifetimes' convention (T - 1 day)."""
+    import subprocess
+
+    from sklearn.metrics import roc_auc_score
+
+    from loyalist.backtest import actuals, features
+    from loyalist.customer_base import fit_base
+
+    out: dict = {}
+    peer = REPO / "bench" / ".peers" / "lifetimes" / "bin" / "python"
+    if peer.exists():
+        with tempfile.TemporaryDirectory() as tmp:
+            dest = Path(tmp) / "peer.json"
+            proc = subprocess.run([str(peer), str(REPO / "bench" / "_peer_predictor.py"),
+                                   str(DATA / "cdnow" / "CDNOW_sample.txt.gz"), str(dest)],
+                                  capture_output=True, text=True, timeout=600)
+            out["lifetimes_0_11_3"] = (json.loads(dest.read_text()) if proc.returncode == 0
+                                       else {"error": proc.stderr[-2000:]})
+    else:
+        out["lifetimes_0_11_3"] = {"error": "bench/.peers/lifetimes missing (bash bench/setup_peers.sh lifetimes)"}
+    cutoff = dt.date(1997, 10, 1)
+    calib = features(table, cutoff)
+    y = calib[["customer_id"]].merge(actuals(table, cutoff, 273), on="customer_id", how="left")
+    y = y["holdout_orders"].fillna(0).to_numpy(float)
+    for shift, label in ((1, "loyalist_T_to_last_calibration_day"), (0, "loyalist_T_to_cutoff_backtest")):
+        c = calib.assign(T=calib["T"] - shift)
+        f, r, T = (c[k].to_numpy(float) for k in ("frequency", "recency", "T"))
+        res = {}
+        for name in ("bgnbd", "paretonbd"):
+            tm = fit_base(c, name).transaction
+            e = tm.conditional_expected_number_of_purchases_up_to_time(273, f, r, T)
+            p = tm.probability_of_purchase_within(273, f, r, T)
+            res[name] = {"params": dict(tm.params_), "predicted_orders": float(e.sum()), "actual_orders": float(y.sum()),
+                         "mae": float(np.abs(e - y).mean()), "rmse": float(np.sqrt(((e - y) ** 2).mean())),
+                         "auc_expected": float(roc_auc_score(y > 0, e)), "auc": float(roc_auc_score(y > 0, p))}
+        out[label] = res
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "predictor.json")
     ap.add_argument("--store", type=Path, default=None, help="Online Retail II store to reuse (created if absent)")
     args = ap.parse_args()
     warnings.simplefilter("ignore")
+    from sklearn.metrics import roc_auc_score
+
     from loyalist.backtest import backtest
 
     t_start = time.perf_counter()
@@ -88,33 +142,37 @@ def main() -> None:
             sets.append(("Online Retail II", orii_table(args.store or Path(tmp) / "orii.duckdb"), ORII_RUNS))
         if not sets:
             sys.exit(f"{DATA} holds neither CDNOW nor Online Retail II")
+        reference = lifetimes_reference(sets[0][1]) if sets[0][0] == "CDNOW sample" else None
         for name, table, cutoffs in sets:
             for cutoff, horizon in cutoffs:
                 t0 = time.perf_counter()
                 res = backtest(table, dt.date.fromisoformat(cutoff), horizon, MODELS)
                 print(f"{name} cutoff {cutoff} horizon {horizon} d: {time.perf_counter() - t0:.1f} s", file=sys.stderr)
                 m = res.metrics[["model", "predicted_orders", "actual_orders", "total_error_pct", "mae", "rmse",
-                                 "auc", "brier"]]
+                                 "auc", "brier"]].copy()
+                pc = res.per_customer
+                m["auc_expected"] = [roc_auc_score(pc["actual"] > 0, pc[n]) for n in m["model"]]
                 runs.append({"data": name, "cutoff": cutoff, "horizon_days": horizon, "customers": res.customers,
                              "chosen_by_backtest": res.chosen,
                              "metrics": json.loads(m.to_json(orient="records")),
-                             "notes": [n for n in res.notes if n.startswith(("rhythm_gbm", "btyd_stack"))]})
+                             "notes": [n for n in res.notes if n.startswith(CANDIDATES)]})
     lines = [f"{'data':<17}{'cutoff':<11}{'h':>4} {'model':<21}{'predicted':>10}{'actual':>8}{'err %':>8}"
-             f"{'MAE':>8}{'RMSE':>8}{'AUC':>8}{'Brier':>8}"]
+             f"{'MAE':>8}{'RMSE':>8}{'AUC':>8}{'AUC(E)':>8}{'Brier':>8}"]
     lines.append("-" * len(lines[0]))
     wins = []
     for r in runs:
         for m in r["metrics"]:
             lines.append(f"{r['data']:<17}{r['cutoff']:<11}{r['horizon_days']:>4} {m['model']:<21}"
                          f"{m['predicted_orders']:>10.0f}{m['actual_orders']:>8.0f}{m['total_error_pct']:>+8.1f}"
-                         f"{m['mae']:>8.4f}{m['rmse']:>8.4f}{m['auc']:>8.4f}{m['brier']:>8.4f}")
+                         f"{m['mae']:>8.4f}{m['rmse']:>8.4f}{m['auc']:>8.4f}{m['auc_expected']:>8.4f}{m['brier']:>8.4f}")
         by = {m["model"]: m for m in r["metrics"]}
-        for cand in ("rhythm_gbm", "btyd_stack_unguarded", "btyd_stack"):
+        for cand in CANDIDATES:
             if cand not in by:
                 continue
             c = by[cand]
             beats = {}
-            for k, better in (("total", "abs"), ("mae", "low"), ("rmse", "low"), ("auc", "high"), ("brier", "low")):
+            for k, better in (("total", "abs"), ("mae", "low"), ("rmse", "low"), ("auc", "high"),
+                              ("auc_expected", "high"), ("brier", "low")):
                 ref = [by[b] for b in ("bgnbd", "paretonbd")]
                 if k == "total":
                     beats[k] = all(abs(c["total_error_pct"]) < abs(x["total_error_pct"]) for x in ref)
@@ -125,7 +183,7 @@ def main() -> None:
             wins.append({"data": r["data"], "cutoff": r["cutoff"], "model": cand, "beats_bgnbd_and_paretonbd": beats,
                          "all": all(beats.values())})
     lines.append("")
-    lines.append("beats both BG/NBD and Pareto/NBD (|total error|, MAE, RMSE, AUC, Brier):")
+    lines.append("beats both BG/NBD and Pareto/NBD (|total error|, MAE, RMSE, AUC, AUC(E), Brier):")
     for w in wins:
         b = w["beats_bgnbd_and_paretonbd"]
         lines.append(f"  {w['data']:<17}{w['cutoff']:<11} {w['model']:<21} "
@@ -136,7 +194,7 @@ def main() -> None:
            "load_average_end": [round(x, 2) for x in os.getloadavg()],
            "wall_seconds": round(time.perf_counter() - t_start, 1),
            "what": "held-out accuracy (fit before the cutoff, score the horizon after it) of every predictor",
-           "runs": runs, "wins": wins, "table": table.splitlines(),
+           "runs": runs, "wins": wins, "table": table.splitlines(), "lifetimes_reference": reference,
            "reference_lifetimes_cdnow": "issue text: lifetimes BG/NBD 1,653 predicted (MAE 0.786, AUC 0.773), "
                                         "Pareto/NBD 1,666 (MAE 0.755, AUC 0.779) of 1,882 actual"}
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 
 from conftest import shared_file
-from loyalist.backtest import STACK_UNGUARDED, backtest, reference_split
+from loyalist.backtest import SEASONAL, STACK_UNGUARDED, actuals, backtest, features, reference_split
+from loyalist.customer_base import fit_base
 
 
 def test_reference_split_prefers_the_same_season_a_year_earlier():
@@ -41,14 +42,39 @@ def _cdnow_table(keep_after: bool):
 
 @pytest.mark.slow
 def test_stack_predictions_do_not_depend_on_the_holdout():
-    a = backtest(_cdnow_table(True), dt.date(1997, 10, 1), 273, ("bgnbd", "paretonbd", STACK_UNGUARDED))
-    b = backtest(_cdnow_table(False), dt.date(1997, 10, 1), 273, ("bgnbd", "paretonbd", STACK_UNGUARDED))
+    models = ("bgnbd", "paretonbd", STACK_UNGUARDED, SEASONAL)
+    a = backtest(_cdnow_table(True), dt.date(1997, 10, 1), 273, models)
+    b = backtest(_cdnow_table(False), dt.date(1997, 10, 1), 273, models)
     pa = a.per_customer.sort_values("customer_id").reset_index(drop=True)
     pb = b.per_customer.sort_values("customer_id").reset_index(drop=True)
     assert (pa["customer_id"] == pb["customer_id"]).all()
     np.testing.assert_allclose(pa[STACK_UNGUARDED], pb[STACK_UNGUARDED], rtol=1e-9)
+    np.testing.assert_allclose(pa[SEASONAL], pb[SEASONAL], rtol=1e-9)
     assert pa["actual"].sum() == 1882  # repeat purchase days of the 39-week holdout (Fader, Hardie & Lee 2005)
     # finite, non-negative expected counts for every customer
     assert np.all(np.isfinite(pa[STACK_UNGUARDED])) and (pa[STACK_UNGUARDED] >= 0).all()
     m = a.metrics.set_index("model")
     assert m.loc[STACK_UNGUARDED, "actual_orders"] == 1882
+
+
+@pytest.mark.slow
+def test_lifetimes_reference_figures_are_our_models_with_t_to_the_last_calibration_day():
+    """Issue 4's lifetimes 0.11.3 figures (measured in the peer venv by bench/_peer_predictor.py: BG/NBD 1,653.41
+    predicted, MAE 0.78545, AUC 0.77252; Pareto/NBD 1,665.52, MAE 0.75452, AUC 0.77874) are loyalist's models
+    fitted with lifetimes' time origin (T to the last calibration day, 1997-09-30: rfm_summary's T at the
+    1997-10-01 cutoff minus one day) and the AUC ranked by the expected count, not by P(order)."""
+    from sklearn.metrics import roc_auc_score
+
+    table = _cdnow_table(True)
+    cutoff = dt.date(1997, 10, 1)
+    calib = features(table, cutoff)
+    y = calib[["customer_id"]].merge(actuals(table, cutoff, 273), on="customer_id", how="left")
+    y = y["holdout_orders"].fillna(0).to_numpy(float)
+    c = calib.assign(T=calib["T"] - 1)
+    f, r, T = (c[k].to_numpy(float) for k in ("frequency", "recency", "T"))
+    lifetimes = {"bgnbd": (1653.41, 0.78545, 0.77252), "paretonbd": (1665.52, 0.75452, 0.77874)}
+    for name, (total, mae, auc) in lifetimes.items():
+        e = fit_base(c, name).transaction.conditional_expected_number_of_purchases_up_to_time(273, f, r, T)
+        assert e.sum() == pytest.approx(total, abs=0.05), name
+        assert np.abs(e - y).mean() == pytest.approx(mae, abs=5e-5), name
+        assert roc_auc_score(y > 0, e) == pytest.approx(auc, abs=5e-5), name
