@@ -20,7 +20,7 @@ from loyalist.customer_base import TRANSACTION_MODELS
 
 pytest.importorskip("pyspark")
 
-from loyalist.engine.spark import analyze_spark, read_transactions, spark_session  # noqa: E402
+from loyalist.engine.spark import analyze_spark, read_transactions, spark_session
 
 HORIZON = 90
 CUTOFF = SYNTH_AS_OF - dt.timedelta(days=HORIZON)
@@ -39,7 +39,7 @@ def synth(tmp_path_factory):
     """The synthetic store and its Parquet files, and the DuckDB backtest of the classic models at the cutoff
     that `analyze --model auto` uses (as_of - 90 days). The store is closed: the Spark runs open it as --db."""
     folder = tmp_path_factory.mktemp("synth_bt")
-    store, parquet = synthetic_store(folder, n_customers=1500, products=150)
+    store, parquet = synthetic_store(folder, n_customers=1000, products=150)
     duck = backtest(store.table("transactions"), CUTOFF, HORIZON, models=tuple(TRANSACTION_MODELS))
     store.close()
     return folder / "synthetic.duckdb", parquet, duck
@@ -53,7 +53,7 @@ def _assert_metrics_equal(duck: pd.DataFrame, spark: pd.DataFrame) -> None:
 
 
 def test_backtest_on_spark_equals_duckdb(spark, synth):
-    db, parquet, duck = synth
+    _, parquet, duck = synth
     con = ibis.pyspark.connect(spark)
     got = backtest_on_spark(con, read_transactions(con, str(parquet)), CUTOFF, HORIZON)
     _assert_metrics_equal(duck.metrics, got.metrics)
@@ -99,17 +99,15 @@ def test_model_auto_backtests_on_spark_and_stores_it(spark, synth, tmp_path):
     db, parquet, duck = synth
     expected_model, expected_reason = choice_from(duck.metrics.assign(cutoff=pd.Timestamp(CUTOFF),
                                                                       horizon_days=HORIZON))
-    # without --db: the backtest runs on Spark, its tables go under OUT/
-    run = analyze_spark(str(parquet), out=str(tmp_path / "a"), session=spark, as_of=SYNTH_AS_OF, steps=[])
+    # no backtest in --db: it runs on Spark, its tables go under OUT/ and are appended to the store as
+    # analysis.run_backtest appends them; the next run uses the stored choice
+    run = analyze_spark(str(parquet), out=str(tmp_path / "b"), session=spark, as_of=SYNTH_AS_OF, steps=[], db=db)
     assert run.report.model == expected_model and run.report.chosen_by == expected_reason
     assert {"backtest_metrics", "backtest_tracking"} <= set(run.result_tables)
-    stored = pd.read_parquet(tmp_path / "a" / "backtest_metrics")
+    stored = pd.read_parquet(tmp_path / "b" / "backtest_metrics")
     _assert_metrics_equal(duck.metrics, stored[duck.metrics.columns])
     assert stored["chosen"].sum() == 1 and stored.loc[stored["chosen"], "model"].item() == expected_model
     assert (pd.to_datetime(stored["cutoff"]) == pd.Timestamp(CUTOFF)).all()
-    # with --db: appended to the store as analysis.run_backtest appends them; the next run uses the stored choice
-    run = analyze_spark(str(parquet), out=str(tmp_path / "b"), session=spark, as_of=SYNTH_AS_OF, steps=[], db=db)
-    assert run.report.model == expected_model
     with duckdb.connect(str(db), read_only=True) as con:
         m = con.execute("SELECT * FROM backtest_metrics").df()
         tracking_rows = con.execute("SELECT count(*) FROM backtest_tracking").fetchall()[0][0]
