@@ -9,6 +9,8 @@ gradient on log-parameters over compressed (deduplicated, weighted) customer pat
 * :class:`MBGNBD` - Batislam, Denizel & Filiztekin (2007).
 * :class:`BGBB` - Fader, Hardie & Shang (2010), discrete time.
 * :class:`GammaGamma` - Fader, Hardie & Lee (2005), "RFM and CLV" (spend; scale ``v`` = their gamma).
+* :class:`SeasonalBGNBD` - the BG/NBD with a month-of-year purchase intensity (BG/NBD in operational time;
+  fitted on frequency, first/last purchase dates and repeat purchases per month; see its module).
 """
 
 from loyalist.models._base import (
@@ -22,6 +24,7 @@ from loyalist.models.bgnbd import BGNBD
 from loyalist.models.gammagamma import GammaGamma
 from loyalist.models.mbgnbd import MBGNBD
 from loyalist.models.paretonbd import ParetoNBD
+from loyalist.models.seasonal import SeasonalBGNBD
 
 __all__ = [
     "BGNBD",
@@ -29,6 +32,7 @@ __all__ = [
     "MBGNBD",
     "BGBB",
     "GammaGamma",
+    "SeasonalBGNBD",
     "ConvergenceError",
     "ConvergenceWarning",
     "ModelInputError",
