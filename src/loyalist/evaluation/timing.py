@@ -56,10 +56,25 @@ import pandas as pd
 from sklearn.metrics import roc_auc_score
 
 from loyalist.customer_base import fit_base
-from loyalist.features.timing import customer_gaps, next_occasion, product_cycles, products_bought
-from loyalist.insights.timing import (base_summary, coverage_80, fit_customer_model, fit_pair_model, fit_stack,
-                                      point_days, score_customers, score_pairs, select_mix,
-                                      stacked_pair_probability, top_k)
+from loyalist.features.timing import (
+    next_occasion,
+    products_bought,
+)
+from loyalist.insights.timing import (
+    base_summary,
+    coverage_80,
+    fit_customer_model,
+    fit_pair_model,
+    fit_stack,
+    gaps_frame,
+    pairs_frame,
+    point_days,
+    score_customers,
+    score_pairs,
+    select_mix,
+    stacked_pair_probability,
+    top_k,
+)
 
 BASELINES = ("bgnbd", "paretonbd", "mean_interval", "last_gap")
 PRODUCT_BASELINES = ("most_frequent", "mean_interval", "last_interval")
@@ -118,16 +133,18 @@ def _margin_ci(y: np.ndarray, p_ours: np.ndarray, p_base: np.ndarray, err_ours: 
 def evaluate(transactions: ir.Table, cutoff: dt.date, horizons: tuple[int, ...] = (30, 90),
              end: dt.date | None = None, base_name: str = "bgnbd", mix: float | None = None,
              product_horizon: int = 30, k: int = 5, baselines: tuple[str, ...] = BASELINES,
-             products: bool = True) -> pd.DataFrame:
+             products: bool = True, spark=None) -> pd.DataFrame:
     """The metrics table at one cutoff (see the module docstring). `end`: the end of the data (exclusive);
     default the day after the last order. `base_name`: the customer-base model loyalist mixes with; `mix`:
-    None chooses it by rolling origin on the 90 days before the cutoff (`select_mix`), as `analyze` does."""
+    None chooses it by rolling origin on the 90 days before the cutoff (`select_mix`), as `analyze` does.
+    `spark`: the Spark engine's source (`loyalist.engine.spark.SparkSource`): the per-customer rows are collected
+    (AUC, the bootstrap and the stack need them at the driver) but the pairs stay on Spark."""
     if end is None:
         last = transactions.order_date.max().execute()
         end = pd.Timestamp(last).date() + dt.timedelta(days=1)
     if cutoff >= end:
         raise ValueError(f"cutoff {cutoff} is not before the end of the data ({end})")
-    cg = customer_gaps(transactions, cutoff).execute()
+    cg = gaps_frame(transactions, cutoff)
     if len(cg) < 50 or (cg["n_gaps"] > 0).sum() < 20:
         raise ValueError(f"only {len(cg)} customers bought before {cutoff}; choose a later cutoff")
     nx = cg[["customer_id"]].merge(next_occasion(transactions, cutoff, end).execute(), on="customer_id", how="left")
@@ -142,7 +159,7 @@ def evaluate(transactions: ir.Table, cutoff: dt.date, horizons: tuple[int, ...] 
     stack = None
     if mix is None:
         stack = fit_stack(transactions, cutoff, base_name, with_products=products, product_horizon=product_horizon,
-                          horizons=tuple(sorted({*horizons, 90})))
+                          horizons=tuple(sorted({*horizons, 90})), spark=spark)
         if stack is None:
             mix, _ = select_mix(transactions, cutoff, base_name)
     cm = fit_customer_model(cg)
@@ -207,14 +224,18 @@ def evaluate(transactions: ir.Table, cutoff: dt.date, horizons: tuple[int, ...] 
                          "order_rate": float(y90[flagged].mean()), "base_rate": float(y90[active].mean()),
                          "lift": float(y90[flagged].mean() / max(y90[active].mean(), 1e-12)),
                          "value_recovered": float(spend[flagged].sum())})
-    if products:
+    if products and spark is not None:
+        from loyalist.insights.timing import _spark_evaluate_products
+
+        rows += _spark_evaluate_products(spark, transactions, cutoff, product_horizon, k, stack, cm, cg)
+    elif products:
         rows += _evaluate_products(transactions, cutoff, product_horizon, k, stack, cm, cg)
     return pd.DataFrame(rows)
 
 
 def _evaluate_products(transactions: ir.Table, cutoff: dt.date, h: int, k: int, stack=None, cm=None,
                        cg=None) -> list[dict]:
-    pc = product_cycles(transactions, cutoff).execute()
+    pc = pairs_frame(transactions, cutoff)
     if len(pc) < 10 or (pc["n_gaps"] > 0).sum() < 5:
         return []
     later = products_bought(transactions, cutoff, cutoff + dt.timedelta(days=h)).execute()
@@ -242,7 +263,7 @@ def _evaluate_products(transactions: ir.Table, cutoff: dt.date, h: int, k: int, 
         top = top_k(scored[["customer_id", "product_id", method, "relevant"]], k, method)
         hits = top.groupby("customer_id")["relevant"].sum().reindex(judged.index, fill_value=0)
         rows.append({"cutoff": pd.Timestamp(cutoff), "horizon_days": h, "task": "next_products", "method": method,
-                     "customers": int(len(judged)), "positives": int(judged.sum()),
+                     "customers": len(judged), "positives": int(judged.sum()),
                      "precision_at_5": float((hits / k).mean()), "recall_at_5": float((hits / judged).mean())})
     return rows
 

@@ -63,7 +63,7 @@ def product_occasions(transactions: ir.Table, as_of: dt.date | dt.datetime | Non
     return lines.group_by(customer_id=lines.customer_id, product_id=lines.product_id,
                           day=lines.order_date.date()).aggregate(
         quantity=lines.quantity.sum(), amount=lines.amount.sum().fill_null(0.0),
-        description=lines.description.arbitrary())
+        description=lines.description.max())
 
 
 def product_cycles(transactions: ir.Table, as_of: dt.date | dt.datetime) -> ir.Table:

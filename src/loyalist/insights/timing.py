@@ -87,6 +87,40 @@ MAX_DAYS = 3650.0
 """Dates further than ten years ahead are left empty (as 'may never order again')."""
 
 
+STAT_GRID = 2.0 ** -24
+"""The engines' floating-point sums (gap_logsum, spend, quantity, recency weights) are snapped to multiples of
+STAT_GRID (6e-8) before any model sees them, and rows are put in key order (`canonical`): a sum over a group
+depends on the order the engine adds in (DuckDB's threads, Spark's partitions) in its last bits, and the
+maximum-likelihood and logistic fits amplify such bits (two DuckDB runs on the demo data differed by 2e-4 in
+prob_order_60d before this). On the grid the models see the same numbers in the same order on every run and on
+both engines, and sums of snapped values are exact (order-free) while they stay below 2^29."""
+STAT_FLOATS = ("gap_logsum", "spend", "quantity", "amount", "recent_w30", "recent_w90")
+
+
+def snap(df: pd.DataFrame) -> pd.DataFrame:
+    """`df` with its STAT_FLOATS columns snapped to the STAT_GRID (see there)."""
+    df = df.copy()
+    for c in STAT_FLOATS:
+        if c in df:
+            df[c] = np.floor(df[c].to_numpy(float) / STAT_GRID + 0.5) * STAT_GRID
+    return df
+
+
+def canonical(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Snapped (`snap`) and in key order: what the engine returned, independent of how it computed it."""
+    return snap(df).sort_values(keys, kind="stable").reset_index(drop=True)
+
+
+def gaps_frame(transactions: ir.Table, as_of: dt.date) -> pd.DataFrame:
+    """`customer_gaps` executed, canonical (one row per customer, in customer_id order)."""
+    return canonical(customer_gaps(transactions, as_of).execute(), ["customer_id"])
+
+
+def pairs_frame(transactions: ir.Table, as_of: dt.date) -> pd.DataFrame:
+    """`product_cycles` executed, canonical (one row per customer x product, in key order)."""
+    return canonical(product_cycles(transactions, as_of).execute(), ["customer_id", "product_id"])
+
+
 def _days(x) -> pd.Series:
     d = np.asarray(x, dtype=float)
     return pd.to_timedelta(np.where(d <= MAX_DAYS, d, np.nan), unit="D")
@@ -116,7 +150,7 @@ def select_mix(transactions: ir.Table, as_of: dt.date, base_name: str = "bgnbd")
     from loyalist.features.timing import next_occasion
 
     c0 = as_of - dt.timedelta(days=SELECT_DAYS)
-    cg0 = customer_gaps(transactions, c0).execute()
+    cg0 = gaps_frame(transactions, c0)
     if len(cg0) < 100 or (cg0["n_gaps"] > 0).sum() < 30:
         return DEFAULT_MIX, f"mix {DEFAULT_MIX} (default: only {len(cg0)} customers before {c0} to choose it on)"
     cm0 = fit_customer_model(cg0)
@@ -191,12 +225,18 @@ def product_scale(pc: pd.DataFrame, prior_gaps: float = PRODUCT_PRIOR_GAPS) -> n
     population's, shrunk toward 1 with `prior_gaps` pseudo-gaps (so a product few re-order is like any)."""
     n = pc["n_gaps"].to_numpy(float)
     L = pc["gap_logsum"].to_numpy(float)
-    mu = L.sum() / max(n.sum(), 1.0)
-    per = pd.DataFrame({"p": pc["product_id"].to_numpy(), "n": n, "L": L}).groupby("p", sort=False)
-    n_p = per["n"].transform("sum").to_numpy(float)
-    L_p = per["L"].transform("sum").to_numpy(float)
+    sums = pd.DataFrame({"product_id": pc["product_id"].to_numpy(), "n": n, "L": L}).groupby(
+        "product_id", sort=True)[["n", "L"]].sum()
+    return pc["product_id"].map(scale_from_sums(sums, prior_gaps)).to_numpy(float)
+
+
+def scale_from_sums(sums: pd.DataFrame, prior_gaps: float = PRODUCT_PRIOR_GAPS) -> pd.Series:
+    """`product_scale` per product from its sums of n_gaps (`n`) and gap_logsum (`L`) over customers (indexed
+    by product_id): what an engine aggregates (sums of snapped values are exact, so any engine's are the same)."""
+    n_p, L_p = sums["n"].to_numpy(float), sums["L"].to_numpy(float)
+    mu = L_p.sum() / max(n_p.sum(), 1.0)
     log_m = (L_p + prior_gaps * mu) / (n_p + prior_gaps)
-    return np.exp(log_m - mu)
+    return pd.Series(np.exp(log_m - mu), index=sums.index)
 
 
 @dataclass
@@ -254,7 +294,7 @@ def score_all(transactions: ir.Table, as_of: dt.date, base_model=None, mix: floa
               cg: pd.DataFrame | None = None, pc: pd.DataFrame | None = None) -> TimingScores:
     """Features from the engine (unless given), both renewal models fitted at `as_of`, everyone scored."""
     if cg is None:
-        cg = customer_gaps(transactions, as_of).execute()
+        cg = gaps_frame(transactions, as_of)
     if cg.empty:
         raise ValueError(f"no customer bought anything before {as_of}")
     cm = fit_customer_model(cg)
@@ -262,7 +302,7 @@ def score_all(transactions: ir.Table, as_of: dt.date, base_model=None, mix: floa
     pairs, pm = pd.DataFrame(), None
     if with_products:
         if pc is None:
-            pc = product_cycles(transactions, as_of).execute()
+            pc = pairs_frame(transactions, as_of)
         if len(pc) >= 10 and (pc["n_gaps"] > 0).sum() >= 5:
             pm = fit_pair_model(pc)
             sp = score_pairs(pm, pc, product_horizon)
@@ -274,14 +314,21 @@ def score_all(transactions: ir.Table, as_of: dt.date, base_model=None, mix: floa
     return TimingScores(cust, pairs, cm, pm)
 
 
-def stacked_pair_probability(stack: Stack, cm: GammaRenewal, cg: pd.DataFrame, pc: pd.DataFrame,
-                             sp: pd.DataFrame, horizon: int, p_customer: pd.Series | None = None) -> np.ndarray:
+def own_prob(cm: GammaRenewal, cg: pd.DataFrame, horizon: int) -> pd.Series:
+    """The renewal model's own P(order within `horizon`) per customer (indexed by customer_id)."""
+    return pd.Series(cm.prob_order_within(horizon, cg["n_gaps"].to_numpy(float), cg["gap_sum"].to_numpy(float),
+                                          np.maximum(cg["elapsed"].to_numpy(float) - HALF_DAY, 0.0)),
+                     index=cg["customer_id"].to_numpy())
+
+
+def stacked_pair_probability(stack: Stack, cm: GammaRenewal | None, cg: pd.DataFrame | None, pc: pd.DataFrame,
+                             sp: pd.DataFrame, horizon: int, p_customer: pd.Series | None = None,
+                             own: pd.Series | None = None, buyers: np.ndarray | None = None) -> np.ndarray:
     """P(the customer orders the product within `horizon`) = P(the customer orders within it) x the stack's
-    P(this product | the customer re-orders something) (the pair regression is fitted on customers who do)."""
-    own = pd.Series(cm.prob_order_within(horizon, cg["n_gaps"].to_numpy(float), cg["gap_sum"].to_numpy(float),
-                                         np.maximum(cg["elapsed"].to_numpy(float) - HALF_DAY, 0.0)),
-                    index=cg["customer_id"].to_numpy())
-    cond = stack.pair.predict_proba(pair_matrix(pc, sp, own))[:, 1]
+    P(this product | the customer re-orders something) (the pair regression is fitted on customers who do).
+    `own` (`own_prob`) and `buyers` (see `pair_matrix`) may be given instead of being computed from cm, cg, pc."""
+    own = own_prob(cm, cg, horizon) if own is None else own
+    cond = stack.pair.predict_proba(pair_matrix(pc, sp, own, buyers))[:, 1]
     pc_ = (p_customer if p_customer is not None else own)
     return cond * pc["customer_id"].map(pc_).fillna(0.0).to_numpy(float)
 
@@ -299,19 +346,35 @@ def category_rhythm(cc: pd.DataFrame, as_of: dt.date, seed: int = 0) -> pd.DataF
     rep = cc["n_gaps"].to_numpy(float) > 0
     n, S = cc["n_gaps"].to_numpy(float), cc["gap_sum"].to_numpy(float)
     scale = product_scale(cc.rename(columns={"category": "product_id"}))
+    m = None
     if len(cc) >= 10 and rep.sum() >= 5:
         m = GammaRenewal(max_rows=30_000, seed=seed).fit(n, S, cc["gap_logsum"].to_numpy(float),
                                                          np.maximum(cc["elapsed"].to_numpy(float) - HALF_DAY, 0.0),
                                                          scale)
+    cycle = _category_cycle(cc, m, scale)  # without m (too few repeat purchases): the customer's own mean gap
+    med = pd.Series(cycle).groupby(cc["category"].to_numpy()).transform("median").to_numpy(float)
+    return _category_block(cc, cycle, med, as_of)
+
+
+def _category_cycle(cc: pd.DataFrame, m: GammaRenewal | None, scale: np.ndarray) -> np.ndarray:
+    """category_rhythm's cycle per row: the fitted model's (None: the customer's own mean gap); NaN if bought once."""
+    rep = cc["n_gaps"].to_numpy(float) > 0
+    n, S = cc["n_gaps"].to_numpy(float), cc["gap_sum"].to_numpy(float)
+    if m is not None:
         cycle = m.cycle(n, S, scale)
-    else:  # too few repeat purchases to fit the population: the customer's own mean gap
+    else:
         with np.errstate(invalid="ignore", divide="ignore"):
             cycle = np.where(rep, S / np.maximum(n, 1), np.nan)
-    cycle = np.where(rep, cycle, np.nan)
+    return np.where(rep, cycle, np.nan)
+
+
+def _category_block(cc: pd.DataFrame, cycle: np.ndarray, med: np.ndarray, as_of: dt.date) -> pd.DataFrame:
+    """category_rhythm's rows of any set of rows `cc`, given their cycles and their category's median cycle."""
+    rep = cc["n_gaps"].to_numpy(float) > 0
+    n, S = cc["n_gaps"].to_numpy(float), cc["gap_sum"].to_numpy(float)
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = S / n
         cv = np.sqrt(np.maximum(cc["gap_sqsum"].to_numpy(float) / n - mean ** 2, 0.0)) / mean
-    med = pd.Series(cycle).groupby(cc["category"].to_numpy()).transform("median").to_numpy(float)
     last = pd.to_datetime(cc["last_day"]).reset_index(drop=True)
     out = pd.DataFrame({
         "customer_id": cc["customer_id"].to_numpy(), "category": cc["category"].to_numpy(),
@@ -364,12 +427,20 @@ def customer_matrix(model: GammaRenewal, cg: pd.DataFrame, base_model, h: int) -
     return np.nan_to_num(X, nan=-1.0, posinf=50.0, neginf=-50.0)
 
 
-def pair_matrix(pc: pd.DataFrame, pair_scores: pd.DataFrame, customer_p: pd.Series) -> np.ndarray:
+def product_buyers(pc: pd.DataFrame) -> np.ndarray:
+    """Per pair: how many customers bought its product in the last 90 days (all pairs of `pc`)."""
+    return (pc["elapsed"] < 90).groupby(pc["product_id"]).transform("sum").to_numpy(float)
+
+
+def pair_matrix(pc: pd.DataFrame, pair_scores: pd.DataFrame, customer_p: pd.Series,
+                buyers: np.ndarray | None = None) -> np.ndarray:
     """Features for the stacked next-product ranking (PAIR_FEATURES). `customer_p`: P(the customer orders
-    within the product horizon), indexed by customer_id."""
+    within the product horizon), indexed by customer_id. `buyers`: `product_buyers` over all pairs (computed
+    from `pc` when not given: then `pc` must hold every pair). Every other feature is within one customer's
+    pairs, so any set of whole customers can be scored on its own."""
     e = pc["elapsed"].to_numpy(float)
     cyc = pair_scores["cycle_days"].to_numpy(float)
-    buyers = (pc["elapsed"] < 90).groupby(pc["product_id"]).transform("sum").to_numpy(float)
+    buyers = product_buyers(pc) if buyers is None else np.asarray(buyers, dtype=float)
     c_occ = pc.groupby("customer_id")["occasions"].transform("max").to_numpy(float)
     with np.errstate(invalid="ignore", divide="ignore"):
         X = np.column_stack([
@@ -446,7 +517,7 @@ def point_days(model: GammaRenewal, pareto, cg: pd.DataFrame, h: int, weight: fl
 
 
 def fit_stack(transactions: ir.Table, as_of: dt.date, base_name: str = "bgnbd", with_products: bool = True,
-              product_horizon: int = 30, horizons: tuple[int, ...] = HORIZONS) -> Stack | None:
+              product_horizon: int = 30, horizons: tuple[int, ...] = HORIZONS, spark=None) -> Stack | None:
     """Fit loyalist's combination on the inner split before `as_of` (never on what follows it):
 
     - P(order within h): logistic regression (stacking, Wolpert 1992 "Stacked generalization", Neural
@@ -459,9 +530,11 @@ def fit_stack(transactions: ir.Table, as_of: dt.date, base_name: str = "bgnbd", 
     - the interval level: on o = as_of - 90 the level whose [q(level), q(1 - level)] covers 80% (split
       conformal calibration, e.g. Angelopoulos & Bates 2023, "Conformal prediction: a gentle introduction").
 
-    None when the history before as_of is too short for any inner origin."""
+    None when the history before as_of is too short for any inner origin. `spark`: the Spark engine's source
+    (`loyalist.engine.spark.SparkSource`): the pairs then stay on Spark (`_spark_pair_rows`) and only the
+    training rows of the pair regression reach the driver."""
     from loyalist.customer_base import fit_base
-    from loyalist.features.timing import product_cycles, products_bought
+    from loyalist.features.timing import products_bought
 
     first = transactions.filter(transactions.customer_id.notnull()).order_date.min().execute()
     first = pd.Timestamp(first).date()
@@ -469,7 +542,7 @@ def fit_stack(transactions: ir.Table, as_of: dt.date, base_name: str = "bgnbd", 
 
     def at(o: dt.date):
         if o not in fits:
-            cg = customer_gaps(transactions, o).execute()
+            cg = gaps_frame(transactions, o)
             if len(cg) < 100 or (cg["n_gaps"] > 0).sum() < 30:
                 fits[o] = None
             else:
@@ -531,7 +604,16 @@ def fit_stack(transactions: ir.Table, as_of: dt.date, base_name: str = "bgnbd", 
             o = as_of - dt.timedelta(days=product_horizon * j)
             if not ok(o):
                 break
-            pc = product_cycles(transactions, o).execute()
+            if spark is not None:
+                cg, cm, _, _ = at(o)
+                got = _spark_pair_rows(spark, transactions, o, product_horizon, own_prob(cm, cg, product_horizon))
+                if got is None:
+                    break
+                if len(got[1]):
+                    Xs.append(got[0])
+                    ys.append(got[1])
+                continue
+            pc = pairs_frame(transactions, o)
             if len(pc) < 10 or (pc["n_gaps"] > 0).sum() < 5:
                 break
             cg, cm, _, _ = at(o)
@@ -581,6 +663,41 @@ def customer_columns(ts: TimingScores, customers: pd.DataFrame, as_of: dt.date, 
     """The per-customer timing columns and the contact schedule (see the module docstring)."""
     c = ts.customers.merge(customers[[x for x in ("customer_id", "expected_order_value", "clv_12m")
                                       if x in customers]], on="customer_id", how="left")
+    return customer_block(c, as_of, cfg, sym, column_globals(c, cfg))
+
+
+def _contact_value(c: pd.DataFrame, vcol: str | None) -> np.ndarray:
+    """The value that picks the customers for the contact schedule: clv_12m (`vcol`), else the usual basket."""
+    if vcol:
+        return c[vcol].to_numpy(float)
+    basket = c["spend"] / c["occasions"]
+    value = c["expected_order_value"].fillna(basket) if "expected_order_value" in c else basket
+    return value.to_numpy(float)
+
+
+@dataclass
+class ColumnGlobals:
+    """What `customer_block` needs from the whole population: the long-cycle threshold (the median cycle of
+    repeat customers unless set), which value picks the contacts and its `contact_value_quantile`."""
+
+    long_days: float
+    vcol: str | None
+    v_min: float
+
+
+def column_globals(c: pd.DataFrame, cfg: dict) -> ColumnGlobals:
+    n, cycle = c["n_gaps"].to_numpy(float), c["cycle_days"].to_numpy(float)
+    long_days = float(cfg.get("long_cycle_days", np.nanmedian(cycle[n > 0]) if (n > 0).any() else np.inf))
+    vcol = "clv_12m" if "clv_12m" in c and c["clv_12m"].notna().any() else None
+    v = _contact_value(c, vcol)
+    vq = float(cfg.get("contact_value_quantile", 0.75))
+    return ColumnGlobals(long_days, vcol, float(np.nanquantile(v, vq)) if np.isfinite(v).any() else np.inf)
+
+
+def customer_block(c: pd.DataFrame, as_of: dt.date, cfg: dict, sym: str, g: ColumnGlobals
+                   ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """`customer_columns` of any set of customers `c` (scored customers joined with expected_order_value and
+    clv_12m), given the population's `column_globals`: every row depends on its own customer only."""
     now = pd.Timestamp(as_of)
     out = pd.DataFrame({"customer_id": c["customer_id"].to_numpy()})
     for q, name in (("days_p50", "next_order_date"), ("days_p10", "next_order_p10"), ("days_p90", "next_order_p90")):
@@ -607,13 +724,12 @@ def customer_columns(ts: TimingScores, customers: pd.DataFrame, as_of: dt.date, 
     out["overdue_reason"] = reason.where(flagged, None).to_numpy()
     out["cycle_days"] = np.where(n > 0, cycle, np.nan)
     out["cycle_regularity"] = c["cycle_regularity"].to_numpy(float)
-    long_days = float(cfg.get("long_cycle_days", np.nanmedian(cycle[n > 0]) if (n > 0).any() else np.inf))
+    long_days = g.long_days
     out["cycle_class"] = pd.Series(np.where(cycle > long_days, "long", "short")).where(n > 0, None).to_numpy()
     # Contact between purchases: high-value long-cycle customers who are likely still active.
-    vcol = "clv_12m" if "clv_12m" in c and c["clv_12m"].notna().any() else None
-    v = c[vcol].to_numpy(float) if vcol else value.to_numpy(float)
-    vq = float(cfg.get("contact_value_quantile", 0.75))
-    high = np.isfinite(v) & (v >= np.nanquantile(v, vq)) if np.isfinite(v).any() else np.zeros(len(c), bool)
+    vcol = g.vcol
+    v = _contact_value(c, vcol)
+    high = np.isfinite(v) & (v >= g.v_min)
     pick = high & (out["cycle_class"].to_numpy() == "long") & (c["p_alive_timing"].to_numpy(float) >= 0.5)
     last = pd.to_datetime(c["last_day"])
     sched = []
@@ -644,7 +760,12 @@ def customer_columns(ts: TimingScores, customers: pd.DataFrame, as_of: dt.date, 
 
 def reorder_tables(ts: TimingScores, as_of: dt.date, k: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     """`reorders` (pairs bought on >= 2 days) and `next_products` (top k per customer)."""
-    p = ts.pairs
+    return reorder_tables_from(ts.pairs, as_of, k)
+
+
+def reorder_tables_from(p: pd.DataFrame, as_of: dt.date, k: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """`reorder_tables` of the scored pairs `p` (product_cycles joined with score_pairs) of any set of whole
+    customers (every row depends on its customer's pairs only)."""
     now = pd.Timestamp(as_of)
     rep = p[p["occasions"] >= 2]
     reorders = pd.DataFrame({
@@ -675,18 +796,21 @@ def write_category_rhythm(ctx: Context) -> None:
         ctx.notes.append("timing: no product categories in the data (load them with `loyalist ingest --kind "
                          "products`), so no rhythm per category")
         return
-    cc = category_cycles(ctx.store.table("transactions"), ctx.store.table("products"), ctx.as_of).execute()
+    cc = canonical(category_cycles(ctx.store.table("transactions"), ctx.store.table("products"), ctx.as_of).execute(),
+                   ["customer_id", "category"])
     if cc.empty:
         ctx.notes.append("timing: no purchase of a product with a category, so no rhythm per category")
         return
     write_frame(ctx.store, "category_rhythm", category_rhythm(cc, ctx.as_of), replace=True)
 
 
-@step("timing", 20)
-def timing(ctx: Context) -> pd.DataFrame | None:
-    """Next-order dates, overdue customers, re-order cycles, rhythm and the contact schedule."""
+@step("timing", 20, spark=False)
+def timing(ctx: Context) -> pd.DataFrame | ir.Table | None:
+    """Next-order dates, overdue customers, re-order cycles, rhythm and the contact schedule. On the Spark
+    engine (`ctx.store` a SparkSource) the same fits at the driver and `timing_on_spark` for the scoring."""
     from loyalist.evaluation.timing import evaluate
 
+    spark = ctx.store if hasattr(ctx.store, "write_result") else None
     cfg = ctx.config.get("timing", {}) or {}
     t = ctx.store.table("transactions")
     has_products = t.filter(t.product_id.notnull()).count().execute() > 0
@@ -698,12 +822,14 @@ def timing(ctx: Context) -> pd.DataFrame | None:
         if "mix" in cfg:
             mix, how = float(cfg["mix"]), f"mix {cfg['mix']} (set in the settings file)"
         else:
-            stack = fit_stack(t, ctx.as_of, ctx.fitted.name, has_products, horizon)
+            stack = fit_stack(t, ctx.as_of, ctx.fitted.name, has_products, horizon, spark=spark)
             if stack is None:
                 mix, how = select_mix(t, ctx.as_of, ctx.fitted.name)
             else:
                 mix, how = 1.0, "; ".join(stack.how)
         ctx.notes.append(f"timing: {how}")
+        if spark is not None:
+            return _finish_on_spark(ctx, cfg, stack, mix, horizon, has_products)
         ts = score_all(t, ctx.as_of, ctx.fitted.transaction, mix, horizon, has_products, stack=stack)
     except ValueError as exc:
         ctx.notes.append(f"timing skipped: {exc}")
@@ -728,3 +854,447 @@ def timing(ctx: Context) -> pd.DataFrame | None:
         except ValueError as exc:
             ctx.notes.append(f"timing backtest skipped at {cutoff}: {exc}")
     return cols[cols["customer_id"].isin(ctx.customers["customer_id"])]
+
+
+# ------------------------------------------------------------------------------------ on the Spark engine
+RENEWAL_ROWS = 200_000
+"""GammaRenewal's default max_rows: the customer renewal model is fitted on at most this many customers."""
+PAIR_ROWS = 30_000
+"""fit_pair_model's max_rows."""
+STAT_COLUMNS = ["n_gaps", "gap_sum", "gap_logsum", "elapsed"]
+
+
+def _sdf(source, expr: ir.Table):
+    """An Ibis expression on the Spark engine's backend as a Spark DataFrame (nothing is collected)."""
+    con = source.ibis
+    return con._session.sql(con.compile(expr))
+
+
+def _persist(source, frame):
+    from pyspark import StorageLevel
+
+    frame = frame.persist(StorageLevel.MEMORY_AND_DISK)
+    source.cached.append(frame)  # unpersisted by the engine at the end
+    return frame
+
+
+def _snap_col(name: str):
+    """`snap` as a Spark column expression (the same IEEE operations: x / 2^-24 + 0.5, floor, x 2^-24)."""
+    from pyspark.sql import functions as F
+
+    return (F.floor(F.col(name) / STAT_GRID + 0.5) * STAT_GRID).alias(name)
+
+
+def _spark_fit_rows(sdf, keys: list[str], max_rows: int, seed: int = 0) -> pd.DataFrame:
+    """The rows `GammaRenewal(max_rows, seed).fit` uses of all rows of `sdf` in key order (the order `canonical`
+    gives them on DuckDB): all rows when there are at most `max_rows`, else its seeded subset, in the subset's
+    order. Only those rows (keys and STAT_COLUMNS) reach the driver: at most `max_rows`, whatever the data."""
+    sel = sdf.select(*keys, *STAT_COLUMNS)
+    total = sel.count()
+    if total <= max_rows:
+        return canonical(sel.toPandas(), keys)
+    idx = np.random.default_rng(seed).choice(total, max_rows, replace=False)  # as GammaRenewal.fit draws it
+    want = sdf.sparkSession.sparkContext.broadcast(frozenset(int(i) for i in idx))
+    picked = (sel.orderBy(*keys).rdd.zipWithIndex().filter(lambda r: r[1] in want.value)
+              .map(lambda r: (*r[0], r[1])).collect())
+    df = pd.DataFrame(picked, columns=[*keys, *STAT_COLUMNS, "_i"])
+    pos = pd.Series(np.arange(len(idx)), index=idx)
+    df = snap(df).assign(_pos=df["_i"].map(pos).to_numpy())
+    return df.sort_values("_pos").drop(columns=["_i", "_pos"]).reset_index(drop=True)
+
+
+def _fit_rows_model(rows: pd.DataFrame, scale=None, seed: int = 0) -> GammaRenewal:
+    """GammaRenewal fitted on `_spark_fit_rows` (already the subset: the same fit as with max_rows on all)."""
+    return GammaRenewal(max_rows=None, seed=seed).fit(
+        rows["n_gaps"].to_numpy(float), rows["gap_sum"].to_numpy(float), rows["gap_logsum"].to_numpy(float),
+        np.maximum(rows["elapsed"].to_numpy(float) - HALF_DAY, 0.0), scale)
+
+
+def _spark_product_sums(pc_sdf, key: str = "product_id") -> pd.DataFrame:
+    """Per product (indexed by product_id, sorted): n (sum of n_gaps), L (sum of snapped gap_logsum), S (sum
+    of gap_sum), buyers (pairs bought in the last 90 days). One row per product reaches the driver."""
+    from pyspark.sql import functions as F
+
+    g = pc_sdf.select(key, "n_gaps", "gap_sum", "elapsed", _snap_col("gap_logsum")).groupBy(
+        key).agg(F.sum(F.col("n_gaps").cast("double")).alias("n"), F.sum("gap_logsum").alias("L"),
+                          F.sum("gap_sum").alias("S"),
+                          F.sum((F.col("elapsed") < 90).cast("double")).alias("buyers")).toPandas()
+    return g.set_index(key).sort_index()
+
+
+def _products_frame(session, sums: pd.DataFrame, scale: pd.Series):
+    """Per product scale and buyers as a (small) Spark DataFrame, to join onto the pairs."""
+    from pyspark.sql import functions as F
+
+    pdf = pd.DataFrame({"product_id": sums.index.to_numpy(), "scale": scale.reindex(sums.index).to_numpy(float),
+                        "buyers": sums["buyers"].to_numpy(float), "pooled": (sums["S"] / sums["n"]).to_numpy(float)})
+    return F.broadcast(session.createDataFrame(pdf, "product_id string, scale double, buyers double, pooled double"))
+
+
+def _customer_frame(session, values: pd.Series, name: str):
+    """Per-customer values held at the driver (inner origins only) as a Spark DataFrame."""
+    return session.createDataFrame(pd.DataFrame({"customer_id": values.index.to_numpy(),
+                                                 name: values.to_numpy(float)}), f"customer_id string, {name} double")
+
+
+def _pair_model_on_spark(pc_sdf, max_rows: int) -> tuple[GammaRenewal, pd.DataFrame, pd.Series] | None:
+    """fit_pair_model on Spark: (the model, the product sums, the product scale), or None when too few pairs."""
+    from pyspark.sql import functions as F
+
+    total = pc_sdf.count()
+    if total < 10 or pc_sdf.filter(F.col("n_gaps") > 0).count() < 5:
+        return None
+    sums = _spark_product_sums(pc_sdf)
+    scale = scale_from_sums(sums)
+    rows = _spark_fit_rows(pc_sdf, ["customer_id", "product_id"], max_rows)
+    return _fit_rows_model(rows, rows["product_id"].map(scale).to_numpy(float)), sums, scale
+
+
+PAIR_STAT_DDL = ("customer_id string, product_id string, occasions bigint, n_gaps double, gap_sum double, "
+                 "gap_logsum double, elapsed double, recent_w30 double, recent_w90 double, quantity double")
+
+
+def _spark_pair_rows(source, transactions: ir.Table, o: dt.date, horizon: int, own: pd.Series
+                     ) -> tuple[np.ndarray, np.ndarray] | None:
+    """The pair regression's training rows at origin `o` (fit_stack's inner loop) with the pairs on Spark:
+    PAIR_FEATURES of the pairs of customers who re-ordered something in [o, o + horizon) and the labels,
+    in key order. None when there are too few pairs (fit_stack stops). `own`: the customers' own
+    P(order within horizon) at o (held at the driver for the stack's customer rows)."""
+    from pyspark.sql import functions as F
+
+    from loyalist.features.timing import products_bought
+
+    session = source.ibis._session
+    keys = ["customer_id", "product_id"]
+    pc = _persist(source, _sdf(source, product_cycles(transactions, o)))
+    fitted = _pair_model_on_spark(pc, INNER_PAIR_ROWS)
+    if fitted is None:
+        return None
+    model, sums, scale = fitted
+    later = _sdf(source, products_bought(transactions, o, o + dt.timedelta(days=horizon))).withColumn("y", F.lit(1.0))
+    lab = pc.join(later, keys, "left").fillna({"y": 0.0})
+    keep = lab.groupBy("customer_id").agg(F.max("y").alias("_any")).filter(F.col("_any") > 0).select("customer_id")
+    rows = (lab.join(keep, "customer_id", "left_semi")
+            .select(*[c.split()[0] for c in PAIR_STAT_DDL.split(", ")], "y")
+            .join(_products_frame(session, sums, scale), "product_id", "left")
+            .join(_customer_frame(session, own, "own_p"), "customer_id", "left"))
+    cols = list(PAIR_FEATURES)
+
+    def features(b: pd.DataFrame) -> pd.DataFrame:
+        b = snap(b).sort_values("product_id", kind="stable").reset_index(drop=True)
+        sp = score_pairs(PairModel(model, b["scale"].to_numpy(float)), b, horizon)
+        own_b = pd.Series(b["own_p"].to_numpy(float)[:1], index=b["customer_id"].to_numpy()[:1])
+        X = pair_matrix(b, sp, own_b, b["buyers"].to_numpy(float))
+        return pd.concat([b[keys], pd.DataFrame(X, columns=cols), b[["y"]]], axis=1)
+
+    ddl = "customer_id string, product_id string, " + ", ".join(f"{c} double" for c in cols) + ", y double"
+    got = canonical(rows.groupBy("customer_id").applyInPandas(features, ddl).toPandas(), keys)
+    return got[cols].to_numpy(float), got["y"].to_numpy(float) > 0
+
+
+def _spark_evaluate_products(source, transactions: ir.Table, cutoff: dt.date, h: int, k: int, stack, cm, cg
+                             ) -> list[dict]:
+    """loyalist.evaluation.timing._evaluate_products with the pairs on Spark: each customer's top k per method
+    and hits are computed per customer on the executors; one row per judged customer reaches the driver."""
+    from pyspark.sql import functions as F
+
+    from loyalist.evaluation.timing import PRODUCT_BASELINES, _rule_scores
+    from loyalist.features.timing import products_bought
+
+    session = source.ibis._session
+    keys = ["customer_id", "product_id"]
+    pc = _persist(source, _sdf(source, product_cycles(transactions, cutoff)))
+    fitted = _pair_model_on_spark(pc, PAIR_ROWS)
+    if fitted is None:
+        return []
+    model, sums, scale = fitted
+    fallback_all = float(sums["S"].sum() / max(sums["n"].sum(), 1))
+    use_stack = stack is not None and stack.pair is not None
+    later = _sdf(source, products_bought(transactions, cutoff, cutoff + dt.timedelta(days=h))).withColumn(
+        "relevant", F.lit(1.0))
+    rows = (pc.select(*[c.split()[0] for c in PAIR_STAT_DDL.split(", ")], "last_gap")
+            .join(later, keys, "left").fillna({"relevant": 0.0})
+            .join(_products_frame(session, sums, scale), "product_id", "left"))
+    if use_stack:
+        rows = rows.join(_customer_frame(session, own_prob(cm, cg, h), "own_p"), "customer_id", "left")
+    methods = ("loyalist", *PRODUCT_BASELINES)
+
+    def hits(b: pd.DataFrame) -> pd.DataFrame:
+        b = snap(b).sort_values("product_id", kind="stable").reset_index(drop=True)
+        rel = b["relevant"].to_numpy(float) > 0
+        if not rel.any():
+            return pd.DataFrame(columns=["customer_id", "n_rel", *methods])
+        sp = score_pairs(PairModel(model, b["scale"].to_numpy(float)), b, h)
+        if use_stack:
+            own = pd.Series(b["own_p"].to_numpy(float)[:1], index=b["customer_id"].to_numpy()[:1])
+            sp["probability"] = stacked_pair_probability(stack, None, None, b, sp, h, own=own,
+                                                         buyers=b["buyers"].to_numpy(float))
+        n, S, el = (b[c].to_numpy(float) for c in ("n_gaps", "gap_sum", "elapsed"))
+        pooled = b["pooled"].to_numpy(float)
+        fallback = np.where(np.isfinite(pooled), pooled, fallback_all)
+        scored = b[keys].assign(loyalist=sp["probability"].to_numpy(), relevant=rel)
+        scored["most_frequent"] = n + 1 - 1e-6 * el
+        scored["mean_interval"] = _rule_scores(np.where(n > 0, S / np.maximum(n, 1), fallback), el, h)[0]
+        last_gap = b["last_gap"].to_numpy(float)
+        scored["last_interval"] = _rule_scores(np.where(n > 0, np.nan_to_num(last_gap, nan=fallback), fallback),
+                                               el, h)[0]
+        row = {"customer_id": b["customer_id"].iloc[0], "n_rel": float(rel.sum())}
+        for m in methods:
+            top = top_k(scored[["customer_id", "product_id", m, "relevant"]], k, m)
+            row[m] = float(top["relevant"].sum())
+        return pd.DataFrame([row])
+
+    ddl = "customer_id string, n_rel double, " + ", ".join(f"`{m}` double" for m in methods)
+    judged = (rows.groupBy("customer_id").applyInPandas(hits, ddl).toPandas()
+              .sort_values("customer_id", kind="stable").reset_index(drop=True))
+    out = []
+    for m in methods:
+        hit = pd.Series(judged[m].to_numpy(float))
+        n_rel = pd.Series(judged["n_rel"].to_numpy(float))
+        out.append({"cutoff": pd.Timestamp(cutoff), "horizon_days": h, "task": "next_products", "method": m,
+                    "customers": len(judged), "positives": int(n_rel.sum()),
+                    "precision_at_5": float((hit / k).mean()), "recall_at_5": float((hit / n_rel).mean())})
+    return out
+
+
+SCORED_DDL = {"customer_id": "string", "occasions": "bigint", "first_day": "date", "last_day": "date",
+              "n_gaps": "double", "gap_sum": "double", "elapsed": "double", "spend": "double",
+              "expected_order_value": "double", "clv_12m": "double", "p_alive_timing": "double",
+              "days_p10": "double", "days_p50": "double", "days_p90": "double", "tail_prob": "double",
+              "cycle_days": "double", "cycle_regularity": "double", "own_p": "double"}
+COLUMNS_DDL = ("customer_id string, next_order_date timestamp_ntz, next_order_p10 timestamp_ntz, "
+               "next_order_p90 timestamp_ntz, prob_order_30d double, prob_order_60d double, overdue_days bigint, "
+               "overdue_score double, overdue_reason string, cycle_days double, cycle_regularity double, "
+               "cycle_class string, contact_due_date timestamp_ntz")
+SCHEDULE_DDL = "customer_id string, contact_date timestamp_ntz, reason string"
+REORDERS = ["customer_id", "product_id", "description", "times_bought", "cycle_days", "last_bought",
+            "next_reorder_date", "expected_quantity", "overdue_days", "reason"]
+NEXT_PRODUCTS = ["customer_id", "rank", "product_id", "description", "probability"]
+PAIRS_OUT_DDL = ("kind string, customer_id string, product_id string, description string, times_bought bigint, "
+                 "cycle_days double, last_bought timestamp_ntz, next_reorder_date timestamp_ntz, "
+                 "expected_quantity double, overdue_days bigint, reason string, rank bigint, probability double")
+
+
+def _ddl(cols: dict) -> str:
+    return ", ".join(f"{c} {t}" for c, t in cols.items())
+
+
+def _percentile(sdf, column: str, q: float, where=None) -> float | None:
+    """Exact percentile (linear interpolation, as numpy's) of the non-null, non-NaN values, on Spark."""
+    from pyspark.sql import functions as F
+
+    f = sdf.filter(F.col(column).isNotNull() & ~F.isnan(column))
+    if where is not None:
+        f = f.filter(where)
+    v = f.agg(F.percentile(column, F.lit(q)).alias("v")).collect()[0]["v"]
+    return None if v is None else float(v)
+
+
+def timing_on_spark(ctx: Context, cfg: dict, stack: Stack | None, mix: float, horizon: int,
+                    has_products: bool) -> ir.Table | None:
+    """The step's scoring on the Spark engine (`ctx.store` is a SparkSource), with the same functions as on
+    DuckDB:
+
+    - executors: the features (customer_gaps, product_cycles: the same Ibis expressions), the scoring of every
+      customer (`score_customers` then `customer_block`, mapInPandas) and of every customer x product
+      (`score_pairs`, `stacked_pair_probability`, `reorder_tables_from`, applyInPandas grouped by customer),
+      the contact schedule, reorders and next_products (written by the executors, never collected);
+    - driver: the renewal fits on at most RENEWAL_ROWS customers / PAIR_ROWS pairs (the seeded subset
+      GammaRenewal draws, picked on Spark by rank in key order), one row per product (pooled cycles, buyers),
+      two exact percentiles (the long-cycle threshold and the contact-value quantile).
+    Returns the per-customer columns as an Ibis table on Spark (None when no one bought before as_of)."""
+    from pyspark.sql import functions as F
+
+    source, as_of = ctx.store, ctx.as_of
+    con = source.ibis
+    t = source.table("transactions")
+    cg_sdf = _persist(source, _sdf(source, customer_gaps(t, as_of)))
+    if cg_sdf.limit(1).count() == 0:
+        ctx.notes.append(f"timing skipped: no customer bought anything before {as_of}")
+        return None
+    cm = _fit_rows_model(_spark_fit_rows(cg_sdf, ["customer_id"], RENEWAL_ROWS))
+    have = [c for c in ("expected_order_value", "clv_12m") if c in ctx.customers.columns]
+    values = _sdf(source, ctx.customers.select("customer_id", *have))
+    base, sym = ctx.fitted.transaction, _currency(t)
+    hs = HORIZONS  # as score_all
+    ddl = {**SCORED_DDL, **{f"prob_order_{h}d": "double" for h in hs}}
+
+    def score(batches):
+        for b in batches:
+            if b.empty:
+                continue
+            b = snap(b).reset_index(drop=True)
+            for c in ("expected_order_value", "clv_12m"):
+                if c not in b:
+                    b[c] = np.nan
+            sc = score_customers(cm, b, base, mix, hs, stack=stack)
+            c = b.merge(sc, on="customer_id")
+            c["own_p"] = own_prob(cm, b, horizon).to_numpy()
+            yield c[list(ddl)].astype({"occasions": "int64"})
+
+    scored = _persist(source, cg_sdf.join(values, "customer_id", "left").mapInPandas(score, _ddl(ddl)))
+    long_days = cfg.get("long_cycle_days")
+    if long_days is None:
+        long_days = _percentile(scored, "cycle_days", 0.5, F.col("n_gaps") > 0)
+    vcol = ("clv_12m" if "clv_12m" in have
+            and scored.filter(F.col("clv_12m").isNotNull() & ~F.isnan("clv_12m")).limit(1).count() else None)
+    if vcol:
+        vsdf = scored.select(F.col("clv_12m").alias("v"))
+    else:
+        basket = F.col("spend") / F.col("occasions")
+        eov = F.col("expected_order_value")
+        vsdf = scored.select(F.when(eov.isNull() | F.isnan(eov), basket).otherwise(eov).alias("v"))
+    v_min = _percentile(vsdf, "v", float(cfg.get("contact_value_quantile", 0.75)))
+    g = ColumnGlobals(np.inf if long_days is None else float(long_days), vcol, np.inf if v_min is None else v_min)
+
+    def block(which: int):
+        def run(batches):
+            for b in batches:
+                if b.empty:
+                    continue
+                b["first_day"] = pd.to_datetime(b["first_day"])
+                b["last_day"] = pd.to_datetime(b["last_day"])
+                out = customer_block(b, as_of, cfg, sym, g)[which]
+                if len(out):
+                    yield out
+        return run
+
+    cols = _persist(source, scored.mapInPandas(block(0), COLUMNS_DDL))
+    source.write_result("contact_schedule", scored.mapInPandas(block(1), SCHEDULE_DDL))
+    if has_products:
+        _pairs_on_spark(ctx, t, scored, stack, horizon, int(cfg.get("top_products", 5)))
+    view = f"loyalist_timing_{abs(hash((str(as_of), id(cols)))) % 10**8}"
+    cols.createOrReplaceTempView(view)
+    return con.table(view)
+
+
+def _pairs_on_spark(ctx: Context, t: ir.Table, scored, stack: Stack | None, horizon: int, k: int) -> None:
+    """reorders and next_products on Spark (see `timing_on_spark`)."""
+    from pyspark.sql import functions as F
+
+    source, as_of = ctx.store, ctx.as_of
+    session = source.ibis._session
+    pc = _persist(source, _sdf(source, product_cycles(t, as_of)))
+    fitted = _pair_model_on_spark(pc, PAIR_ROWS)
+    if fitted is None:
+        return
+    model, sums, scale = fitted
+    use_stack = stack is not None and stack.pair is not None
+    rows = (pc.join(_products_frame(session, sums, scale), "product_id", "left")
+            .join(scored.select("customer_id", "own_p", F.col(
+                f"prob_order_{horizon}d" if horizon in HORIZONS else "own_p").alias("p_customer")),
+                  "customer_id", "left"))
+    extra = ["scale", "buyers", "pooled", "own_p", "p_customer"]
+
+    def pairs(b: pd.DataFrame) -> pd.DataFrame:
+        b = snap(b).sort_values("product_id", kind="stable").reset_index(drop=True)
+        sp = score_pairs(PairModel(model, b["scale"].to_numpy(float)), b, horizon)
+        if use_stack:
+            cid = b["customer_id"].to_numpy()[:1]
+            sp["probability"] = stacked_pair_probability(
+                stack, None, None, b, sp, horizon, p_customer=pd.Series(b["p_customer"].to_numpy(float)[:1], cid),
+                own=pd.Series(b["own_p"].to_numpy(float)[:1], cid), buyers=b["buyers"].to_numpy(float))
+        p = b.drop(columns=extra).merge(sp, on=["customer_id", "product_id"])
+        p["first_day"] = pd.to_datetime(p["first_day"])
+        p["last_day"] = pd.to_datetime(p["last_day"])
+        reorders, nxt = reorder_tables_from(p, as_of, k)
+        out = pd.concat([reorders.assign(kind="reorders"), nxt.assign(kind="next_products")], ignore_index=True)
+        for c in ("times_bought", "overdue_days", "rank"):
+            out[c] = out[c].astype("Int64") if c in out else pd.array([pd.NA] * len(out), "Int64")
+        for c in ("last_bought", "next_reorder_date"):
+            out[c] = pd.to_datetime(out[c]) if c in out else pd.NaT
+        for c in PAIRS_OUT_DDL.split(", "):
+            name = c.split()[0]
+            if name not in out:
+                out[name] = None
+        return out[[c.split()[0] for c in PAIRS_OUT_DDL.split(", ")]]
+
+    both = _persist(source, rows.groupBy("customer_id").applyInPandas(pairs, PAIRS_OUT_DDL))
+    source.write_result("reorders", both.filter(F.col("kind") == "reorders").select(*REORDERS))
+    source.write_result("next_products", both.filter(F.col("kind") == "next_products").select(*NEXT_PRODUCTS))
+
+
+def _finish_on_spark(ctx: Context, cfg: dict, stack: Stack | None, mix: float, horizon: int,
+                     has_products: bool) -> ir.Table | None:
+    """The rest of the step on the Spark engine: scoring (`timing_on_spark`), category rhythm, backtest."""
+    from pyspark.sql import functions as F
+
+    from loyalist.evaluation.timing import evaluate
+
+    source = ctx.store
+    t = source.table("transactions")
+    added = timing_on_spark(ctx, cfg, stack, mix, horizon, has_products)
+    if added is None:
+        return None
+    category_rhythm_on_spark(ctx)
+    if cfg.get("backtest", True):
+        cutoff = ctx.as_of - dt.timedelta(days=90)
+        try:
+            first = _sdf(source, customer_gaps(t, ctx.as_of)).agg(F.min("first_day")).collect()[0][0]
+            if pd.Timestamp(first).date() > cutoff - dt.timedelta(days=90):
+                raise ValueError("less than 90 days of history before the cutoff")
+            metrics = evaluate(t, cutoff, (30, 90), end=ctx.as_of, base_name=ctx.fitted.name,
+                               product_horizon=horizon, products=has_products,
+                               mix=float(cfg["mix"]) if "mix" in cfg else None, spark=source)
+            source.write_result("timing_backtest", metrics.assign(as_of=pd.Timestamp(ctx.as_of)))
+        except ValueError as exc:
+            ctx.notes.append(f"timing backtest skipped at {cutoff}: {exc}")
+    return added
+
+
+NO_CATEGORIES = ("timing: no product categories in the data (load them with `loyalist ingest --kind products`), "
+                 "so no rhythm per category")
+
+
+def category_rhythm_on_spark(ctx: Context) -> None:
+    """`write_category_rhythm` on the Spark engine: the rows per customer x category stay on Spark (cycles and
+    rows per batch, mapInPandas); the fit uses at most 30,000 of them and one row per category (sums, exact
+    median cycle) reaches the driver."""
+    from pyspark.sql import functions as F
+
+    from loyalist.features.timing import category_cycles
+
+    source, as_of = ctx.store, ctx.as_of
+    products = source.table("products")
+    if products.filter(products.category.notnull()).count().execute() == 0:
+        ctx.notes.append(NO_CATEGORIES)
+        return
+    cc = _persist(source, _sdf(source, category_cycles(source.table("transactions"), products, as_of)))
+    total = cc.count()
+    if total == 0:
+        ctx.notes.append("timing: no purchase of a product with a category, so no rhythm per category")
+        return
+    sums = _spark_product_sums(cc, "category")
+    scale = scale_from_sums(sums)
+    m = None
+    if total >= 10 and cc.filter(F.col("n_gaps") > 0).count() >= 5:
+        rows = _spark_fit_rows(cc, ["customer_id", "category"], 30_000)
+        m = _fit_rows_model(rows, rows["category"].map(scale).to_numpy(float))
+    scale_df = F.broadcast(source.ibis._session.createDataFrame(
+        pd.DataFrame({"category": scale.index.to_numpy(), "scale": scale.to_numpy(float)}),
+        "category string, scale double"))
+
+    def cycles(batches):
+        for b in batches:
+            if len(b):
+                b = snap(b)
+                b["cycle"] = _category_cycle(b, m, b["scale"].to_numpy(float))
+                yield b[["customer_id", "category", "cycle"]]
+
+    cyc = _persist(source, cc.join(scale_df, "category", "left").mapInPandas(
+        cycles, "customer_id string, category string, cycle double"))
+    med = (cyc.filter(~F.isnan("cycle")).groupBy("category")
+           .agg(F.percentile("cycle", F.lit(0.5)).alias("med")).toPandas().set_index("category")["med"])
+    med_df = F.broadcast(source.ibis._session.createDataFrame(
+        pd.DataFrame({"category": med.index.to_numpy(), "med": med.to_numpy(float)}), "category string, med double"))
+    ddl = ("customer_id string, category string, times_bought bigint, cycle_days double, regularity double, "
+           "cycle_class string, last_bought timestamp_ntz, next_date timestamp_ntz, overdue_days bigint")
+
+    def block(batches):
+        for b in batches:
+            if len(b):
+                b = b.reset_index(drop=True)
+                yield _category_block(b, b["cycle"].to_numpy(float), b["med"].to_numpy(float), as_of)
+
+    rows = cc.join(cyc, ["customer_id", "category"]).join(med_df, "category", "left")
+    source.write_result("category_rhythm", rows.mapInPandas(block, ddl))
