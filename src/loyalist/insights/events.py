@@ -36,10 +36,12 @@ import numpy as np
 import pandas as pd
 
 from loyalist.features.direction import first_group_orders, numbered_occasions
+from loyalist.features.summary import purchases
 from loyalist.insights import Context, step
 from loyalist.store import Store, has_table, write_frame
 
 COLUMNS = ["event_id", "event_date", "customer_id", "type", "reason", "evidence", "action", "detected_at"]
+EVENT_COLUMNS = COLUMNS[:-1]
 STATE_TYPES = ("entering_overdue", "growth_detected", "decline_detected", "mix_shift", "payment_slowdown")
 ACTIONS = {
     "first_repeat_order": "Thank them for coming back; suggest what similar customers buy next.",
@@ -86,6 +88,90 @@ def _r(x: float, nd: int = 2):
     return None if x is None or not np.isfinite(x) else round(float(x), nd)
 
 
+def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    frames = [f for f in frames if len(f)]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=EVENT_COLUMNS)
+
+
+def occasion_events(occ: pd.DataFrame, cfg: dict) -> pd.DataFrame:
+    """first_repeat_order, order_milestone, spend_jump and reactivation from purchase occasions (rows of
+    `numbered_occasions` in the window; each row on its own, so any batch of rows gives its own events)."""
+    if occ.empty:
+        return _concat([])
+    occ = occ.assign(orders=occ["n"] + 1)
+    out: list[pd.DataFrame] = []
+    fr = occ[occ["n"] == 1]
+    out.append(_frame("first_repeat_order", fr["customer_id"], fr["day"],
+                      [f"second order ({s:,.0f}) {g:.0f} days after the first" for s, g in zip(fr["spend"], fr["gap"])],
+                      [{"orders": 2, "days_since_first": int(g), "spend": _r(s)}
+                       for s, g in zip(fr["spend"], fr["gap"])]))
+    milestones = cfg.get("milestones", [5, 10, 25, 50, 100, 250])
+    ms = occ[occ["orders"].isin(milestones)]
+    out.append(_frame("order_milestone", ms["customer_id"], ms["day"],
+                      [f"{o:.0f}th order (spend {s:,.0f})" for o, s in zip(ms["orders"], ms["spend"])],
+                      [{"orders": int(o), "spend": _r(s)} for o, s in zip(ms["orders"], ms["spend"])]))
+    factor = float(cfg.get("jump_factor", 3.0))
+    j = occ[(occ["n"] >= 3) & (occ["spend"] > factor * occ["prev_mean_spend"]) & (occ["prev_mean_spend"] > 0)]
+    out.append(_frame("spend_jump", j["customer_id"], j["day"],
+                      [f"order of {s:,.0f}, {s / m:.1f}x their average order of {m:,.0f} over {n:.0f} orders"
+                       for s, m, n in zip(j["spend"], j["prev_mean_spend"], j["n"])],
+                      [{"spend": _r(s), "average_before": _r(m), "ratio": _r(s / m), "orders_before": int(n)}
+                       for s, m, n in zip(j["spend"], j["prev_mean_spend"], j["n"])]))
+    react = float(cfg.get("reactivation_days", 180))
+    ra = occ[occ["gap"] >= react]
+    out.append(_frame("reactivation", ra["customer_id"], ra["day"],
+                      [f"ordered again ({s:,.0f}) after {g:.0f} days without an order" for s, g in
+                       zip(ra["spend"], ra["gap"])],
+                      [{"gap_days": int(g), "spend": _r(s), "orders": int(o)} for g, s, o in
+                       zip(ra["gap"], ra["spend"], ra["orders"])]))
+    return _concat(out)
+
+
+def new_category_candidates(t, products, as_of: dt.date, start: dt.date):
+    """First orders of a product group in the window after >= 3 earlier occasions, with that day's spend:
+    customer_id, product_group, day, spend, prior_orders, day_spend (the Ibis expression both engines run)."""
+    ng = first_group_orders(t, products, as_of)
+    ng = ng.filter((ng.day >= ibis.date(start)) & (ng.prior_orders >= 3))
+    occ = purchases(t, dt.datetime.combine(as_of, dt.time()))
+    occ = occ.filter(occ.day >= ibis.date(start)).select("customer_id", "day", day_spend=occ.spend)
+    return ng.join(occ, ["customer_id", "day"])
+
+
+def new_category_events(ng: pd.DataFrame) -> pd.DataFrame:
+    """new_category from :func:`new_category_candidates` rows (all of a customer's rows together): the group
+    must be >= 25% of that day's spend; one event per customer and day, the group with the largest spend (on a
+    tie the first group by name)."""
+    ng = ng[ng["spend"] >= 0.25 * ng["day_spend"]]
+    ng = ng.sort_values(["spend", "product_group"], ascending=[False, True], kind="stable").drop_duplicates(
+        ["customer_id", "day"])
+    return _frame("new_category", ng["customer_id"], ng["day"],
+                  [f"first order of {g} ({s:,.0f}, {s / d:.0%} of that order) after {n:.0f} orders"
+                   for g, s, d, n in zip(ng["product_group"], ng["spend"], ng["day_spend"], ng["prior_orders"])],
+                  [{"product_group": g, "spend": _r(s), "share_of_order": _r(s / d), "orders_before": int(n)}
+                   for g, s, d, n in zip(ng["product_group"], ng["spend"], ng["day_spend"], ng["prior_orders"])])
+
+
+def anniversary_events(first: pd.DataFrame, as_of: dt.date, start: dt.date) -> pd.DataFrame:
+    """purchase_anniversary from (customer_id, first_order, orders, revenue) rows (each row on its own)."""
+    if first.empty:
+        return _concat([])
+    fd = pd.to_datetime(first["first_order"])
+    rows = []
+    for years in range(1, 1 + max(1, (pd.Timestamp(as_of) - fd.min()).days // 365)):
+        ann = fd + pd.DateOffset(years=years)
+        hit = (ann >= pd.Timestamp(start)) & (ann < pd.Timestamp(as_of))
+        if hit.any():
+            rows.append(first[hit].assign(day=ann[hit], years=years))
+    if not rows:
+        return _concat([])
+    an = pd.concat(rows)
+    return _frame("purchase_anniversary", an["customer_id"], an["day"],
+                  [f"{y} year{'s' if y > 1 else ''} since the first order; {o:.0f} orders, {r:,.0f} spent"
+                   for y, o, r in zip(an["years"], an["orders"], an["revenue"])],
+                  [{"years": int(y), "orders": int(o), "revenue": _r(r)} for y, o, r in
+                   zip(an["years"], an["orders"], an["revenue"])])
+
+
 def history_events(store: Store, as_of: dt.date, start: dt.date, cfg: dict, products) -> list[pd.DataFrame]:
     """Events dated by the order history in [start, as_of)."""
     t = store.table("transactions")
@@ -93,130 +179,128 @@ def history_events(store: Store, as_of: dt.date, start: dt.date, cfg: dict, prod
     occ = occ.filter(occ.day >= ibis.date(start)).execute()
     out: list[pd.DataFrame] = []
     if not occ.empty:
-        occ["orders"] = occ["n"] + 1
-        fr = occ[occ["n"] == 1]
-        out.append(_frame("first_repeat_order", fr["customer_id"], fr["day"],
-                          [f"second order ({s:,.0f}) {g:.0f} days after the first" for s, g in zip(fr["spend"], fr["gap"])],
-                          [{"orders": 2, "days_since_first": int(g), "spend": _r(s)}
-                           for s, g in zip(fr["spend"], fr["gap"])]))
-        milestones = cfg.get("milestones", [5, 10, 25, 50, 100, 250])
-        ms = occ[occ["orders"].isin(milestones)]
-        out.append(_frame("order_milestone", ms["customer_id"], ms["day"],
-                          [f"{o:.0f}th order (spend {s:,.0f})" for o, s in zip(ms["orders"], ms["spend"])],
-                          [{"orders": int(o), "spend": _r(s)} for o, s in zip(ms["orders"], ms["spend"])]))
-        factor = float(cfg.get("jump_factor", 3.0))
-        j = occ[(occ["n"] >= 3) & (occ["spend"] > factor * occ["prev_mean_spend"]) & (occ["prev_mean_spend"] > 0)]
-        out.append(_frame("spend_jump", j["customer_id"], j["day"],
-                          [f"order of {s:,.0f}, {s / m:.1f}x their average order of {m:,.0f} over {n:.0f} orders"
-                           for s, m, n in zip(j["spend"], j["prev_mean_spend"], j["n"])],
-                          [{"spend": _r(s), "average_before": _r(m), "ratio": _r(s / m), "orders_before": int(n)}
-                           for s, m, n in zip(j["spend"], j["prev_mean_spend"], j["n"])]))
-        react = float(cfg.get("reactivation_days", 180))
-        ra = occ[occ["gap"] >= react]
-        out.append(_frame("reactivation", ra["customer_id"], ra["day"],
-                          [f"ordered again ({s:,.0f}) after {g:.0f} days without an order" for s, g in
-                           zip(ra["spend"], ra["gap"])],
-                          [{"gap_days": int(g), "spend": _r(s), "orders": int(o)} for g, s, o in
-                           zip(ra["gap"], ra["spend"], ra["orders"])]))
-        ng = first_group_orders(t, products, as_of)
-        ng = ng.filter((ng.day >= ibis.date(start)) & (ng.prior_orders >= 3)).execute()
-        ng = ng.merge(occ[["customer_id", "day", "spend"]].rename(columns={"spend": "day_spend"}),
-                      on=["customer_id", "day"])
-        ng = ng[ng["spend"] >= 0.25 * ng["day_spend"]]
-        ng = ng.sort_values("spend", ascending=False).drop_duplicates(["customer_id", "day"])
-        out.append(_frame("new_category", ng["customer_id"], ng["day"],
-                          [f"first order of {g} ({s:,.0f}, {s / d:.0%} of that order) after {n:.0f} orders"
-                           for g, s, d, n in zip(ng["product_group"], ng["spend"], ng["day_spend"], ng["prior_orders"])],
-                          [{"product_group": g, "spend": _r(s), "share_of_order": _r(s / d), "orders_before": int(n)}
-                           for g, s, d, n in zip(ng["product_group"], ng["spend"], ng["day_spend"], ng["prior_orders"])]))
-    first = rfm_first_orders(t, as_of)
-    if not first.empty:
-        fd = pd.to_datetime(first["first_order"])
-        rows = []
-        for years in range(1, 1 + max(1, (pd.Timestamp(as_of) - fd.min()).days // 365)):
-            ann = fd + pd.DateOffset(years=years)
-            hit = (ann >= pd.Timestamp(start)) & (ann < pd.Timestamp(as_of))
-            if hit.any():
-                rows.append(first[hit].assign(day=ann[hit], years=years))
-        if rows:
-            an = pd.concat(rows)
-            out.append(_frame("purchase_anniversary", an["customer_id"], an["day"],
-                              [f"{y} year{'s' if y > 1 else ''} since the first order; {o:.0f} orders, {r:,.0f} spent"
-                               for y, o, r in zip(an["years"], an["orders"], an["revenue"])],
-                              [{"years": int(y), "orders": int(o), "revenue": _r(r)} for y, o, r in
-                               zip(an["years"], an["orders"], an["revenue"])]))
+        out.append(occasion_events(occ, cfg))
+        out.append(new_category_events(new_category_candidates(t, products, as_of, start).execute()))
+    out.append(anniversary_events(rfm_first_orders(t, as_of).execute(), as_of, start))
     return out
 
 
-def rfm_first_orders(t, as_of: dt.date) -> pd.DataFrame:
+def rfm_first_orders(t, as_of: dt.date):
+    """(customer_id, first_order, orders, revenue) per customer (Ibis)."""
     from loyalist.features import rfm_summary
 
-    return rfm_summary(t, as_of).select("customer_id", "first_order", "orders", "revenue").execute()
+    return rfm_summary(t, as_of).select("customer_id", "first_order", "orders", "revenue")
+
+
+def direction_events(d: pd.DataFrame, as_of: dt.date, start: dt.date) -> pd.DataFrame:
+    """lapse, growth_detected, decline_detected and mix_shift from rows of the direction step's table of this
+    as-of date, with the customer's last_order (each row on its own)."""
+    today = pd.Timestamp(as_of) - pd.Timedelta(days=1)  # the last day of data looked at
+    out: list[pd.DataFrame] = []
+    if "lapse_after_days" in d and not d.empty:
+        lp = d[(d["trend"] == "lapsed") & d["last_order"].notna()].copy()
+        lp["day"] = pd.to_datetime(lp["last_order"]) + pd.to_timedelta(lp["lapse_after_days"].round(), unit="D")
+        lp = lp[(lp["day"] >= pd.Timestamp(start)) & (lp["day"] < pd.Timestamp(as_of))]
+        out.append(_frame("lapse", lp["customer_id"], lp["day"], lp["trend_reason"],
+                          [{"usual_gap_days": _r(g, 0), "lapse_after_days": _r(a, 0)} for g, a in
+                           zip(lp["usual_gap_days"], lp["lapse_after_days"])]))
+    for label, kind in (("growing", "growth_detected"), ("declining", "decline_detected")):
+        g = d[d["trend"] == label]
+        out.append(_frame(kind, g["customer_id"], [today] * len(g), g["trend_reason"],
+                          [{"growth_rate": _r(a, 3), "p_value": _r(p, 4), "run_rate": _r(r), "run_rate_before": _r(b),
+                            "projected_12m": _r(pj)} for a, p, r, b, pj in
+                           zip(g["growth_rate"], g["p_value"], g["run_rate"], g["run_rate_before"], g["projected_12m"])]))
+    ms = d[d["mix_shift_reason"].notna()]
+    out.append(_frame("mix_shift", ms["customer_id"], [today] * len(ms), ms["mix_shift_reason"],
+                      [{"distance": _r(a, 3), "normal_max": _r(b, 3), "buys_more": m, "buys_less": le} for a, b, m, le in
+                       zip(ms["mix_shift"], ms["mix_shift_normal"], ms["buys_more"], ms["buys_less"])]))
+    return _concat(out)
+
+
+def payment_events(p: pd.DataFrame, as_of: dt.date, cfg: dict) -> pd.DataFrame:
+    """payment_slowdown from rows of the payment step's table of this as-of date (each row on its own)."""
+    today = pd.Timestamp(as_of) - pd.Timedelta(days=1)
+    slow = p[(p["dbt_trend_6m"] >= float(cfg.get("slowdown_days", 10))) | (p["payment_risk"] >= 0.5)]
+    return _frame("payment_slowdown", slow["customer_id"], [today] * len(slow), slow["payment_risk_reason"],
+                  [{"dbt_6m": _r(a, 1), "dbt_prev_6m": _r(b, 1), "payment_risk": _r(r, 3),
+                    "overdue_amount": _r(o)} for a, b, r, o in
+                   zip(slow["dbt_6m"], slow["dbt_prev_6m"], slow["payment_risk"], slow["overdue_amount"])])
+
+
+def overdue_events(c: pd.DataFrame, as_of: dt.date, start: dt.date) -> pd.DataFrame:
+    """entering_overdue from per-customer rows with the timing step's overdue_days (and cycle_days)."""
+    od = c[c["overdue_days"].fillna(0) > 0]
+    day = pd.Timestamp(as_of) - pd.to_timedelta(od["overdue_days"].astype(float), unit="D")
+    keep = (day >= pd.Timestamp(start)).to_numpy()  # became overdue inside the window
+    od, day = od[keep], day[keep]
+    cycle = od["cycle_days"] if "cycle_days" in od else pd.Series(np.nan, index=od.index)
+    return _frame("entering_overdue", od["customer_id"], day,
+                  [f"usually orders every ~{cy:.0f} days; now {o:.0f} days past that" if np.isfinite(cy)
+                   else f"{o:.0f} days past their usual reorder time" for cy, o in zip(cycle, od["overdue_days"])],
+                  [{"overdue_days": int(o), "cycle_days": _r(cy, 1)} for o, cy in zip(od["overdue_days"], cycle)])
+
+
+def contact_events(cs: pd.DataFrame, as_of: dt.date, start: dt.date) -> pd.DataFrame:
+    """contact_due from rows of the timing step's contact_schedule (each row on its own)."""
+    cs = cs.assign(contact_date=pd.to_datetime(cs["contact_date"]))
+    cs = cs[(cs["contact_date"] >= pd.Timestamp(start)) & (cs["contact_date"] < pd.Timestamp(as_of) + pd.Timedelta(days=7))]
+    return _frame("contact_due", cs["customer_id"], cs["contact_date"], cs["reason"].fillna("scheduled contact"),
+                  [{"contact_date": str(x.date())} for x in cs["contact_date"]])
 
 
 def state_events(ctx: Context, start: dt.date, cfg: dict) -> list[pd.DataFrame]:
     """Events from the state the earlier steps found (direction, payment, timing)."""
     store, as_of, c = ctx.store, ctx.as_of, ctx.customers
-    today = pd.Timestamp(as_of) - pd.Timedelta(days=1)  # the last day of data looked at
     out: list[pd.DataFrame] = []
     if has_table(store, "direction"):
         d = store.table("direction").execute()
         d = d[pd.to_datetime(d["as_of"]) == pd.Timestamp(as_of)]
-        if "lapse_after_days" in d and not d.empty:
-            lp = d[d["trend"] == "lapsed"].merge(c[["customer_id", "last_order"]], on="customer_id")
-            lp["day"] = pd.to_datetime(lp["last_order"]) + pd.to_timedelta(lp["lapse_after_days"].round(), unit="D")
-            lp = lp[(lp["day"] >= pd.Timestamp(start)) & (lp["day"] < pd.Timestamp(as_of))]
-            out.append(_frame("lapse", lp["customer_id"], lp["day"], lp["trend_reason"],
-                              [{"usual_gap_days": _r(g, 0), "lapse_after_days": _r(a, 0)} for g, a in
-                               zip(lp["usual_gap_days"], lp["lapse_after_days"])]))
-        for label, kind in (("growing", "growth_detected"), ("declining", "decline_detected")):
-            g = d[d["trend"] == label]
-            out.append(_frame(kind, g["customer_id"], [today] * len(g), g["trend_reason"],
-                              [{"growth_rate": _r(a, 3), "p_value": _r(p, 4), "run_rate": _r(r), "run_rate_before": _r(b),
-                                "projected_12m": _r(pj)} for a, p, r, b, pj in
-                               zip(g["growth_rate"], g["p_value"], g["run_rate"], g["run_rate_before"], g["projected_12m"])]))
-        ms = d[d["mix_shift_reason"].notna()]
-        out.append(_frame("mix_shift", ms["customer_id"], [today] * len(ms), ms["mix_shift_reason"],
-                          [{"distance": _r(a, 3), "normal_max": _r(b, 3), "buys_more": m, "buys_less": le} for a, b, m, le in
-                           zip(ms["mix_shift"], ms["mix_shift_normal"], ms["buys_more"], ms["buys_less"])]))
+        out.append(direction_events(d.merge(c[["customer_id", "last_order"]], on="customer_id", how="left"),
+                                    as_of, start))
     if has_table(store, "payment_behaviour"):
         p = store.table("payment_behaviour").execute()
-        p = p[pd.to_datetime(p["as_of"]) == pd.Timestamp(as_of)]
-        slow = p[(p["dbt_trend_6m"] >= float(cfg.get("slowdown_days", 10))) | (p["payment_risk"] >= 0.5)]
-        out.append(_frame("payment_slowdown", slow["customer_id"], [today] * len(slow), slow["payment_risk_reason"],
-                          [{"dbt_6m": _r(a, 1), "dbt_prev_6m": _r(b, 1), "payment_risk": _r(r, 3),
-                            "overdue_amount": _r(o)} for a, b, r, o in
-                           zip(slow["dbt_6m"], slow["dbt_prev_6m"], slow["payment_risk"], slow["overdue_amount"])]))
+        out.append(payment_events(p[pd.to_datetime(p["as_of"]) == pd.Timestamp(as_of)], as_of, cfg))
     if "overdue_days" in c.columns:
-        od = c[c["overdue_days"].fillna(0) > 0]
-        day = pd.Timestamp(as_of) - pd.to_timedelta(od["overdue_days"].astype(float), unit="D")
-        keep = (day >= pd.Timestamp(start)).to_numpy()  # became overdue inside the window
-        od, day = od[keep], day[keep]
-        cycle = od["cycle_days"] if "cycle_days" in od else pd.Series(np.nan, index=od.index)
-        out.append(_frame("entering_overdue", od["customer_id"], day,
-                          [f"usually orders every ~{cy:.0f} days; now {o:.0f} days past that" if np.isfinite(cy)
-                           else f"{o:.0f} days past their usual reorder time" for cy, o in zip(cycle, od["overdue_days"])],
-                          [{"overdue_days": int(o), "cycle_days": _r(cy, 1)} for o, cy in zip(od["overdue_days"], cycle)]))
+        out.append(overdue_events(c, as_of, start))
     if has_table(store, "contact_schedule"):
-        cs = store.table("contact_schedule").execute()
-        cs["contact_date"] = pd.to_datetime(cs["contact_date"])
-        cs = cs[(cs["contact_date"] >= pd.Timestamp(start)) & (cs["contact_date"] < pd.Timestamp(as_of) + pd.Timedelta(days=7))]
-        out.append(_frame("contact_due", cs["customer_id"], cs["contact_date"], cs["reason"].fillna("scheduled contact"),
-                          [{"contact_date": str(x.date())} for x in cs["contact_date"]]))
+        out.append(contact_events(store.table("contact_schedule").execute(), as_of, start))
     return out
+
+
+def window_start(cfg: dict, as_of: dt.date, previous: dt.date | None) -> dt.date:
+    """The first day dated events are looked for: the previous run's as-of date (at most `max_catchup_days`
+    back) or `lookback_days` before as_of, whichever is earlier."""
+    start = as_of - dt.timedelta(days=int(cfg.get("lookback_days", 30)))
+    if previous is not None and previous < as_of:
+        start = max(min(start, previous), as_of - dt.timedelta(days=int(cfg.get("max_catchup_days", 365))))
+    return start
+
+
+def previous_as_of(store: Store | None) -> dt.date | None:
+    """The as-of date of the latest stored event run (None without one)."""
+    if store is None or not has_table(store, "event_runs"):
+        return None
+    prev = store.table("event_runs").as_of.max().execute()
+    return None if prev is None or pd.isna(prev) else pd.Timestamp(prev).date()
+
+
+def stored_events(store: Store | None) -> pd.DataFrame | None:
+    """(event_id, customer_id, type, event_date) of the events already stored, or None."""
+    if store is None or not has_table(store, "events"):
+        return None
+    return store.table("events").select("event_id", "customer_id", "type", "event_date").execute()
+
+
+def last_state_events(old: pd.DataFrame) -> pd.Series:
+    """The date of the latest stored state event per (customer_id, type): not repeated within refire_days."""
+    return old[old["type"].isin(STATE_TYPES)].groupby(["customer_id", "type"])["event_date"].max()
 
 
 def new_events(ctx: Context) -> pd.DataFrame:
     """The events of this run that are not stored yet (see the module docstring for the rules)."""
     cfg = ctx.config.get("alerts", {})
     store, as_of = ctx.store, ctx.as_of
-    lookback = int(cfg.get("lookback_days", 30))
-    start = as_of - dt.timedelta(days=lookback)
-    if has_table(store, "event_runs"):
-        prev = store.table("event_runs").as_of.max().execute()
-        if prev is not None and not pd.isna(prev) and pd.Timestamp(prev).date() < as_of:
-            start = max(min(start, pd.Timestamp(prev).date()),
-                        as_of - dt.timedelta(days=int(cfg.get("max_catchup_days", 365))))
+    start = window_start(cfg, as_of, previous_as_of(store))
     from loyalist.insights.direction import products_for
 
     frames = [f for f in history_events(store, as_of, start, cfg, products_for(store)) + state_events(ctx, start, cfg)
@@ -224,11 +308,11 @@ def new_events(ctx: Context) -> pd.DataFrame:
     if not frames:
         return pd.DataFrame(columns=COLUMNS)
     ev = pd.concat(frames, ignore_index=True).drop_duplicates("event_id")
-    if has_table(store, "events"):
-        old = store.table("events").select("event_id", "customer_id", "type", "event_date").execute()
+    old = stored_events(store)
+    if old is not None:
         ev = ev[~ev["event_id"].isin(old["event_id"])]
         refire = pd.Timedelta(days=int(cfg.get("refire_days", 90)))
-        last = old[old["type"].isin(STATE_TYPES)].groupby(["customer_id", "type"])["event_date"].max()
+        last = last_state_events(old)
         if len(last):
             prior = pd.to_datetime(pd.Series(list(zip(ev["customer_id"], ev["type"]))).map(last).to_numpy())
             recent = ev["type"].isin(STATE_TYPES).to_numpy() & (ev["event_date"].to_numpy() - prior < refire)
