@@ -152,8 +152,15 @@ def main() -> None:
                                  "auc", "brier"]].copy()
                 pc = res.per_customer
                 m["auc_expected"] = [roc_auc_score(pc["actual"] > 0, pc[n]) for n in m["model"]]
+                # diagnostic, not a predictor (it uses the holdout total): the classic models' own vectors rescaled
+                # to the actual total, to show what a right total costs in MAE with their ranking of customers
+                y_true = pc["actual"].to_numpy(float)
+                rescaled = {n: {"scale": float(y_true.sum() / pc[n].sum()),
+                                "mae": float(np.abs(pc[n].to_numpy(float) * y_true.sum() / pc[n].sum() - y_true).mean())}
+                            for n in ("bgnbd", "paretonbd") if n in pc}
                 runs.append({"data": name, "cutoff": cutoff, "horizon_days": horizon, "customers": res.customers,
                              "chosen_by_backtest": res.chosen,
+                             "diagnostic_mae_rescaled_to_actual_total": rescaled,
                              "metrics": json.loads(m.to_json(orient="records")),
                              "notes": [n for n in res.notes if n.startswith(CANDIDATES)]})
     lines = [f"{'data':<17}{'cutoff':<11}{'h':>4} {'model':<21}{'predicted':>10}{'actual':>8}{'err %':>8}"
