@@ -34,6 +34,18 @@ Tables written:
 - `crosssell_backtest` (appended by each analysis): see loyalist.evaluation.crosssell.
 Per-customer columns added to `customer_insights`: top_gap_product (product_id of rank 1, NULL when none),
 gaps_count (gaps stored for the customer).
+
+On the Spark engine (`spark=True`; `gaps_on_spark`, `held_out_on_spark`) the answers are the DuckDB engine's
+(tests/test_spark_crosssell.py) by the same code path: the purchase days, returned pairs and first purchases
+are the same Ibis expressions run on Spark; the product table (one row per product) is collected to the
+driver; the rows (customer x product x buying day) are replicated to one scoring task per block of customers,
+each building the matrices with `build_data` on the whole table (a customer's look-alikes may be anyone) and
+ranking only its own customers (`gaps_table(rows=...)`, `evaluation.crosssell.top_lists`). So each task holds
+the whole customer x product matrix (memory per executor grows with the customer x product pairs, not with
+order lines); the driver never does. `crosssell_gaps` is written by the executors; the backtest's per-block sums
+are added at the driver (`seconds`: the sum over the tasks). Not on Spark: customer attributes (the
+`customers` table is not read there), and `crosssell_backtest` replaces the stored one in --db instead of
+appending to it.
 """
 
 from __future__ import annotations

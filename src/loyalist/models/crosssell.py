@@ -52,6 +52,7 @@ gathering of the neighbour counts used as evidence — both vectorised numpy on 
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -236,15 +237,25 @@ class LookAlikeRecommender:
         if k == 0 or not prof.nnz or query.size == 0:
             return sim
         among = sp.csr_matrix(prof[buyers].T)
-        parts = []
-        for start in range(0, query.size, self.chunk_size):
-            q = query[start:start + self.chunk_size]
+
+        def chunk(q: np.ndarray) -> sp.coo_matrix:
             block = sp.csr_matrix(prof[q] @ among)
             pos = np.searchsorted(buyers, q)
             own = np.where((pos < buyers.size) & (buyers[np.minimum(pos, buyers.size - 1)] == q), pos, -1)
             rows_of = np.repeat(np.arange(q.size), np.diff(block.indptr))
             block.data[block.indices == own[rows_of]] = 0.0  # not one's own look-alike
-            parts.append(_embed(block, q, buyers, k, n_cust).tocoo())
+            return _embed(block, q, buyers, k, n_cust).tocoo()
+
+        chunks = [query[s:s + self.chunk_size] for s in range(0, query.size, self.chunk_size)]
+        threads = int(self.num_threads) or (os.cpu_count() or 1)
+        if threads > 1 and len(chunks) > 1:
+            # scipy's sparse product releases the GIL: chunks in parallel threads (results do not depend on it)
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(min(threads, len(chunks))) as pool:
+                parts = list(pool.map(chunk, chunks))
+        else:
+            parts = [chunk(q) for q in chunks]
         return sp.csr_matrix((np.concatenate([p.data for p in parts]),
                               (np.concatenate([p.row for p in parts]), np.concatenate([p.col for p in parts]))),
                              shape=(n_cust, n_cust))
