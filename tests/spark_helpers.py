@@ -108,3 +108,21 @@ def assert_same_rows(name: str, duck: pd.DataFrame, spark: pd.DataFrame, rtol: f
             assert (np.isnan(x) == np.isnan(y)).all(), (name, c)
             ok = ~np.isnan(x)
             np.testing.assert_allclose(y[ok], x[ok], rtol=rtol, atol=0, err_msg=f"{name}.{c}")
+
+
+def synthetic_invoices(store, folder: Path, customers: int = 400, seed: int = 3, extra: int = 2) -> Path:
+    """Invoices from the project's generator (`loyalist.synthetic.invoices.simulate_invoices`) for the first
+    `customers` customers of the store (plus `extra` invoiced customers without orders), loaded with the
+    ordinary ingest (`--kind invoices`) and dumped as `loyalist dump invoices` does; returns the Parquet folder."""
+    from loyalist.ingest.pipeline import Options, ingest
+    from loyalist.schema import Kind
+    from loyalist.synthetic.invoices import simulate_invoices
+
+    ids = sorted(store.con.execute("SELECT DISTINCT customer_id FROM transactions WHERE customer_id IS NOT NULL "
+                                   "AND NOT is_guest").df()["customer_id"])[:customers]
+    sim = simulate_invoices(customer_ids=ids + [f"NOORDERS{i}" for i in range(extra)], as_of=SYNTH_AS_OF, seed=seed)
+    csv = sim.write_csv(folder / "invoices.csv")
+    ingest(store, [csv], Options(kind=Kind.invoices))
+    out = folder / "invoices_parquet"
+    store.con.execute(f"COPY (SELECT * FROM invoices) TO '{out}' (FORMAT parquet)")
+    return out

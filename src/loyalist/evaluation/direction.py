@@ -24,7 +24,8 @@ Equal-size comparisons (so a win is not just "fewer, more extreme picks"):
 Uncertainty: 95% percentile intervals from a Poisson bootstrap over customers (each customer weighted by a
 Poisson(1) draw per replicate, Hanley & MacGibbon 2006; Chamandy et al. 2012), the same weights for every
 method, so the interval of the paired difference (loyalist's metric minus the baseline's) is also given.
-Pooled rows sum the revenues (and counts) of all cutoffs within each replicate.
+Pooled rows sum the revenues (and counts) of all cutoffs within each replicate. Customers are taken in
+customer_id order, so the draws (and the intervals) do not depend on the order an engine returns rows in.
 
 Table `direction_backtest` columns: cutoff (NULL for pooled rows), horizon_days, method (loyalist | baseline
 | baseline_top_n | loyalist_top_n), label, customers, share (of customers with a purchase before the cutoff),
@@ -77,17 +78,40 @@ def baseline_labels(t, cutoff: dt.date) -> pd.DataFrame:
     return pd.DataFrame({"customer_id": per["customer_id"], "trend": _rule_trend(per["last3"], per["prior3"])})
 
 
+def trend_frame(st: pd.DataFrame, r: dict[str, np.ndarray]) -> pd.DataFrame:
+    """customer_id, trend, trend_score, days_since, spend_rate_change from `trend_inputs` rows and their
+    classify_trend result (row by row: the Spark engine runs it on each batch of customers)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        change = (st["s_recent"] / st["e_recent"] - st["s_early"] / st["e_early"]).to_numpy(float)
+    return pd.DataFrame({"customer_id": st["customer_id"].to_numpy(), "trend": r["trend"],
+                         "trend_score": r["trend_score"], "days_since": st["last_age"].to_numpy(float),
+                         "spend_rate_change": np.nan_to_num(change, nan=0.0, posinf=0.0, neginf=0.0)})
+
+
+CUTOFF_COLUMNS = ["customer_id", "trend", "trend_score", "prev", "next", "next_orders", "last3", "prior3",
+                  "days_since", "spend_rate_change", "rule"]
+
+
 def cutoff_frame(t, cutoff: dt.date, params: DirectionParams, horizon_days: int = 182,
-                 with_inputs: bool = False) -> pd.DataFrame | tuple[pd.DataFrame, pd.DataFrame]:
-    """One row per customer with a purchase before `cutoff`: prev / next revenue and next orders, loyalist's
-    trend and trend_score, the rule's trend, last3, prior3 and days since the last purchase. With
-    `with_inputs`, also the `trend_inputs` frame, row-aligned with it (for re-classifying with other settings)."""
+                 with_inputs: bool = False, trends: pd.DataFrame | None = None
+                 ) -> pd.DataFrame | tuple[pd.DataFrame, pd.DataFrame]:
+    """One row per customer with a purchase before `cutoff`, sorted by customer_id (the bootstrap weights
+    follow the rows, so the order must not depend on the engine): prev / next revenue and next orders,
+    loyalist's trend and trend_score, the rule's trend, last3, prior3 and days since the last purchase. With
+    `with_inputs`, also the `trend_inputs` frame, row-aligned with it (for re-classifying with other settings).
+    `trends`: the `trend_frame` already computed (the Spark engine computes it on the executors)."""
     from loyalist.insights.direction import trend_inputs
 
-    st, r = trend_inputs(t, cutoff, params)
-    if st.empty:
+    st = None
+    if trends is None:
+        st, r = trend_inputs(t, cutoff, params)
+        if st.empty:
+            raise ValueError(f"no purchases before {cutoff}")
+        trends = trend_frame(st, r)
+    elif trends.empty:
         raise ValueError(f"no purchases before {cutoff}")
-    df = pd.DataFrame({"customer_id": st["customer_id"], "trend": r["trend"], "trend_score": r["trend_score"]})
+    order = np.argsort(trends["customer_id"].astype(str).to_numpy(), kind="stable")
+    df = trends.iloc[order].reset_index(drop=True)
     prev = _window_spend(t, cutoff - dt.timedelta(days=horizon_days), cutoff).set_index("customer_id")
     nxt = _window_spend(t, cutoff, cutoff + dt.timedelta(days=horizon_days)).set_index("customer_id")
     rule = _rule_windows(t, cutoff).set_index("customer_id")
@@ -97,12 +121,13 @@ def cutoff_frame(t, cutoff: dt.date, params: DirectionParams, horizon_days: int 
     df["next_orders"] = nxt["orders"].reindex(ids).fillna(0).to_numpy()
     df["last3"] = rule["last3"].reindex(ids).fillna(0.0).to_numpy()
     df["prior3"] = rule["prior3"].reindex(ids).fillna(0.0).to_numpy()
-    df["days_since"] = st["last_age"].to_numpy(float)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        change = (st["s_recent"] / st["e_recent"] - st["s_early"] / st["e_early"]).to_numpy(float)
-    df["spend_rate_change"] = np.nan_to_num(change, nan=0.0, posinf=0.0, neginf=0.0)
     df["rule"] = _rule_trend(df["last3"].to_numpy(), df["prior3"].to_numpy())
-    return (df, st) if with_inputs else df
+    df = df[CUTOFF_COLUMNS]
+    if with_inputs:
+        if st is None:
+            raise ValueError("with_inputs needs the trend inputs (not available with `trends`)")
+        return df, st.iloc[order].reset_index(drop=True)
+    return df
 
 
 def _top(score: np.ndarray, eligible: np.ndarray, n: int, then: np.ndarray | None = None,
@@ -224,9 +249,11 @@ def _rows(s: dict, boot: dict | None, cutoff, horizon_days: int, n_total: int) -
 
 
 def backtest_direction(t, cutoffs: list[dt.date], params: DirectionParams | None = None,
-                       horizon_days: int = 182, products=None, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+                       horizon_days: int = 182, products=None, n_boot: int = 1000, seed: int = 0,
+                       trends_for=None) -> pd.DataFrame:
     """The `direction_backtest` table for each cutoff, plus pooled rows when there are several (see the module
-    docstring). `n_boot` = 0 skips the bootstrap intervals."""
+    docstring). `n_boot` = 0 skips the bootstrap intervals. `trends_for(cutoff)`: the `trend_frame` at a
+    cutoff when computed elsewhere (the Spark engine: on the executors)."""
     params = params or DirectionParams()
     last = t.order_date.max().execute()
     rng = np.random.default_rng(seed)
@@ -235,7 +262,8 @@ def backtest_direction(t, cutoffs: list[dt.date], params: DirectionParams | None
         if last is None or pd.Timestamp(cutoff) + pd.Timedelta(days=horizon_days) > pd.Timestamp(last) + pd.Timedelta(days=1):
             raise ValueError(f"the data ends {pd.Timestamp(last).date() if last is not None else '-'}, before "
                              f"{cutoff} + {horizon_days} days")
-        df = cutoff_frame(t, cutoff, params, horizon_days)
+        df = cutoff_frame(t, cutoff, params, horizon_days,
+                          trends=trends_for(cutoff) if trends_for is not None else None)
         masks = groups(df)
         s = _sums(df, masks, None)
         b = _boot_sums(df, masks, rng, n_boot) if n_boot else None

@@ -31,13 +31,25 @@ backtest_bootstrap (200: bootstrap replicates of the held-out check's intervals;
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterator
 
 import numpy as np
 import pandas as pd
 
-from loyalist.features.direction import daily_activity, direction_stats, group_mix, has_categories
+from loyalist.features.direction import (
+    daily_activity,
+    direction_stats,
+    group_mix,
+    has_categories,
+)
 from loyalist.insights import Context, step
-from loyalist.models.direction import DirectionParams, classify_trend, dissatisfaction, mix_shift, seasonal_index
+from loyalist.models.direction import (
+    DirectionParams,
+    classify_trend,
+    dissatisfaction,
+    mix_shift,
+    seasonal_index,
+)
 from loyalist.store import Store, write_frame
 
 MIX_WINDOWS = 4
@@ -56,11 +68,10 @@ def _pct(x: float) -> str:
     return "n/a" if not np.isfinite(x) else f"{x:+.0%}/yr"
 
 
-def _exposures(t, as_of: dt.date, first_age: np.ndarray, last_age: np.ndarray, params: DirectionParams):
-    """Exposure of each customer's early and recent trend windows and of the time since their last order
-    (seasonal when params.seasonal, else days), and the early window's days."""
-    R, E = params.trend_recent_days, params.trend_early_days
-    days = R + E
+def exposure_cum(t, as_of: dt.date, params: DirectionParams) -> np.ndarray:
+    """Cumulative exposure over the trend windows' days (length days + 1): the seasonal index of the whole base
+    when params.seasonal (from `daily_activity`, one row per day: small, computed once), else one per day."""
+    days = params.trend_recent_days + params.trend_early_days
     if params.seasonal:
         daily = daily_activity(t, as_of, days).execute()
         start = pd.Timestamp(as_of) - pd.Timedelta(days=days)
@@ -71,27 +82,36 @@ def _exposures(t, as_of: dt.date, first_age: np.ndarray, last_age: np.ndarray, p
         index = seasonal_index(counts)
     else:
         index = np.ones(days)
-    cum = np.concatenate([[0.0], np.cumsum(index)])
-    # day index (0 = start) where each customer's early window begins: after their first purchase
-    begin = np.clip(days - first_age + 1, 0, E).astype(int)
-    e1 = cum[E] - cum[begin]
-    e2 = np.full(len(first_age), cum[days] - cum[E])
-    after_last = np.clip(days - last_age + 1, 0, days).astype(int)
-    e_gap = cum[days] - cum[after_last]
-    return e1, e2, (E - begin).astype(float), e_gap
+    return np.concatenate([[0.0], np.cumsum(index)])
 
 
-def trend_inputs(t, as_of: dt.date, params: DirectionParams) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
-    """The per-customer aggregates (`direction_stats`) and the classify_trend result for them."""
-    st = direction_stats(t, as_of, params.recent_days, params.trend_recent_days, params.trend_early_days).execute()
-    if st.empty:
-        return st, {}
+def add_exposures(st: pd.DataFrame, as_of: dt.date, params: DirectionParams, cum: np.ndarray) -> pd.DataFrame:
+    """`st` (rows of `direction_stats`) with first_age, last_age (days) and the exposure of each customer's
+    early and recent trend windows and of the time since their last order (`cum` = `exposure_cum`), and the
+    early window's days: e_early, e_recent, d_early, e_gap. Row by row: runs on any batch of customers."""
+    E = params.trend_early_days
+    days = params.trend_recent_days + E
     end = pd.Timestamp(as_of)
     first_age = (end - pd.to_datetime(st["first_day"])).dt.days.to_numpy(float)
     last_age = (end - pd.to_datetime(st["last_day"])).dt.days.to_numpy(float)
-    e1, e2, d1, e_gap = _exposures(t, as_of, first_age, last_age, params)
+    # day index (0 = start) where each customer's early window begins: after their first purchase
+    begin = np.clip(days - first_age + 1, 0, E).astype(int)
+    after_last = np.clip(days - last_age + 1, 0, days).astype(int)
+    st = st.copy()
     st["first_age"], st["last_age"] = first_age, last_age
-    st["e_early"], st["e_recent"], st["d_early"], st["e_gap"] = e1, e2, d1, e_gap
+    st["e_early"] = cum[E] - cum[begin]
+    st["e_recent"] = np.full(len(first_age), cum[days] - cum[E])
+    st["d_early"] = (E - begin).astype(float)
+    st["e_gap"] = cum[days] - cum[after_last]
+    return st
+
+
+def trend_inputs(t, as_of: dt.date, params: DirectionParams) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+    """The per-customer aggregates (`direction_stats`) with their exposures, and the classify_trend result."""
+    st = direction_stats(t, as_of, params.recent_days, params.trend_recent_days, params.trend_early_days).execute()
+    if st.empty:
+        return st, {}
+    st = add_exposures(st, as_of, params, exposure_cum(t, as_of, params))
     return st, classify_from(st, params)
 
 
@@ -102,14 +122,23 @@ def classify_from(st: pd.DataFrame, params: DirectionParams) -> dict[str, np.nda
                           st["e_recent"], st["d_early"], params, gap_exposure=st["e_gap"])
 
 
-def direction_table(t, products, as_of: dt.date, params: DirectionParams | None = None,
-                    volume_min_12m: float | None = None, mix_min_tv: float = 0.35, mix: bool = True) -> pd.DataFrame:
-    """The `direction` table (see the module docstring) from the transactions (and products) Ibis tables."""
-    params = params or DirectionParams()
+DIRECTION_COLUMNS = ["customer_id", "trend", "trend_score", "trend_driver", "growth_rate", "order_growth_rate",
+                     "trend_confidence", "p_value", "orders_per_year_before", "orders_per_year_recent",
+                     "run_rate_before", "run_rate", "spend_12m", "projected_12m", "usual_gap_days",
+                     "lapse_after_days", "trend_reason", "volume_pricing_candidate", "flag_returns", "flag_baskets",
+                     "flag_gaps", "flag_range", "dissatisfaction_flags", "mix_shift", "mix_shift_normal",
+                     "mix_shift_reason", "buys_more", "buys_less", "as_of"]
+"""The `direction` table's columns, in order."""
+MIX_COLUMNS = ["mix_shift", "mix_shift_normal", "mix_shift_reason", "buys_more", "buys_less"]
+
+
+def direction_rows(st: pd.DataFrame, params: DirectionParams) -> pd.DataFrame:
+    """The per-customer part of the `direction` table from `add_exposures` rows: trend, rates, reason and the
+    dissatisfaction flags (every column but the volume-pricing flag, the mix shift and as_of). Each row depends
+    only on its own customer, so the Spark engine runs this on each batch of customers (mapInPandas)."""
     R = params.recent_days
-    st, r = trend_inputs(t, as_of, params)
-    if st.empty:
-        return pd.DataFrame(columns=["customer_id", "trend", "trend_score"])
+    st = st.reset_index(drop=True)
+    r = classify_from(st, params)
     last_age = st["last_age"].to_numpy(float)
     out = pd.DataFrame({"customer_id": st["customer_id"], "trend": r["trend"], "trend_score": r["trend_score"],
                         "trend_driver": r["driver"], "growth_rate": r["growth_rate"],
@@ -138,14 +167,6 @@ def direction_table(t, products, as_of: dt.date, params: DirectionParams | None 
              out["orders_per_year_before"], out["p_value"], out["trend_driver"], days_since,
              st["n_early"] + st["n_recent"], st["d_early"] + params.trend_recent_days)])
     out["trend_reason"] = reason
-    live = out.loc[out["trend"] != "lapsed", "spend_12m"]
-    threshold = volume_min_12m if volume_min_12m is not None else (float(live.quantile(0.75)) if len(live) else 0.0)
-    vp = (out["trend"] == "growing") & (out["projected_12m"] >= threshold)
-    out["volume_pricing_candidate"] = vp.to_numpy(bool)
-    vp_reason = [f"; volume pricing candidate: run-rate {_money(a)}/yr, projected {_money(p)} over the next 12 "
-                 f"months (growth {_pct(g)}; threshold {_money(threshold)})" for a, p, g in
-                 zip(out.loc[vp, "run_rate"], out.loc[vp, "projected_12m"], out.loc[vp, "growth_rate"])]
-    out.loc[vp, "trend_reason"] = out.loc[vp, "trend_reason"] + pd.Series(vp_reason, index=out.index[vp])
 
     d = dissatisfaction(st["s_recent_all"], st["s_prior"], st["returned_recent"], st["returned_prior"],
                         st["return_lines_recent"], st["b_recent"], st["ls_recent"], st["ls2_recent"], st["b_prior"],
@@ -172,25 +193,69 @@ def direction_table(t, products, as_of: dt.date, params: DirectionParams | None 
     text = parts.where(flags, None).apply(lambda row: "; ".join(x for x in row if x), axis=1) if len(parts) else []
     out["flag_returns"], out["flag_baskets"] = d["flag_returns"], d["flag_baskets"]
     out["flag_gaps"], out["flag_range"] = d["flag_gaps"], d["flag_range"]
-    out["dissatisfaction_flags"] = pd.Series(text, index=out.index).replace("", None)
-
-    out["mix_shift"], out["mix_shift_normal"] = np.nan, np.nan
-    out["mix_shift_reason"], out["buys_more"], out["buys_less"] = None, None, None
-    if mix:
-        out = _add_mix(out, t, products, as_of, R, mix_min_tv)
-    out["as_of"] = pd.Timestamp(as_of)
+    out["dissatisfaction_flags"] = pd.Series(text, index=out.index, dtype=object).replace("", None)
     return out
 
 
-def _add_mix(out: pd.DataFrame, t, products, as_of: dt.date, R: int, min_tv: float) -> pd.DataFrame:
-    g = group_mix(t, products, as_of, R, MIX_WINDOWS).execute()
+def volume_threshold(spend_12m_live: pd.Series, volume_min_12m: float | None) -> float:
+    """The 12-month spend a growing customer's projection must reach to be a volume-pricing candidate: the
+    setting, else the 75th percentile (linear interpolation) of the last 12 months' spend of the customers not
+    lapsed (on Spark the same exact percentile is computed by Spark: `percentile`)."""
+    if volume_min_12m is not None:
+        return float(volume_min_12m)
+    return float(spend_12m_live.quantile(0.75)) if len(spend_12m_live) else 0.0
+
+
+def add_volume_pricing(out: pd.DataFrame, threshold: float) -> pd.DataFrame:
+    """`out` (`direction_rows`) with volume_pricing_candidate and its numbers appended to trend_reason."""
+    out = out.copy()
+    vp = (out["trend"] == "growing") & (out["projected_12m"] >= threshold)
+    out["volume_pricing_candidate"] = vp.to_numpy(bool)
+    vp_reason = [f"; volume pricing candidate: run-rate {_money(a)}/yr, projected {_money(p)} over the next 12 "
+                 f"months (growth {_pct(g)}; threshold {_money(threshold)})" for a, p, g in
+                 zip(out.loc[vp, "run_rate"], out.loc[vp, "projected_12m"], out.loc[vp, "growth_rate"])]
+    out.loc[vp, "trend_reason"] = out.loc[vp, "trend_reason"] + pd.Series(vp_reason, index=out.index[vp])
+    return out
+
+
+def direction_table(t, products, as_of: dt.date, params: DirectionParams | None = None,
+                    volume_min_12m: float | None = None, mix_min_tv: float = 0.35, mix: bool = True) -> pd.DataFrame:
+    """The `direction` table (see the module docstring) from the transactions (and products) Ibis tables."""
+    params = params or DirectionParams()
+    st = direction_stats(t, as_of, params.recent_days, params.trend_recent_days, params.trend_early_days).execute()
+    if st.empty:
+        return pd.DataFrame(columns=["customer_id", "trend", "trend_score"])
+    out = direction_rows(add_exposures(st, as_of, params, exposure_cum(t, as_of, params)), params)
+    threshold = volume_threshold(out.loc[out["trend"] != "lapsed", "spend_12m"], volume_min_12m)
+    out = add_volume_pricing(out, threshold)
+    out["mix_shift"], out["mix_shift_normal"] = np.nan, np.nan
+    out["mix_shift_reason"], out["buys_more"], out["buys_less"] = None, None, None
+    if mix:
+        g = group_mix(t, products, as_of, params.recent_days, MIX_WINDOWS).execute()
+        m = mix_columns(g, mix_min_tv, out["customer_id"])
+        for c in MIX_COLUMNS:
+            out[c] = m[c].to_numpy()
+    out["as_of"] = pd.Timestamp(as_of)
+    return out[DIRECTION_COLUMNS]
+
+
+def mix_columns(g: pd.DataFrame, min_tv: float, customers: pd.Series | None = None) -> pd.DataFrame:
+    """The mix-shift columns (customer_id, mix_shift, mix_shift_normal, mix_shift_reason, buys_more, buys_less)
+    from `group_mix` rows, one row per customer of `customers` (default: those in `g`), in that order. Each
+    customer's columns depend on their own rows only (the Spark engine runs this on each partition of
+    customers); rows are taken in (customer, window, group) order so the sums do not depend on the order the
+    engine returned them in."""
     g = g[g["window"].between(0, MIX_WINDOWS - 1)]
+    g = g.assign(product_group=g["product_group"].astype(str)).sort_values(
+        ["customer_id", "window", "product_group"], kind="stable")
+    ids = pd.Index(pd.unique(g["customer_id"]) if customers is None else customers)
+    out = pd.DataFrame({"customer_id": np.asarray(ids, dtype=object), "mix_shift": np.nan,
+                        "mix_shift_normal": np.nan, "mix_shift_reason": None, "buys_more": None, "buys_less": None})
+    g = g[g["customer_id"].isin(ids)]
     if g.empty:
         return out
-    cust_index = pd.Index(out["customer_id"])
-    g = g[g["customer_id"].isin(cust_index)]
-    groups, gi = np.unique(g["product_group"].astype(str).to_numpy(), return_inverse=True)
-    ci = cust_index.get_indexer(g["customer_id"])
+    groups, gi = np.unique(g["product_group"].to_numpy(), return_inverse=True)
+    ci = ids.get_indexer(g["customer_id"])
     m = mix_shift(ci, g["window"].to_numpy(), gi, g["spend"].to_numpy(float), len(out), MIX_WINDOWS, min_tv=min_tv)
     out["mix_shift"], out["mix_shift_normal"] = m["tv_recent"], m["tv_normal"]
     pairs = pd.DataFrame({"c": m["pair_customer"], "group": groups[m["pair_group"]],
@@ -205,8 +270,10 @@ def _add_mix(out: pd.DataFrame, t, products, as_of: dt.date, R: int, min_tv: flo
               (frame["before"] * 100).round().astype(int).astype(str) + "%)"
         return txt.groupby(frame["c"]).agg(", ".join)
 
-    more = named(pairs[pairs["delta"] > 0.01].sort_values("delta", ascending=False).groupby("c").head(3))
-    less = named(pairs[pairs["delta"] < -0.01].sort_values("delta").groupby("c").head(3))
+    # ties in the change are named in group order (pairs come sorted by customer and group)
+    more = named(pairs[pairs["delta"] > 0.01].sort_values("delta", ascending=False, kind="stable")
+                 .groupby("c").head(3))
+    less = named(pairs[pairs["delta"] < -0.01].sort_values("delta", kind="stable").groupby("c").head(3))
     idx = np.flatnonzero(m["flagged"])
     more_s = more.reindex(idx)
     less_s = less.reindex(idx)
@@ -219,14 +286,141 @@ def _add_mix(out: pd.DataFrame, t, products, as_of: dt.date, R: int, min_tv: flo
     return out
 
 
+def whole_customers(batches: Iterator[pd.DataFrame], key: str = "customer_id") -> Iterator[pd.DataFrame]:
+    """Regroup a partition's Arrow batches, sorted by `key` within the partition, so that each frame holds all
+    the rows of the customers in it (a customer cut by a batch boundary is carried over to the next frame):
+    per-customer work on long rows runs with bounded memory, a batch at a time."""
+    carry = None
+    for b in batches:
+        if b.empty:
+            continue
+        if carry is not None:
+            b = pd.concat([carry, b], ignore_index=True)
+        tail = (b[key] == b[key].iloc[-1]).to_numpy()
+        carry = b[tail]
+        if (~tail).any():
+            yield b[~tail]
+    if carry is not None and len(carry):
+        yield carry
+
+
+def _spark_schema(types: dict[str, str]):
+    from pyspark.sql import types as T
+
+    kinds = {"string": T.StringType(), "double": T.DoubleType(), "long": T.LongType(), "boolean": T.BooleanType(),
+             "timestamp": T.TimestampNTZType()}
+    return T.StructType([T.StructField(c, kinds[k]) for c, k in types.items()])
+
+
+DIRECTION_TYPES = {c: ("string" if c in ("customer_id", "trend", "trend_driver", "trend_reason",
+                                         "dissatisfaction_flags", "mix_shift_reason", "buys_more", "buys_less")
+                       else "boolean" if c == "volume_pricing_candidate" or c.startswith("flag_")
+                       else "timestamp" if c == "as_of" else "double") for c in DIRECTION_COLUMNS}
+
+
+def direction_on_spark(source, as_of: dt.date, params: DirectionParams, volume_min_12m: float | None = None,
+                       mix_min_tv: float = 0.35, products=None):
+    """`direction_table` on the Spark engine (`source` = loyalist.engine.spark.SparkSource), as a Spark
+    DataFrame (None when nobody bought before as_of), same rows and columns:
+
+    - executors: `direction_stats` and `group_mix` (the same Ibis expressions, on Spark); `direction_rows`
+      (trend tests, rates, reasons, dissatisfaction flags) on each Arrow batch of customers (mapInPandas);
+      `mix_columns` on the group-mix rows repartitioned by customer and sorted within partitions, a few whole
+      customers at a time; the volume-pricing flag and its reason (`add_volume_pricing`) per batch;
+    - driver: the seasonal exposure (one row per day, only with `seasonal`) and the volume-pricing threshold,
+      an exact 75th percentile computed by Spark (`percentile`, linear interpolation as pandas).
+    The result is persisted (read by the write and by the per-customer join)."""
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+
+    con = source.ibis
+    session = con._session
+    t = source.table("transactions")
+    stats = session.sql(con.compile(direction_stats(t, as_of, params.recent_days, params.trend_recent_days,
+                                                    params.trend_early_days)))
+    cum = exposure_cum(t, as_of, params)
+    core_cols = [c for c in DIRECTION_COLUMNS if c not in ("volume_pricing_candidate", "as_of", *MIX_COLUMNS)]
+
+    def rows(batches):
+        for b in batches:
+            if len(b):
+                yield direction_rows(add_exposures(b, as_of, params, cum), params)[core_cols]
+
+    core = stats.mapInPandas(rows, _spark_schema({c: DIRECTION_TYPES[c] for c in core_cols}))
+    core = core.persist(StorageLevel.MEMORY_AND_DISK)
+    source.cached.append(core)
+    if not core.limit(1).count():
+        return None
+    if volume_min_12m is None:
+        q = core.filter(F.col("trend") != "lapsed").agg(F.percentile("spend_12m", F.lit(0.75))).first()[0]
+        threshold = float(q) if q is not None else 0.0
+    else:
+        threshold = volume_threshold(pd.Series(dtype=float), volume_min_12m)
+
+    def mixes(batches):
+        for part in whole_customers(batches):
+            yield mix_columns(part, mix_min_tv)
+
+    g = session.sql(con.compile(group_mix(t, products, as_of, params.recent_days, MIX_WINDOWS)))
+    g = g.filter((F.col("window") >= 0) & (F.col("window") < MIX_WINDOWS))
+    mix = (g.repartition("customer_id").sortWithinPartitions("customer_id")  # a customer in one partition
+           .mapInPandas(mixes, _spark_schema({"customer_id": "string",
+                                               **{c: DIRECTION_TYPES[c] for c in MIX_COLUMNS}})))
+    as_of_ts = pd.Timestamp(as_of)
+
+    def finish(batches):
+        for b in batches:
+            if len(b):
+                b = add_volume_pricing(b, threshold)
+                b["as_of"] = as_of_ts
+                yield b[DIRECTION_COLUMNS]
+
+    table = core.join(mix, "customer_id", "left").mapInPandas(finish, _spark_schema(DIRECTION_TYPES))
+    table = table.persist(StorageLevel.MEMORY_AND_DISK)
+    source.cached.append(table)
+    return table
+
+
+def trends_on_spark(source, params: DirectionParams):
+    """`trend_frame` at a cutoff on the Spark engine: `direction_stats` on Spark, exposures and
+    classify_trend per batch on the executors; the frame (one row per customer: id, trend, score, days since
+    the last order, spend-rate change) is collected at the driver, where the held-out check's top-N picks and
+    paired Poisson bootstrap run on it as on one machine (they rank and weight all customers together)."""
+    from loyalist.evaluation.direction import trend_frame
+
+    con = source.ibis
+    session = con._session
+    t = source.table("transactions")
+    schema = _spark_schema({"customer_id": "string", "trend": "string", "trend_score": "double",
+                            "days_since": "double", "spend_rate_change": "double"})
+
+    def at(cutoff: dt.date) -> pd.DataFrame:
+        cum = exposure_cum(t, cutoff, params)
+
+        def rows(batches):
+            for b in batches:
+                if len(b):
+                    st = add_exposures(b, cutoff, params, cum)
+                    yield trend_frame(st, classify_from(st, params))
+
+        stats = session.sql(con.compile(direction_stats(t, cutoff, params.recent_days, params.trend_recent_days,
+                                                        params.trend_early_days)))
+        return stats.mapInPandas(rows, schema).toPandas()
+
+    return at
+
+
 def products_for(store: Store):
     """The products table when it carries categories (else None: the group is derived from descriptions)."""
     p = store.table("products")
     return p if has_categories(p) else None
 
 
-@step("direction", 30)
+@step("direction", 30, spark=True)
 def direction_step(ctx: Context) -> pd.DataFrame | None:
+    """On the Spark engine `ctx.store` is a SparkSource: the table is `direction_on_spark`, the held-out
+    check `backtest_direction` with the trends computed on the executors (`trends_on_spark`); the tables go to
+    its `write_result`."""
     cfg = ctx.config.get("direction", {})
     params = params_from(cfg)
     t = ctx.store.table("transactions")
@@ -234,21 +428,41 @@ def direction_step(ctx: Context) -> pd.DataFrame | None:
     if products is None:
         ctx.notes.append("direction: no product categories in the store; product groups for the mix shift are "
                          "derived from the last word of the product description")
-    table = direction_table(t, products, ctx.as_of, params, cfg.get("volume_pricing_min_12m"),
-                            float(cfg.get("mix_min_tv", 0.35)))
-    if table.empty:
+    write = getattr(ctx.store, "write_result", None)
+    columns = ["customer_id", "trend", "growth_rate", "trend_confidence", "volume_pricing_candidate",
+               "mix_shift", "mix_shift_reason", "dissatisfaction_flags", "trend_reason"]
+    if write is not None:
+        table = direction_on_spark(ctx.store, ctx.as_of, params, cfg.get("volume_pricing_min_12m"),
+                                   float(cfg.get("mix_min_tv", 0.35)), products)
+        empty = table is None
+    else:
+        table = direction_table(t, products, ctx.as_of, params, cfg.get("volume_pricing_min_12m"),
+                                float(cfg.get("mix_min_tv", 0.35)))
+        empty = table.empty
+    if empty:
         ctx.notes.append("direction: no purchases before the as-of date; skipped")
         return None
-    write_frame(ctx.store, "direction", table, replace=True)
+    if write is not None:
+        write("direction", table)
+    else:
+        write_frame(ctx.store, "direction", table, replace=True)
     if cfg.get("backtest", True):
         from loyalist.evaluation.direction import backtest_direction
 
         cutoff = ctx.as_of - dt.timedelta(days=params.recent_days)
         try:
             bt = backtest_direction(t, [cutoff], params, horizon_days=params.recent_days,
-                                    n_boot=int(cfg.get("backtest_bootstrap", 200)))
-            write_frame(ctx.store, "direction_backtest", bt, replace=True)
+                                    n_boot=int(cfg.get("backtest_bootstrap", 200)),
+                                    trends_for=trends_on_spark(ctx.store, params) if write is not None else None)
+            if write is not None:
+                write("direction_backtest", bt)
+            else:
+                write_frame(ctx.store, "direction_backtest", bt, replace=True)
         except ValueError as exc:
             ctx.notes.append(f"direction: no held-out check ({exc})")
-    return table[["customer_id", "trend", "growth_rate", "trend_confidence", "volume_pricing_candidate",
-                  "mix_shift", "mix_shift_reason", "dissatisfaction_flags", "trend_reason"]]
+    if write is not None:
+        con = ctx.store.ibis
+        view = f"loyalist_direction_{abs(hash((str(ctx.as_of), id(table)))) % 10**8}"
+        table.select(*columns).createOrReplaceTempView(view)
+        return con.table(view)
+    return table[columns]
