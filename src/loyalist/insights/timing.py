@@ -804,7 +804,7 @@ def write_category_rhythm(ctx: Context) -> None:
     write_frame(ctx.store, "category_rhythm", category_rhythm(cc, ctx.as_of), replace=True)
 
 
-@step("timing", 20, spark=False)
+@step("timing", 20, spark=True)
 def timing(ctx: Context) -> pd.DataFrame | ir.Table | None:
     """Next-order dates, overdue customers, re-order cycles, rhythm and the contact schedule. On the Spark
     engine (`ctx.store` a SparkSource) the same fits at the driver and `timing_on_spark` for the scoring."""
