@@ -191,10 +191,10 @@ def value_on_spark(ctx: Context, cfg: dict):
 
     Executors: per-customer margins (`loyalist.analysis.margin_table`, the same Ibis expression) or the spend
     trend (`loyalist.features.behaviour`) when no growth_rate column is there, the parts of the score
-    (`value_parts`, mapInPandas), and the ranks: the scores are range-partitioned (equal scores share a
-    partition), each partition ranks its customers with `value_ranks` given how many customers lie in the
-    partitions below and above it. Driver: only counts (customers per partition, whether growth_rate and
-    margins exist). The held-out check (`value_backtest`, table value_backtest) runs the same function as the
+    (`value_parts`, mapInPandas), and the ranks: the customers are split into blocks by score (bounds from
+    Spark's approximate quantiles, fixed at the driver; equal scores share a block), and each block ranks its
+    customers with `value_ranks` (applyInPandas) given how many customers lie in the blocks below and above it.
+    Driver: only the block bounds and counts (one number per block), and whether growth_rate and margins exist. The held-out check (`value_backtest`, table value_backtest) runs the same function as the
     DuckDB engine on Ibis tables on Spark: its per-customer inputs at the past cutoff (summary, trend, next-year
     spend) are collected to the driver, where the customer-base model is fitted and the rankings are compared."""
     import ibis
@@ -246,32 +246,30 @@ def value_on_spark(ctx: Context, cfg: dict):
     dbl = T.DoubleType()
     pschema = T.StructType([T.StructField("customer_id", T.StringType())]
                            + [T.StructField(c, dbl) for c in PART_COLUMNS[1:]] + [T.StructField("_key", dbl)])
-    parts = session.sql(con.compile(b)).mapInPandas(parts_fn, pschema)
-    n = int(cdf.count())
-    nparts = max(int(session.conf.get("spark.sql.shuffle.partitions")), -(-n // 500_000))
-    ranged = parts.repartitionByRange(nparts, "_key").withColumn("_pid", F.spark_partition_id())
-    ranged = ranged.persist(StorageLevel.MEMORY_AND_DISK)
-    source.cached.append(ranged)
-    sizes = ranged.groupBy("_pid").count().toPandas().set_index("_pid")["count"].sort_index()
-    below = sizes.cumsum() - sizes
-    above = sizes[::-1].cumsum()[::-1] - sizes
-    below, above = below.to_dict(), above.to_dict()
+    parts = session.sql(con.compile(b)).mapInPandas(parts_fn, pschema).persist(StorageLevel.MEMORY_AND_DISK)
+    source.cached.append(parts)
+    n = int(parts.count())
+    # blocks of customers by score: bounds fixed once at the driver (so a recomputed partition lands in the same
+    # block), equal scores always in one block; only the customer count per block comes back
+    nblocks = max(int(session.conf.get("spark.sql.shuffle.partitions")), -(-n // 500_000))
+    bounds = sorted(set(parts.approxQuantile("_key", [i / nblocks for i in range(1, nblocks)], 0.001)))
+    pid = sum((F.when(F.col("_key") > F.lit(float(x)), 1).otherwise(0) for x in bounds), F.lit(0))
+    blocks = parts.withColumn("_pid", pid)
+    sizes = blocks.groupBy("_pid").count().toPandas().set_index("_pid")["count"].sort_index()
+    below = (sizes.cumsum() - sizes).to_dict()
+    above = (sizes[::-1].cumsum()[::-1] - sizes).to_dict()
     growth_source = GROWTH_SOURCES[growth]
 
-    def rank_fn(batches):
-        part = [x for x in batches if len(x)]
-        if not part:
-            return
-        block = pd.concat(part, ignore_index=True)
+    def rank_fn(block: pd.DataFrame) -> pd.DataFrame:
         pid = int(block["_pid"].iloc[0])
-        yield value_ranks(block[PART_COLUMNS], n, int(below[pid]), int(above[pid]), a_share, b_share,
-                          growth_source)
+        return value_ranks(block[PART_COLUMNS], n, int(below[pid]), int(above[pid]), a_share, b_share,
+                           growth_source)
 
     oschema = T.StructType([T.StructField("customer_id", T.StringType())]
                            + [T.StructField(c, dbl) for c in PART_COLUMNS[1:]]
                            + [T.StructField("value_percentile", dbl), T.StructField("value_grade", T.StringType()),
                               T.StructField("value_reason", T.StringType())])
-    ranked = ranged.mapInPandas(rank_fn, oschema)
+    ranked = blocks.groupBy("_pid").applyInPandas(rank_fn, oschema)
     ctx.notes.append(_note(_margin_source_name(margin_source, default), cfg))
     _backtest(ctx, cfg)
     view = f"loyalist_value_{abs(hash((str(ctx.as_of), id(ranked)))) % 10**8}"
