@@ -26,6 +26,13 @@ trend_recent_days (61), trend_early_days (365), alpha (0.05), min_history_days (
 trend_test ("spend+silence"), seasonal (false), lapse_min_days (180), lapse_factor (3), volume_pricing_min_12m (default: the 75th
 percentile of the last 12 months' spend of active customers), mix_min_tv (0.35), backtest (true),
 backtest_bootstrap (200: bootstrap replicates of the held-out check's intervals; 0 = none).
+
+Both engines run the same code (`direction_table` on DuckDB, `direction_on_spark` on the Spark engine):
+`direction_stats` and `group_mix` are Ibis expressions; `exposure_cum` (one row per day of the whole base)
+and the volume-pricing threshold (a 75th percentile: pandas on DuckDB, Spark's exact `percentile` on Spark)
+are the only base-wide quantities; everything else is per customer (`add_exposures`, `direction_rows`,
+`add_volume_pricing`, `mix_columns`), run on Spark per Arrow batch or per customer-sorted partition by the
+executors. The held-out check collects one row per customer at its cutoff (see `trends_on_spark`).
 """
 
 from __future__ import annotations

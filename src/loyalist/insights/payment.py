@@ -12,6 +12,10 @@ max_days_overdue, payment_risk, payment_risk_reason, as_of. Definitions: loyalis
 
 No invoices before as_of: a note, no table, no columns (never an error).
 Settings ([payment] in loyalist.toml): default_terms (30 days, when an invoice has no due date).
+
+On the Spark engine (`payment_on_spark`; invoices from `--invoices`): `payment_stats` is the same Ibis
+expression on Spark and `payment_rows` (the trend, score and reason) runs per Arrow batch on the executors;
+only the invoice count reaches the driver. Without --invoices: the same note, no table, no columns.
 """
 
 from __future__ import annotations
