@@ -38,7 +38,8 @@ gaps_count (gaps stored for the customer).
 On the Spark engine (`spark=True`; `gaps_on_spark`, `held_out_on_spark`) the answers are the DuckDB engine's
 (tests/test_spark_crosssell.py) by the same code path: the purchase days, returned pairs and first purchases
 are the same Ibis expressions run on Spark; the product table (one row per product) is collected to the
-driver; the rows (customer x product x buying day) are replicated to one scoring task per block of customers,
+driver; the rows (customer x product x buying day) are replicated to one scoring task per block of customers
+(one block per core, at most spark.sql.shuffle.partitions),
 each building the matrices with `build_data` on the whole table (a customer's look-alikes may be anyone) and
 ranking only its own customers (`gaps_table(rows=...)`, `evaluation.crosssell.top_lists`). So each task holds
 the whole customer x product matrix (memory per executor grows with the customer x product pairs, not with
@@ -430,7 +431,14 @@ def _replicated(source, as_of: dt.date, blocks: int, first_purchases: int | None
 
 
 def _blocks(session) -> int:
-    return max(1, int(session.conf.get("spark.sql.shuffle.partitions")))
+    """Scoring tasks: one per core (each holds a copy of the whole table, so more tasks than cores only cost
+    copies), at most `spark.sql.shuffle.partitions`. The answers do not depend on it."""
+    parts = max(1, int(session.conf.get("spark.sql.shuffle.partitions")))
+    try:
+        cores = int(session.sparkContext.defaultParallelism)
+    except Exception:  # noqa: BLE001  (Spark Connect: no SparkContext)
+        return parts
+    return max(1, min(parts, cores))
 
 
 def _parts(pdf: pd.DataFrame) -> tuple[pd.DataFrame, ...]:
