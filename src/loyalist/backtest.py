@@ -12,9 +12,11 @@ holdout figures are as honest as the others'.
 
 `btyd_stack` (and `btyd_stack_unguarded`, the same without its guard; both on request, e.g. by
 bench/predictor.py, not in the default list) blends and recalibrates BG/NBD and Pareto/NBD on a reference
-window before the cutoff (see :func:`fit_predict_stack`). Measured (bench/results/predictor.json): neither it
-nor rhythm_gbm beats both classic models on every metric on CDNOW and Online Retail II, so `analyze` keeps
-choosing among the classic models.
+window before the cutoff (see :func:`fit_predict_stack`). `bgnbd_seasonal` (on request too) is the BG/NBD with
+a month-of-year purchase intensity (loyalist.models.seasonal, via loyalist.backtest_seasonal). Measured
+(bench/results/predictor.json): none of them beats both classic models on every metric on CDNOW and Online
+Retail II (the seasonal model does at one of three Online Retail II cutoffs), so `analyze` keeps choosing
+among the classic models.
 """
 
 from __future__ import annotations
