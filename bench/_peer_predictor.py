@@ -20,8 +20,8 @@ import pandas as pd
 from scipy.stats import rankdata
 
 warnings.simplefilter("ignore")
-from lifetimes import BetaGeoFitter, ParetoNBDFitter  # noqa: E402
-from lifetimes.utils import calibration_and_holdout_data  # noqa: E402
+from lifetimes import BetaGeoFitter, ParetoNBDFitter
+from lifetimes.utils import calibration_and_holdout_data
 
 
 def auc(pos, score):
@@ -38,7 +38,7 @@ def main(path, out):
                                      observation_period_end="1998-06-30", freq="D")
     y = s["frequency_holdout"].to_numpy(float)
     t = float(s["duration_holdout"].iloc[0])
-    res = {"customers": int(len(s)), "holdout_days": t, "recipe": " ".join(__doc__.split("\n\n")[2].split())}
+    res = {"customers": len(s), "holdout_days": t, "recipe": " ".join(__doc__.split("\n\n")[2].split())}
     for name, M in (("bgnbd", BetaGeoFitter), ("paretonbd", ParetoNBDFitter)):
         m = M(penalizer_coef=0.0).fit(s["frequency_cal"], s["recency_cal"], s["T_cal"])
         e = m.conditional_expected_number_of_purchases_up_to_time(t, s["frequency_cal"], s["recency_cal"],

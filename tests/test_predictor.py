@@ -5,9 +5,16 @@ import datetime as dt
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import shared_file
-from loyalist.backtest import SEASONAL, STACK_UNGUARDED, actuals, backtest, features, reference_split
+
+from loyalist.backtest import (
+    SEASONAL,
+    STACK_UNGUARDED,
+    actuals,
+    backtest,
+    features,
+    reference_split,
+)
 from loyalist.customer_base import fit_base
 
 

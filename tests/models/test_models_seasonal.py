@@ -84,7 +84,7 @@ def test_flat_intensity_is_the_bgnbd_in_days(synthetic):
 
 
 def test_analytic_gradient_matches_finite_differences(synthetic):
-    x, first, last, by_month = (v[:3000] if i < 3 else v for i, v in enumerate(synthetic))
+    x, first, last, _ = (v[:3000] if i < 3 else v for i, v in enumerate(synthetic))
     x = np.asarray(x)
     d0, d1 = _days(first), _days(last)
     end = int(_days([AS_OF])[0])
@@ -92,7 +92,7 @@ def test_analytic_gradient_matches_finite_differences(synthetic):
     seen = np.ones(12, bool)
     rep = np.full(12, x.sum() / 12)
     theta = np.r_[np.log([0.4, 15.0, 0.8, 2.5]), np.random.default_rng(0).normal(0, 0.3, 12)]
-    f = lambda th: SeasonalBGNBD._loglik(th, x, Dx, DT, rep, seen)[0]  # noqa: E731
+    f = lambda th: SeasonalBGNBD._loglik(th, x, Dx, DT, rep, seen)[0]
     g = SeasonalBGNBD._loglik(theta, x, Dx, DT, rep, seen)[1]
     np.testing.assert_allclose(g, approx_fprime(theta, f, 1e-6), rtol=1e-4, atol=1e-3 * np.abs(g).max())
 

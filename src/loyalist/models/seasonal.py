@@ -39,7 +39,12 @@ import numpy as np
 from scipy import optimize
 from scipy import special as sc
 
-from loyalist.models._base import BaseModel, ConvergenceWarning, ModelInputError, NotFittedError
+from loyalist.models._base import (
+    BaseModel,
+    ConvergenceWarning,
+    ModelInputError,
+    NotFittedError,
+)
 from loyalist.models.bgnbd import BGNBD
 
 __all__ = ["SeasonalBGNBD", "month_days"]
@@ -200,7 +205,7 @@ class SeasonalBGNBD(BaseModel):
         ends = np.full(d0.size, end)
         tau_x = month_days(d0, d1) @ m
         tau_T = month_days(d0, ends) @ m
-        tau_t = float((month_days(np.array([end]), np.array([end + int(round(t))])) @ m)[0])
+        tau_t = float((month_days(np.array([end]), np.array([end + round(float(t))])) @ m)[0])
         return tau_x, tau_T, tau_t
 
     def _bgnbd(self) -> BGNBD:
