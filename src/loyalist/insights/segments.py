@@ -21,6 +21,14 @@ Result tables (one row per segment, largest first), same shape for both:
   P(alive) = 1 by construction, so one-time segments show no churn risk with that model (MBG/NBD and
   Pareto/NBD do not have this property).
 
+Both engines share one code path: the global parts are fitted once (`rfm_cuts`: the four order statistics per
+RFM feature that decide every quintile score; `fit_segmenter`: k-means on all repeat customers sorted by id),
+every customer is assigned by `Segmenter.assign` (any subset of customers at a time), and the tables come from
+per-segment figures (`group_stats` / `_spark_stats` -> `tables`). On the Spark engine (`segments_on_spark`) the
+features, the assignment (mapInPandas) and the per-segment figures run on the executors; the driver gets the
+distinct values of recency, orders and revenue with their counts and, for k-means, the six clustering features
+of every repeat customer (per-customer rows: clustering all of them is what makes the answers equal).
+
 Settings, section [segments] of loyalist.toml: k_min (3), k_max (10), sample (2000 rows for the silhouette),
 seed (0), window_days (180, the trend windows), one_time_recent_days (90).
 

@@ -14,6 +14,10 @@ Per-customer columns added to `customer_insights`:
 - `value_score`, `value_percentile` (0..100, mid-rank), `value_grade` (A = top 20% of customers by score,
   B = next 30%, C = the rest; [value] a_share, b_share in loyalist.toml), `value_reason` (the sum in words).
 
+Both engines share `value_parts` (per customer) and `value_ranks` (percentiles, grades and reasons of a block
+of customers given the counts below and above it: all customers at once on DuckDB, blocks by score on Spark;
+see `value_on_spark` for what runs where).
+
 Result table `value_backtest` (appended, one row per ranking and cutoff; columns in
 `loyalist.evaluation.value`): at as_of - 365 days, when there is enough history, the A customers of the
 metric vs the same number chosen by past revenue, by their share of the following year's revenue. A cutoff
