@@ -16,7 +16,13 @@ from spark_helpers import BASE_COLUMNS, SYNTH_AS_OF, synthetic_store
 
 from loyalist import insights
 from loyalist.customer_base import Settings
-from loyalist.insights.timing import STAT_COLUMNS, _fit_rows_model, _spark_fit_rows, canonical, timing
+from loyalist.insights.timing import (
+    STAT_COLUMNS,
+    _fit_rows_model,
+    _spark_fit_rows,
+    canonical,
+    timing,
+)
 from loyalist.models.next_order import GammaRenewal
 
 pytest.importorskip("pyspark")
@@ -62,7 +68,7 @@ def assert_same_rows(name: str, duck: pd.DataFrame, spark: pd.DataFrame, key: li
 def duckdb_timing(store, as_of: dt.date, monkeypatch, config: dict) -> tuple[pd.DataFrame, dict, list[str]]:
     """The DuckDB engine's per-customer table with the customer-base columns and the timing step's, its result
     tables and notes."""
-    import loyalist.analysis as analysis
+    from loyalist import analysis
 
     notes: list[str] = []
 
@@ -190,6 +196,6 @@ def test_online_retail_timing_on_spark_equals_duckdb(spark, tmp_path, monkeypatc
     duck, duck_tables, _ = duckdb_timing(store, as_of, monkeypatch, config)
     store.con.execute(f"COPY transactions TO '{tmp_path / 'tx'}' (FORMAT parquet, FILE_SIZE_BYTES '16MB')")
     store.close()
-    run, table, tables = spark_timing(spark, tmp_path / "tx", tmp_path / "out", as_of, config)
+    _, table, tables = spark_timing(spark, tmp_path / "tx", tmp_path / "out", as_of, config)
     assert len(table) > 5000 and len(tables["reorders"]) > 100_000
     assert_same_timing(duck, {n: f for n, f in duck_tables.items() if n != "timing_backtest"}, table, tables)

@@ -47,6 +47,17 @@ lie in other seasons than the window scored, and the linear stack carried over b
 boosted trees did not: on the selection cutoff 2010-06-01 (Online Retail II, not one of the evaluation
 cutoffs) AUC 0.749 / 0.752 (30 / 90 days) against 0.732 / 0.745 for scikit-learn's
 HistGradientBoostingClassifier on the same features and origins.
+
+The step also runs on the Spark engine (`loyalist analyze --engine spark`) with the same answers: the same Ibis
+features, fits and numpy scoring code; see `timing_on_spark` for what runs where. What reaches the driver there,
+and grows with what: the renewal fits' rows (at most RENEWAL_ROWS customers and PAIR_ROWS pairs, whatever the
+data), one row per product / category; and, for the stack (`fit_stack`, global logistic regressions), per-customer
+rows: the customer gaps at the five inner origins (about ten numbers per customer and origin, so O(customers))
+and the pair regression's training rows (PAIR_FEATURES of the pairs of customers who re-ordered something in
+the 30 days after each of two origins: O(re-ordering customers x their products)); the held-out backtest
+collects its per-customer rows at the cutoff (AUC and the paired bootstrap need them). Nothing grows with order
+lines. Both engines feed the fits the same numbers in the same order (`canonical`), so they agree to the bit on
+the fitted parameters.
 """
 
 from __future__ import annotations
