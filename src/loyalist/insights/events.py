@@ -84,6 +84,12 @@ def _json_default(x):
     return str(x)
 
 
+def _m(x: float) -> float:
+    """An amount rounded to cents before it is shown: sums of the same lines in another order (DuckDB vs Spark)
+    differ in the last bits, which must not flip a displayed whole number (501.4999999 vs 501.5)."""
+    return round(float(x), 2)
+
+
 def _r(x: float, nd: int = 2):
     return None if x is None or not np.isfinite(x) else round(float(x), nd)
 
@@ -102,25 +108,25 @@ def occasion_events(occ: pd.DataFrame, cfg: dict) -> pd.DataFrame:
     out: list[pd.DataFrame] = []
     fr = occ[occ["n"] == 1]
     out.append(_frame("first_repeat_order", fr["customer_id"], fr["day"],
-                      [f"second order ({s:,.0f}) {g:.0f} days after the first" for s, g in zip(fr["spend"], fr["gap"])],
+                      [f"second order ({_m(s):,.0f}) {g:.0f} days after the first" for s, g in zip(fr["spend"], fr["gap"])],
                       [{"orders": 2, "days_since_first": int(g), "spend": _r(s)}
                        for s, g in zip(fr["spend"], fr["gap"])]))
     milestones = cfg.get("milestones", [5, 10, 25, 50, 100, 250])
     ms = occ[occ["orders"].isin(milestones)]
     out.append(_frame("order_milestone", ms["customer_id"], ms["day"],
-                      [f"{o:.0f}th order (spend {s:,.0f})" for o, s in zip(ms["orders"], ms["spend"])],
+                      [f"{o:.0f}th order (spend {_m(s):,.0f})" for o, s in zip(ms["orders"], ms["spend"])],
                       [{"orders": int(o), "spend": _r(s)} for o, s in zip(ms["orders"], ms["spend"])]))
     factor = float(cfg.get("jump_factor", 3.0))
     j = occ[(occ["n"] >= 3) & (occ["spend"] > factor * occ["prev_mean_spend"]) & (occ["prev_mean_spend"] > 0)]
     out.append(_frame("spend_jump", j["customer_id"], j["day"],
-                      [f"order of {s:,.0f}, {s / m:.1f}x their average order of {m:,.0f} over {n:.0f} orders"
+                      [f"order of {_m(s):,.0f}, {s / m:.1f}x their average order of {_m(m):,.0f} over {n:.0f} orders"
                        for s, m, n in zip(j["spend"], j["prev_mean_spend"], j["n"])],
                       [{"spend": _r(s), "average_before": _r(m), "ratio": _r(s / m), "orders_before": int(n)}
                        for s, m, n in zip(j["spend"], j["prev_mean_spend"], j["n"])]))
     react = float(cfg.get("reactivation_days", 180))
     ra = occ[occ["gap"] >= react]
     out.append(_frame("reactivation", ra["customer_id"], ra["day"],
-                      [f"ordered again ({s:,.0f}) after {g:.0f} days without an order" for s, g in
+                      [f"ordered again ({_m(s):,.0f}) after {g:.0f} days without an order" for s, g in
                        zip(ra["spend"], ra["gap"])],
                       [{"gap_days": int(g), "spend": _r(s), "orders": int(o)} for g, s, o in
                        zip(ra["gap"], ra["spend"], ra["orders"])]))
@@ -145,7 +151,7 @@ def new_category_events(ng: pd.DataFrame) -> pd.DataFrame:
     ng = ng.sort_values(["spend", "product_group"], ascending=[False, True], kind="stable").drop_duplicates(
         ["customer_id", "day"])
     return _frame("new_category", ng["customer_id"], ng["day"],
-                  [f"first order of {g} ({s:,.0f}, {s / d:.0%} of that order) after {n:.0f} orders"
+                  [f"first order of {g} ({_m(s):,.0f}, {s / d:.0%} of that order) after {n:.0f} orders"
                    for g, s, d, n in zip(ng["product_group"], ng["spend"], ng["day_spend"], ng["prior_orders"])],
                   [{"product_group": g, "spend": _r(s), "share_of_order": _r(s / d), "orders_before": int(n)}
                    for g, s, d, n in zip(ng["product_group"], ng["spend"], ng["day_spend"], ng["prior_orders"])])
@@ -166,7 +172,7 @@ def anniversary_events(first: pd.DataFrame, as_of: dt.date, start: dt.date) -> p
         return _concat([])
     an = pd.concat(rows)
     return _frame("purchase_anniversary", an["customer_id"], an["day"],
-                  [f"{y} year{'s' if y > 1 else ''} since the first order; {o:.0f} orders, {r:,.0f} spent"
+                  [f"{y} year{'s' if y > 1 else ''} since the first order; {o:.0f} orders, {_m(r):,.0f} spent"
                    for y, o, r in zip(an["years"], an["orders"], an["revenue"])],
                   [{"years": int(y), "orders": int(o), "revenue": _r(r)} for y, o, r in
                    zip(an["years"], an["orders"], an["revenue"])])
@@ -321,16 +327,153 @@ def new_events(ctx: Context) -> pd.DataFrame:
     return ev.sort_values(["event_date", "customer_id", "type"])[COLUMNS].reset_index(drop=True)
 
 
-@step("events", 90)
+def _event_schema():
+    from pyspark.sql import types as T
+
+    return T.StructType([T.StructField("event_id", T.StringType()), T.StructField("event_date", T.TimestampNTZType()),
+                         *[T.StructField(c, T.StringType()) for c in EVENT_COLUMNS[2:]]])
+
+
+def _per_batch(build):
+    """mapInPandas function: `build(rows) -> events` on each Arrow batch (for builders whose rows stand alone)."""
+
+    def run(batches):
+        for b in batches:
+            if b.empty:
+                continue
+            ev = build(b)
+            if len(ev):
+                yield ev[EVENT_COLUMNS].astype({"event_date": "datetime64[ns]"})
+
+    return run
+
+
+def _per_partition(build):
+    """mapInPandas function: `build` once on all batches of a partition (the rows of a customer together)."""
+
+    def run(batches):
+        part = [b for b in batches if not b.empty]
+        if part:
+            ev = build(pd.concat(part, ignore_index=True))
+            if len(ev):
+                yield ev[EVENT_COLUMNS].astype({"event_date": "datetime64[ns]"})
+
+    return run
+
+
+def events_on_spark(ctx: Context):
+    """:func:`new_events` on the Spark engine (`ctx.store` a SparkSource, `ctx.customers` an Ibis table on Spark):
+    a Spark DataFrame of the new events (COLUMNS), persisted (in `ctx.store.cached`).
+
+    What runs where: the occasions, the new-category candidates and the first orders are the same Ibis
+    expressions, run on Spark; the same builders (occasion_events, anniversary_events ...) run per Arrow batch on
+    the executors (mapInPandas; new_category_events per partition of customers, as it keeps one group per
+    customer and day). The state events read what the earlier steps that ran on Spark left: their result tables
+    (direction, payment_behaviour, contact_schedule) and the per-customer columns (overdue_days); a step that
+    did not run leaves no such events, as on DuckDB when a step is skipped. The incremental bookkeeping is at
+    the driver: the previous run's as-of date and the events already stored come from the --db store (none
+    without --db: every event of the window is new), the stored ids and the latest state event per customer
+    and type (they grow with the events stored, never with order lines) are shipped to Spark and anti-joined.
+    """
+    from pyspark.sql import functions as F
+    from pyspark.sql import types as T
+
+    from loyalist.insights.direction import products_for
+
+    source = ctx.store
+    con = source.ibis
+    session = con._session
+    cfg = ctx.config.get("alerts", {})
+    as_of = ctx.as_of
+    stored = source.stored
+    start = window_start(cfg, as_of, previous_as_of(stored))
+    t = source.table("transactions")
+    schema = _event_schema()
+
+    def spark(expr):
+        return session.sql(con.compile(expr))
+
+    def frame(x):  # a step's result table: pandas (small) or a Spark DataFrame
+        return session.createDataFrame(x) if isinstance(x, pd.DataFrame) else x
+
+    as_of_ts = dt.datetime.combine(as_of, dt.time())
+    occ = numbered_occasions(t, as_of)
+    occ = occ.filter(occ.day >= ibis.date(start))
+    parts = [spark(occ).mapInPandas(_per_batch(lambda b: occasion_events(b, cfg)), schema),
+             spark(new_category_candidates(t, products_for(source), as_of, start)).repartition("customer_id")
+             .mapInPandas(_per_partition(new_category_events), schema),
+             spark(rfm_first_orders(t, as_of)).mapInPandas(_per_batch(lambda b: anniversary_events(b, as_of, start)),
+                                                           schema)]
+    results, customers = source.results, ctx.customers
+    if "direction" in results:
+        d = frame(results["direction"])
+        d = d.filter(F.col("as_of").cast("timestamp_ntz") == F.lit(as_of_ts))
+        d = d.join(spark(customers.select("customer_id", "last_order")), "customer_id", "left")
+        parts.append(d.mapInPandas(_per_batch(lambda b: direction_events(b, as_of, start)), schema))
+    if "payment_behaviour" in results:
+        p = frame(results["payment_behaviour"])
+        p = p.filter(F.col("as_of").cast("timestamp_ntz") == F.lit(as_of_ts))
+        parts.append(p.mapInPandas(_per_batch(lambda b: payment_events(b, as_of, cfg)), schema))
+    if "overdue_days" in customers.columns:
+        cols = [c for c in ("customer_id", "overdue_days", "cycle_days") if c in customers.columns]
+        parts.append(spark(customers.select(*cols)).mapInPandas(
+            _per_batch(lambda b: overdue_events(b, as_of, start)), schema))
+    if "contact_schedule" in results:
+        parts.append(frame(results["contact_schedule"]).mapInPandas(
+            _per_batch(lambda b: contact_events(b, as_of, start)), schema))
+    ev = parts[0]
+    for p in parts[1:]:
+        ev = ev.unionByName(p)
+    ev = ev.dropDuplicates(["event_id"])
+    old = stored_events(stored)
+    if old is not None and len(old):
+        ids = session.createDataFrame(old[["event_id"]].astype(str), "event_id string")
+        ev = ev.join(ids, "event_id", "left_anti")
+        last = last_state_events(old).rename("prior").reset_index()
+        if len(last):
+            last = session.createDataFrame(last.astype({"customer_id": str, "type": str,
+                                                        "prior": "datetime64[ns]"}),
+                                           T.StructType([T.StructField("customer_id", T.StringType()),
+                                                         T.StructField("type", T.StringType()),
+                                                         T.StructField("prior", T.TimestampNTZType())]))
+            refire = int(cfg.get("refire_days", 90))
+            ev = ev.join(last, ["customer_id", "type"], "left")
+            recent = (F.col("type").isin(list(STATE_TYPES)) & F.col("prior").isNotNull()
+                      & (F.col("event_date") < F.col("prior") + F.expr(f"INTERVAL {refire} DAYS")))
+            ev = ev.filter(~recent).drop("prior")
+    now = pd.Timestamp.now(tz="UTC").tz_localize(None).to_pydatetime()
+    ev = (ev.withColumn("detected_at", F.lit(now).cast("timestamp_ntz"))
+          .orderBy("event_date", "customer_id", "type").select(*COLUMNS))
+    from pyspark import StorageLevel
+
+    ev = ev.persist(StorageLevel.MEMORY_AND_DISK)
+    source.cached.append(ev)
+    return ev
+
+
+
+@step("events", 90, spark=True)
 def events_step(ctx: Context) -> pd.DataFrame | None:
-    ev = new_events(ctx)
-    if len(ev):
-        write_frame(ctx.store, "events", ev, replace=False)
-    elif not has_table(ctx.store, "events"):
-        write_frame(ctx.store, "events", ev.astype({"event_date": "datetime64[ns]", "detected_at": "datetime64[ns]"}),
-                    replace=False)
-    write_frame(ctx.store, "event_runs", pd.DataFrame([{"as_of": pd.Timestamp(ctx.as_of),
-                                                        "run_at": pd.Timestamp.now(tz="UTC").tz_localize(None),
-                                                        "added": len(ev)}]), replace=False)
-    ctx.notes.append(f"events: {len(ev):,} new events in the feed (`loyalist alerts`)")
+    """On the Spark engine `ctx.store` is a SparkSource: the new events are `events_on_spark` (a Spark DataFrame),
+    appended with the run to --db by the engine (OUT/events holds this run's new events)."""
+    write = getattr(ctx.store, "write_result", None)
+    if write is not None:
+        ev = events_on_spark(ctx)
+        added = int(ev.count())
+        write("events", ev)
+    else:
+        ev = new_events(ctx)
+        added = len(ev)
+        if len(ev):
+            write_frame(ctx.store, "events", ev, replace=False)
+        elif not has_table(ctx.store, "events"):
+            write_frame(ctx.store, "events", ev.astype({"event_date": "datetime64[ns]",
+                                                        "detected_at": "datetime64[ns]"}), replace=False)
+    runs = pd.DataFrame([{"as_of": pd.Timestamp(ctx.as_of), "run_at": pd.Timestamp.now(tz="UTC").tz_localize(None),
+                          "added": added}])
+    if write is not None:
+        write("event_runs", runs)
+    else:
+        write_frame(ctx.store, "event_runs", runs, replace=False)
+    ctx.notes.append(f"events: {added:,} new events in the feed (`loyalist alerts`)")
     return None
