@@ -330,9 +330,8 @@ def segments_on_spark(ctx: Context, cfg: dict):
     base = ctx.customers.select("customer_id", "p_alive", "clv_12m")
     j = b.join(base, "customer_id")  # inner: the customers of the per-customer table
     frame = session.sql(con.compile(j))
-    dbl = [c for c in ("orders", "revenue", "days_since_last", "cycle_days", "cycle_cv", "products",
-                       "spend_recent", "spend_previous", "trend", "returned_value", "return_rate", "p_alive",
-                       "clv_12m")]
+    dbl = ("orders", "revenue", "days_since_last", "cycle_days", "cycle_cv", "products", "spend_recent",
+           "spend_previous", "trend", "returned_value", "return_rate", "p_alive", "clv_12m")
     frame = frame.select("customer_id", *[F.col(c).cast("double").alias(c) for c in dbl])
     frame = frame.persist(StorageLevel.MEMORY_AND_DISK)
     source.cached.append(frame)
