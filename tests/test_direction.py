@@ -17,10 +17,12 @@ from loyalist.evaluation.direction import (
     baseline_labels,
     cutoff_frame,
     groups,
+    nested_direction,
+    stable_false_alarms,
     tune_direction,
 )
 from loyalist.features.direction import direction_stats
-from loyalist.insights.direction import direction_table
+from loyalist.insights.direction import direction_table, exposure_cum, trend_inputs
 from loyalist.models.direction import (
     DirectionParams,
     classify_trend,
@@ -174,8 +176,11 @@ def test_direction_stats_match_pandas(demo_store):
                 & (rep["day"] >= pd.Timestamp(as_of) - pd.Timedelta(days=456))]
     year = occ[occ["day"] >= pd.Timestamp(as_of) - pd.Timedelta(days=365)]
     assert set(got.index) == set(occ["customer_id"])
+    ly = rep[(rep["day"] < pd.Timestamp(as_of) - pd.Timedelta(days=365))
+             & (rep["day"] >= pd.Timestamp(as_of) - pd.Timedelta(days=365 + 91))]
     for col, frame, how in (("n_recent", rec, "size"), ("s_recent", rec, "sum"), ("n_early", early, "size"),
-                            ("s_early", early, "sum"), ("s_12m", year, "sum")):
+                            ("s_early", early, "sum"), ("s_12m", year, "sum"), ("n_ly", ly, "size"),
+                            ("s_ly", ly, "sum")):
         g = frame.groupby("customer_id")["spend"]
         ref = (g.size() if how == "size" else g.sum()).reindex(got.index, fill_value=0)
         np.testing.assert_allclose(got[col].to_numpy(float), ref.to_numpy(float), rtol=1e-9, atol=1e-6, err_msg=col)
@@ -260,3 +265,127 @@ def test_tuning_picks_within_the_false_alarm_limit(demo_store):
     assert len(table) == 2 and (table["false_alarms"] <= 0.05).all()
     best = table.sort_values(["wins", "margin"], ascending=False).iloc[0]
     assert chosen["trend_test"] == best["trend_test"]
+
+
+def _seasonal_and_growing(n: int = 3):
+    """Three customers at a Dec 1 cutoff (61-day recent window, a year before it, the same window a year
+    earlier): a seasonal buyer (big autumn orders this year AND last year), a real grower (big autumn orders
+    this year only), a customer whose orders fell this autumn. Arrays for classify_trend."""
+    small, big = 100.0, 1000.0
+    k = 12  # orders in each window
+    n1 = np.array([2.0 * k, 2.0 * k, 4.0 * k])
+    early = np.array([small, small, big])  # the third customer used to buy big every week; nothing this autumn
+    s1, q1 = n1 * early, n1 * early ** 2
+    n2 = np.array([k, k, 0.0])
+    s2 = np.array([k * big, k * big, 0.0])
+    q2 = np.array([k * big ** 2, k * big ** 2, 0.0])
+    ly = (np.array([k, 2.0, k]), np.array([k * big, 2 * small, k * big]),
+          np.array([k * big ** 2, 2 * small ** 2, k * big ** 2]), np.full(n, 61.0), np.full(n, 61.0))
+    first_age = np.full(n, 800.0)
+    common = (first_age, np.full(n, 3.0), n1 + n2 + 20, n1, s1, q1, n2, s2, q2, np.full(n, 365.0),
+              np.full(n, 61.0), np.full(n, 365.0))
+    return common, ly
+
+
+GAP = np.array([3.0, 3.0, 61.0])  # days since the last order
+
+
+def test_year_over_year_comparison_does_not_call_a_seasonal_buyer_growing():
+    common, ly = _seasonal_and_growing()
+    before = classify_trend(*common, DirectionParams(trend_compare="year_before"), gap_exposure=GAP,
+                            last_year=ly)
+    yoy = classify_trend(*common, DirectionParams(trend_compare="last_year"), gap_exposure=GAP,
+                         last_year=ly)
+    # against the year before, the seasonal buyer looks like a grower
+    assert list(before["trend"][:2]) == ["growing", "growing"] and list(before["compared_with"]) == ["year_before"] * 3
+    # against the same months a year earlier: seasonal buyer stable, real grower growing, the fall declining
+    assert list(yoy["trend"]) == ["stable", "growing", "declining"]
+    assert list(yoy["compared_with"]) == ["last_year"] * 3
+    assert yoy["growth_rate"][0] == pytest.approx(0.0) and yoy["growth_rate"][1] > 0  # one year apart: no annualising
+    # without the history of a whole year-ago window, the year before is used
+    short = (*ly[:3], np.full(3, 30.0), np.full(3, 30.0))
+    r = classify_trend(*common, DirectionParams(), gap_exposure=GAP, last_year=short)
+    assert list(r["compared_with"]) == ["year_before"] * 3 and list(r["trend"][:2]) == ["growing", "growing"]
+
+
+def test_year_over_year_comparison_keeps_false_alarms_low():
+    fa = stable_false_alarms(DirectionParams(trend_compare="last_year"), n=20000)
+    assert fa["loyalist_labelled_share"] <= 0.05  # measured 2.0%
+    # stable Poisson buyers compared year over year only (every customer has a full year-ago window)
+    rng = np.random.default_rng(5)
+    n, R = 20000, 61.0
+    lam = rng.gamma(1.2, 1 / 25, n) * 3
+    mu, sig = rng.normal(5, 1, n), rng.uniform(0.3, 1.3, n)
+
+    def window(k):
+        i = np.repeat(np.arange(n), k)
+        v = np.exp(mu[i] + sig[i] * rng.standard_normal(len(i)))
+        return k.astype(float), np.bincount(i, v, n), np.bincount(i, v * v, n)
+
+    (n2, s2, q2), (ny, sy, qy) = window(rng.poisson(lam * R)), window(rng.poisson(lam * R))
+    zero = np.zeros(n)
+    r = classify_trend(np.full(n, 800.0), np.full(n, 1.0), n2 + ny + 10, zero + 20, zero + 2000, zero + 4e5, n2,
+                       s2, q2, np.full(n, 365.0), np.full(n, R), np.full(n, 365.0), DirectionParams(trend_test="spend"),
+                       last_year=(ny, sy, qy, np.full(n, R), np.full(n, R)))
+    assert (r["compared_with"] == "last_year").all()
+    labelled = np.isin(r["trend"], ["growing", "declining"])
+    assert labelled[r["eligible"]].mean() <= 0.06 and r["eligible"].mean() > 0.3
+
+
+def test_season_guard_holds_back_a_rise_in_the_base_s_peak():
+    common, ly = _seasonal_and_growing()
+    p = DirectionParams(trend_compare="year_before")
+    peak = classify_trend(*common, p, gap_exposure=GAP, base_swing=np.full(3, 1.7))
+    # a rise while the whole base buys 1.7x as often is not labelled growing; the fall still is declining
+    assert list(peak["trend"]) == ["stable", "stable", "declining"]
+    assert list(peak["season_guarded"]) == [1, 1, 0] and (peak["trend_score"][:2] == 0).all()
+    trough = classify_trend(*common, p, gap_exposure=GAP, base_swing=np.full(3, 0.7))
+    assert list(trough["trend"]) == ["growing", "growing", "stable"] and list(trough["season_guarded"]) == [0, 0, -1]
+    calm = classify_trend(*common, p, gap_exposure=GAP, base_swing=np.full(3, 1.1))
+    assert list(calm["trend"]) == ["growing", "growing", "declining"]
+    off = classify_trend(*common, DirectionParams(trend_compare="year_before", season_guard=0.0),
+                         gap_exposure=GAP, base_swing=np.full(3, 1.7))
+    assert list(off["trend"]) == ["growing", "growing", "declining"]
+    # customers compared year over year are not guarded (the season is in their comparison)
+    yoy = classify_trend(*common, DirectionParams(), gap_exposure=GAP, last_year=ly,
+                         base_swing=np.full(3, 1.7))
+    assert list(yoy["trend"]) == ["stable", "growing", "declining"]
+
+
+def test_season_guard_base_activity_against_pandas(demo_store):
+    as_of = dt.date(2011, 12, 1)
+    t = demo_store.table("transactions")
+    p = DirectionParams()
+    cum = exposure_cum(t, as_of, p)
+    days = p.trend_recent_days + p.trend_early_days
+    assert cum.shape == (2, days + 1) and (cum[0] == np.arange(days + 1)).all()  # plain days, base occasions
+    occ = _occasions(demo_store)
+    occ = occ[(occ["day"] < pd.Timestamp(as_of)) & (occ["day"] >= pd.Timestamp(as_of) - pd.Timedelta(days=days))]
+    assert cum[1, -1] == len(occ)  # every purchase occasion (first orders too)
+    st, r = trend_inputs(t, as_of, p)
+    row = st.sort_values("first_age").iloc[-1]  # the longest history: early window = the whole year
+    recent = (occ["day"] >= pd.Timestamp(as_of) - pd.Timedelta(days=61)).sum() / 61
+    early = (occ["day"] < pd.Timestamp(as_of) - pd.Timedelta(days=61)).sum() / 365
+    assert row["base_swing"] == pytest.approx(recent / early)
+    assert set(np.unique(r["season_guarded"])) <= {-1.0, 0.0, 1.0}
+
+
+def test_nested_evaluation_uses_only_origins_known_at_each_cutoff(demo_store):
+    t = demo_store.table("transactions")
+    grid = {"trend_recent_days": (61,), "seasonal": (False,), "trend_test": ("spend+silence", "spend"),
+            "min_orders": (3,), "alpha": (0.05,)}
+    origins = [dt.date(2010, 6, 1), dt.date(2010, 8, 1), dt.date(2010, 10, 1)]
+    cutoffs = [dt.date(2011, 3, 1), dt.date(2011, 5, 1)]
+    bt, picks = nested_direction(t, cutoffs, origins, grid, n_boot=0)
+    assert picks[0]["origins"] == ["2010-06-01", "2010-08-01"]  # 2010-10-01 + 182 days is after 2011-03-01
+    assert picks[1]["origins"] == [str(o) for o in origins]
+    for c, pk in zip(cutoffs, picks):
+        # the pick is the tuning rule's on those origins only, and the cutoff is scored with it
+        _, chosen = tune_direction(t, [dt.date.fromisoformat(o) for o in pk["origins"]], grid)
+        assert chosen == {k: pk["chosen"][k] for k in chosen}
+        alone = backtest_direction(t, [c], DirectionParams(**pk["chosen"]), n_boot=0)
+        got = bt[bt["cutoff"] == pd.Timestamp(c)].reset_index(drop=True)
+        pd.testing.assert_frame_equal(got[["method", "label", "customers", "lift", "precision"]],
+                                      alone[["method", "label", "customers", "lift", "precision"]])
+    with pytest.raises(ValueError):
+        nested_direction(t, [dt.date(2010, 9, 1)], origins, grid, n_boot=0)

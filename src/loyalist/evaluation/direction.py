@@ -250,10 +250,11 @@ def _rows(s: dict, boot: dict | None, cutoff, horizon_days: int, n_total: int) -
 
 def backtest_direction(t, cutoffs: list[dt.date], params: DirectionParams | None = None,
                        horizon_days: int = 182, products=None, n_boot: int = 1000, seed: int = 0,
-                       trends_for=None) -> pd.DataFrame:
+                       trends_for=None, params_by_cutoff: dict | None = None) -> pd.DataFrame:
     """The `direction_backtest` table for each cutoff, plus pooled rows when there are several (see the module
     docstring). `n_boot` = 0 skips the bootstrap intervals. `trends_for(cutoff)`: the `trend_frame` at a
-    cutoff when computed elsewhere (the Spark engine: on the executors)."""
+    cutoff when computed elsewhere (the Spark engine: on the executors). `params_by_cutoff`: {cutoff: params}
+    overriding `params` at those cutoffs (the nested evaluation's per-cutoff choice)."""
     params = params or DirectionParams()
     last = t.order_date.max().execute()
     rng = np.random.default_rng(seed)
@@ -262,7 +263,7 @@ def backtest_direction(t, cutoffs: list[dt.date], params: DirectionParams | None
         if last is None or pd.Timestamp(cutoff) + pd.Timedelta(days=horizon_days) > pd.Timestamp(last) + pd.Timedelta(days=1):
             raise ValueError(f"the data ends {pd.Timestamp(last).date() if last is not None else '-'}, before "
                              f"{cutoff} + {horizon_days} days")
-        df = cutoff_frame(t, cutoff, params, horizon_days,
+        df = cutoff_frame(t, cutoff, (params_by_cutoff or {}).get(cutoff, params), horizon_days,
                           trends=trends_for(cutoff) if trends_for is not None else None)
         masks = groups(df)
         s = _sums(df, masks, None)
@@ -278,7 +279,8 @@ def backtest_direction(t, cutoffs: list[dt.date], params: DirectionParams | None
 
 def stable_false_alarms(params: DirectionParams | None = None, n: int = 20000, seed: int = 11) -> dict:
     """Simulate customers whose buying does NOT change (Poisson orders, lognormal order values, 120-900 days
-    of history, no seasonality) and count how many loyalist and the rule label growing or declining."""
+    of history, no seasonality) and count how many loyalist and the rule label growing or declining (with
+    `trend_compare` = "last_year", customers with over a year of history are compared year over year)."""
     p = params or DirectionParams()
     rng = np.random.default_rng(seed)
     R, E = p.trend_recent_days, p.trend_early_days
@@ -299,8 +301,11 @@ def stable_false_alarms(params: DirectionParams | None = None, n: int = 20000, s
     np.minimum.at(last, cust, when)
     last = np.minimum(last, age)  # the first purchase sits at `age` days before as_of
     d1 = np.clip(age - R, 0, E)
+    ly = (when >= 365) & (when < 365 + R)  # the recent window one year earlier
+    d_ly = np.clip(age - 365, 0, R)
     r = classify_trend(age, last, 1 + k, agg(early, one), agg(early, value), agg(early, value ** 2), agg(rec, one),
-                       agg(rec, value), agg(rec, value ** 2), d1, np.full(n, float(R)), d1, p, gap_exposure=last)
+                       agg(rec, value), agg(rec, value ** 2), d1, np.full(n, float(R)), d1, p, gap_exposure=last,
+                       last_year=(agg(ly, one), agg(ly, value), agg(ly, value ** 2), d_ly, d_ly))
     ours = np.isin(r["trend"], ["growing", "declining"])
     base = np.isin(_rule_trend(agg(when < 91, value), agg((when >= 91) & (when < 182), value)),
                    ["growing", "declining"])
@@ -315,8 +320,70 @@ TUNING_GRID = {"trend_recent_days": (61, 91, 122), "seasonal": (True, False),
                "min_orders": (3, 5), "alpha": (0.05,)}
 
 
+SETTING_KEYS = ("trend_recent_days", "seasonal", "trend_test", "min_orders", "alpha")
+_FRAME_KEYS = ("trend_recent_days", "seasonal", "trend_early_days", "recent_days")
+"""Settings that change the per-customer inputs (the rest only re-classify the same inputs)."""
+
+
+def grid_sums(t, cutoffs: list[dt.date], grid: dict | None = None, horizon_days: int = 182,
+              base: DirectionParams | None = None) -> tuple[list[DirectionParams], list[float], dict]:
+    """Every setting of `grid` (a dict of DirectionParams fields -> values; the other fields from `base`)
+    labelled at every cutoff: (settings, their false-alarm share on 10,000 stable synthetic customers,
+    {(setting index, cutoff): group sums of loyalist's and the rule's growing / declining groups})."""
+    from loyalist.insights.direction import classify_from
+
+    grid = grid or TUNING_GRID
+    base = base or DirectionParams()
+    keys = list(grid)
+    settings = [replace(base, **dict(zip(keys, v))) for v in itertools.product(*(grid[k] for k in keys))]
+    fas = [stable_false_alarms(p, n=10000)["loyalist_labelled_share"] for p in settings]
+    sums, frames = {}, {}
+    for i, p in enumerate(settings):
+        fk = tuple(getattr(p, k) for k in _FRAME_KEYS)
+        for c in cutoffs:
+            if (fk, c) not in frames:
+                df, st = cutoff_frame(t, c, p, horizon_days, with_inputs=True)
+                frames[(fk, c)] = (st, df)
+            st, df = frames[(fk, c)]
+            df = df.assign(trend=classify_from(st, p)["trend"])  # rows aligned: df was built from st
+            masks = {k: v for k, v in groups(df).items() if k[0] in ("loyalist", "baseline") and k[1] != "lapsed"}
+            sums[(i, c)] = _sums(df, masks, None)
+    return settings, fas, sums
+
+
+def grid_table(settings: list[DirectionParams], fas: list[float], sums: dict, cutoffs) -> pd.DataFrame:
+    """One row per setting scored on `cutoffs` (a subset of those in `sums`): wins per label, pooled lifts,
+    labelled customers, wins (growing + declining) and margin (see `tune_direction`)."""
+    rows = []
+    for i, p in enumerate(settings):
+        total, wins = None, {"growing": 0, "declining": 0}
+        for c in cutoffs:
+            s = sums[(i, c)]
+            for label in wins:
+                mine, theirs = _metrics(s, ("loyalist", label))[0], _metrics(s, ("baseline", label))[0]
+                wins[label] += bool(mine > theirs) if label == "growing" else bool(mine < theirs)
+            total = _add(total, s)
+        m = {f"{who}_{label}": float(_metrics(total, (who, label))[0])
+             for who in ("loyalist", "baseline") for label in ("growing", "declining")}
+        rows.append({**{k: getattr(p, k) for k in SETTING_KEYS + ("trend_compare",)}, "false_alarms": fas[i],
+                     "wins_growing": wins["growing"], "wins_declining": wins["declining"], **m,
+                     "growing_customers": int(total[("loyalist", "growing")][2]),
+                     "declining_customers": int(total[("loyalist", "declining")][2])})
+    g = pd.DataFrame(rows)
+    g["wins"] = g["wins_growing"] + g["wins_declining"]
+    g["margin"] = (np.nan_to_num(g["loyalist_growing"] - g["baseline_growing"], nan=-1)
+                   + np.nan_to_num(g["baseline_declining"] - g["loyalist_declining"], nan=-1))
+    return g
+
+
+def pick(g: pd.DataFrame, max_false_alarms: float = 0.05) -> int:
+    """Row index of the chosen setting (the rule in `tune_direction`; exact ties: the first in grid order)."""
+    ok = g[g["false_alarms"] <= max_false_alarms]
+    return int(ok.sort_values(["wins", "margin"], ascending=False, kind="stable").index[0])
+
+
 def tune_direction(t, cutoffs: list[dt.date], grid: dict | None = None, horizon_days: int = 182,
-                   max_false_alarms: float = 0.05) -> tuple[pd.DataFrame, dict]:
+                   max_false_alarms: float = 0.05, base: DirectionParams | None = None) -> tuple[pd.DataFrame, dict]:
     """Score every setting of `grid` on the tuning `cutoffs` (no bootstrap) and pick one.
 
     Rule (uses the tuning cutoffs only): among settings with <= `max_false_alarms` of
@@ -324,42 +391,40 @@ def tune_direction(t, cutoffs: list[dt.date], grid: dict | None = None, horizon_
     counted together; a cutoff where loyalist labels nobody is a loss), then the largest pooled margin
     (loyalist's growing lift - the rule's) + (the rule's declining lift - loyalist's).
     Returns (grid table, chosen setting)."""
-    from loyalist.insights.direction import classify_from
-
-    grid = grid or TUNING_GRID
-    rows = []
-    frames = {}
-    for R, seasonal in itertools.product(grid["trend_recent_days"], grid["seasonal"]):
-        base = DirectionParams(trend_recent_days=R, seasonal=seasonal)
-        for c in cutoffs:
-            df, st = cutoff_frame(t, c, base, horizon_days, with_inputs=True)
-            frames[c] = (st, df)
-        for test, mo, alpha in itertools.product(grid["trend_test"], grid["min_orders"], grid["alpha"]):
-            p = replace(base, trend_test=test, min_orders=mo, alpha=alpha)
-            total, wins = None, {"growing": 0, "declining": 0}
-            for c in cutoffs:
-                st, df = frames[c]
-                df = df.assign(trend=classify_from(st, p)["trend"])  # rows aligned: df was built from st
-                masks = {k: v for k, v in groups(df).items() if k[0] in ("loyalist", "baseline")}
-                s = _sums(df, masks, None)
-                for label in wins:
-                    mine, theirs = _metrics(s, ("loyalist", label))[0], _metrics(s, ("baseline", label))[0]
-                    wins[label] += bool(mine > theirs) if label == "growing" else bool(mine < theirs)
-                total = _add(total, s)
-            m = {f"{who}_{label}": float(_metrics(total, (who, label))[0])
-                 for who in ("loyalist", "baseline") for label in ("growing", "declining")}
-            fa = stable_false_alarms(p, n=10000)["loyalist_labelled_share"]
-            rows.append({"trend_recent_days": R, "seasonal": seasonal, "trend_test": test, "min_orders": mo,
-                         "alpha": alpha, "false_alarms": fa, "wins_growing": wins["growing"],
-                         "wins_declining": wins["declining"], **m,
-                         "growing_customers": int(total[("loyalist", "growing")][2]),
-                         "declining_customers": int(total[("loyalist", "declining")][2])})
-    g = pd.DataFrame(rows)
-    g["wins"] = g["wins_growing"] + g["wins_declining"]
-    g["margin"] = (np.nan_to_num(g["loyalist_growing"] - g["baseline_growing"], nan=-1)
-                   + np.nan_to_num(g["baseline_declining"] - g["loyalist_declining"], nan=-1))
-    ok = g[g["false_alarms"] <= max_false_alarms]
-    best = ok.sort_values(["wins", "margin"], ascending=False).iloc[0]
-    chosen = {k: best[k].item() if hasattr(best[k], "item") else best[k]
-              for k in ("trend_recent_days", "seasonal", "trend_test", "min_orders", "alpha")}
+    settings, fas, sums = grid_sums(t, cutoffs, grid, horizon_days, base)
+    g = grid_table(settings, fas, sums, cutoffs)
+    best = g.loc[pick(g, max_false_alarms)]
+    chosen = {k: best[k].item() if hasattr(best[k], "item") else best[k] for k in SETTING_KEYS}
     return g, chosen
+
+
+def nested_direction(t, cutoffs: list[dt.date], origins: list[dt.date], grid: dict | None = None,
+                     horizon_days: int = 182, base: DirectionParams | None = None, max_false_alarms: float = 0.05,
+                     n_boot: int = 1000, seed: int = 0) -> tuple[pd.DataFrame, list[dict]]:
+    """Rolling-origin (nested) evaluation: for each evaluation cutoff, the setting is chosen by the
+    `tune_direction` rule on the `origins` whose outcome windows END BEFORE that cutoff (origin +
+    `horizon_days` <= cutoff: everything used was known at the cutoff, as it would be on a user's store), then
+    the cutoff is scored with it. Returns (the `backtest_direction` table over `cutoffs` with each cutoff's own
+    setting, one record per cutoff: the origins used and the setting chosen)."""
+    settings, fas, sums = grid_sums(t, origins, grid, horizon_days, base)
+    chosen, picks = {}, []
+    for c in cutoffs:
+        usable = [o for o in origins if o + dt.timedelta(days=horizon_days) <= c]
+        if not usable:
+            raise ValueError(f"no origin with its outcome window before {c}")
+        g = grid_table(settings, fas, sums, usable)
+        i = pick(g, max_false_alarms)
+        chosen[c] = settings[i]
+        picks.append({"cutoff": str(c), "origins": [str(o) for o in usable],
+                      "chosen": {k: (lambda v: v.item() if hasattr(v, "item") else v)(g.loc[i, k])
+                                 for k in SETTING_KEYS + ("trend_compare",)},
+                      "on_origins": {k: _round(g.loc[i, k]) for k in ("wins", "margin", "loyalist_growing",
+                                                                       "baseline_growing", "loyalist_declining",
+                                                                       "baseline_declining", "false_alarms")}})
+    bt = backtest_direction(t, cutoffs, base, horizon_days, n_boot=n_boot, seed=seed, params_by_cutoff=chosen)
+    return bt, picks
+
+
+def _round(x):
+    x = float(x)
+    return round(x, 4) if np.isfinite(x) else None

@@ -57,7 +57,8 @@ def direction_stats(t: ir.Table, as_of: dt.date | dt.datetime, recent_days: int 
     Columns: customer_id, first_day, last_day, orders;
     trend windows (recent = the last `trend_recent_days`, early = the `trend_early_days` before it, repeat
     occasions only): n_early, s_early, q_early (orders, spend, sum of squared order values), n_recent,
-    s_recent, q_recent;
+    s_recent, q_recent; n_ly, s_ly, q_ly: the same for the recent trend window one year (365 days) earlier
+    (the year-over-year comparison);
     like-for-like windows of `recent_days` (recent and prior, all occasions): s_recent_all, n_prior, s_prior,
     b_recent, ls_recent, ls2_recent, b_prior, ls_prior, ls2_prior (orders, sum of log order value and of its
     square, for the basket test); s_12m (spend in the last 365 days); gaps_early, gap_sum_early (gaps
@@ -77,6 +78,8 @@ def direction_stats(t: ir.Table, as_of: dt.date | dt.datetime, recent_days: int 
     repeat = occ.n > 0
     t_recent = repeat & (occ.day >= t_split)
     t_early = repeat & (occ.day >= t_start) & (occ.day < t_split)
+    ly_start = ibis.date((as_of - dt.timedelta(days=365 + trend_recent_days)).date())
+    t_ly = repeat & (occ.day >= ly_start) & (occ.day < ibis.date((as_of - dt.timedelta(days=365)).date()))
     pos = occ.spend > 0
     logb = ibis.ifelse(pos, occ.spend.log(), 0.0)
 
@@ -87,6 +90,7 @@ def direction_stats(t: ir.Table, as_of: dt.date | dt.datetime, recent_days: int 
         first_day=occ.day.min(), last_day=occ.day.max(), orders=occ.count(),
         n_early=s(t_early, 1.0), s_early=s(t_early, occ.spend), q_early=s(t_early, occ.spend * occ.spend),
         n_recent=s(t_recent, 1.0), s_recent=s(t_recent, occ.spend), q_recent=s(t_recent, occ.spend * occ.spend),
+        n_ly=s(t_ly, 1.0), s_ly=s(t_ly, occ.spend), q_ly=s(t_ly, occ.spend * occ.spend),
         s_recent_all=s(is_recent, occ.spend), n_prior=s(is_prior, 1.0), s_prior=s(is_prior, occ.spend),
         b_recent=s(is_recent & pos, 1.0), ls_recent=s(is_recent & pos, logb), ls2_recent=s(is_recent & pos, logb * logb),
         b_prior=s(is_prior & pos, 1.0), ls_prior=s(is_prior & pos, logb), ls2_prior=s(is_prior & pos, logb * logb),
@@ -114,12 +118,15 @@ def direction_stats(t: ir.Table, as_of: dt.date | dt.datetime, recent_days: int 
                       return_lines_recent=out.return_lines_recent.fill_null(0))
 
 
-def daily_activity(t: ir.Table, as_of: dt.date | dt.datetime, days: int) -> ir.Table:
+def daily_activity(t: ir.Table, as_of: dt.date | dt.datetime, days: int, repeat_only: bool = True) -> ir.Table:
     """Repeat-purchase occasions of the whole customer base per day in the `days` before `as_of`
-    (day, occasions): the seasonal exposure of the trend test (see loyalist.models.direction)."""
+    (day, occasions): the seasonal exposure of the trend test (see loyalist.models.direction). With
+    `repeat_only` False, all purchase occasions (first orders too: the season guard's base activity, free of
+    the data's start, where every customer's first order in the data is not a repeat)."""
     as_of = _ts(as_of)
     occ = numbered_occasions(t, as_of)
-    occ = occ.filter((occ.n > 0) & (occ.day >= ibis.date((as_of - dt.timedelta(days=days)).date())))
+    keep = occ.day >= ibis.date((as_of - dt.timedelta(days=days)).date())
+    occ = occ.filter((occ.n > 0) & keep if repeat_only else keep)
     return occ.group_by("day").aggregate(occasions=occ.count())
 
 

@@ -23,7 +23,8 @@ Result tables:
 
 Settings ([direction] in loyalist.toml): recent_days (182, dissatisfaction and mix windows),
 trend_recent_days (61), trend_early_days (365), alpha (0.05), min_history_days (90), min_orders (5),
-trend_test ("spend+silence"), seasonal (false), lapse_min_days (180), lapse_factor (3), volume_pricing_min_12m (default: the 75th
+trend_test ("spend+silence"), seasonal (false), trend_compare ("last_year" | "year_before"), season_guard
+(1.25; 0 = off), lapse_min_days (180), lapse_factor (3), volume_pricing_min_12m (default: the 75th
 percentile of the last 12 months' spend of active customers), mix_min_tv (0.35), backtest (true),
 backtest_bootstrap (200: bootstrap replicates of the held-out check's intervals; 0 = none).
 
@@ -75,21 +76,30 @@ def _pct(x: float) -> str:
     return "n/a" if not np.isfinite(x) else f"{x:+.0%}/yr"
 
 
+def _daily_counts(t, as_of: dt.date, days: int, repeat_only: bool) -> np.ndarray:
+    daily = daily_activity(t, as_of, days, repeat_only).execute()
+    start = pd.Timestamp(as_of) - pd.Timedelta(days=days)
+    counts = np.zeros(days)
+    pos = (pd.to_datetime(daily["day"]) - start).dt.days.to_numpy()
+    ok = (pos >= 0) & (pos < days)
+    counts[pos[ok]] = daily["occasions"].to_numpy(float)[ok]
+    return counts
+
+
 def exposure_cum(t, as_of: dt.date, params: DirectionParams) -> np.ndarray:
     """Cumulative exposure over the trend windows' days (length days + 1): the seasonal index of the whole base
-    when params.seasonal (from `daily_activity`, one row per day: small, computed once), else one per day."""
+    when params.seasonal (from `daily_activity`, one row per day: small, computed once), else one per day.
+    With params.season_guard > 0, a second row: the cumulative count of the whole base's purchase occasions
+    (all of them) per day, for the season guard (see loyalist.models.direction)."""
     days = params.trend_recent_days + params.trend_early_days
     if params.seasonal:
-        daily = daily_activity(t, as_of, days).execute()
-        start = pd.Timestamp(as_of) - pd.Timedelta(days=days)
-        counts = np.zeros(days)
-        pos = (pd.to_datetime(daily["day"]) - start).dt.days.to_numpy()
-        ok = (pos >= 0) & (pos < days)
-        counts[pos[ok]] = daily["occasions"].to_numpy(float)[ok]
-        index = seasonal_index(counts)
+        index = seasonal_index(_daily_counts(t, as_of, days, True))
     else:
         index = np.ones(days)
-    return np.concatenate([[0.0], np.cumsum(index)])
+    cum = np.concatenate([[0.0], np.cumsum(index)])
+    if params.season_guard > 0:
+        cum = np.vstack([cum, np.concatenate([[0.0], np.cumsum(_daily_counts(t, as_of, days, False))])])
+    return cum
 
 
 def add_exposures(st: pd.DataFrame, as_of: dt.date, params: DirectionParams, cum: np.ndarray) -> pd.DataFrame:
@@ -98,6 +108,9 @@ def add_exposures(st: pd.DataFrame, as_of: dt.date, params: DirectionParams, cum
     early window's days: e_early, e_recent, d_early, e_gap. Row by row: runs on any batch of customers."""
     E = params.trend_early_days
     days = params.trend_recent_days + E
+    base = None
+    if np.ndim(cum) == 2:  # the season guard's base activity rides along (see exposure_cum)
+        cum, base = cum[0], cum[1]
     end = pd.Timestamp(as_of)
     first_age = (end - pd.to_datetime(st["first_day"])).dt.days.to_numpy(float)
     last_age = (end - pd.to_datetime(st["last_day"])).dt.days.to_numpy(float)
@@ -110,6 +123,17 @@ def add_exposures(st: pd.DataFrame, as_of: dt.date, params: DirectionParams, cum
     st["e_recent"] = np.full(len(first_age), cum[days] - cum[E])
     st["d_early"] = (E - begin).astype(float)
     st["e_gap"] = cum[days] - cum[after_last]
+    # the recent window one year earlier (year-over-year comparison), after the first purchase
+    R, ly = params.trend_recent_days, E - 365
+    start = np.clip(np.maximum(days - first_age + 1, ly), 0, days).astype(int)
+    st["d_ly"] = np.clip(ly + R - start, 0, None).astype(float) if ly >= 0 else np.zeros(len(first_age))
+    st["e_ly"] = np.where(st["d_ly"] > 0, cum[min(max(ly + R, 0), days)] - cum[np.minimum(start, days)], 0.0)
+    if base is not None:
+        # the whole base's purchase occasions per day in the recent window over those in this customer's early
+        # window (the season guard)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            st["base_swing"] = ((base[days] - base[E]) / params.trend_recent_days) / (
+                (base[E] - base[begin]) / (E - begin))
     return st
 
 
@@ -126,7 +150,9 @@ def classify_from(st: pd.DataFrame, params: DirectionParams) -> dict[str, np.nda
     """classify_trend on a `trend_inputs` frame (used again by the tuning grid with other settings)."""
     return classify_trend(st["first_age"], st["last_age"], st["orders"], st["n_early"], st["s_early"],
                           st["q_early"], st["n_recent"], st["s_recent"], st["q_recent"], st["e_early"],
-                          st["e_recent"], st["d_early"], params, gap_exposure=st["e_gap"])
+                          st["e_recent"], st["d_early"], params, gap_exposure=st["e_gap"],
+                          last_year=(st["n_ly"], st["s_ly"], st["q_ly"], st["e_ly"], st["d_ly"]) if "d_ly" in st else None,
+                          base_swing=st["base_swing"] if "base_swing" in st else None)
 
 
 DIRECTION_COLUMNS = ["customer_id", "trend", "trend_score", "trend_driver", "growth_rate", "order_growth_rate",
@@ -166,14 +192,23 @@ def direction_rows(st: pd.DataFrame, params: DirectionParams) -> pd.DataFrame:
                                                                        r["lapse_after_days"])],
         [(f"no order for {d:.0f} days, unlikely for {n:.0f} orders in the last {w:.0f} days at an even pace; "
           if drv == "silence" and np.isfinite(p) and p < params.alpha else "")
-         + f"spend {_money(a)}/yr over the last {tmonths:.0f} months vs {_money(b)}/yr in the year before "
-         f"(growth {_pct(g)}{adj}); {o2:.1f} vs {o1:.1f} orders/yr; "
+         + f"spend {_money(a)}/yr over the last {tmonths:.0f} months vs {_money(b)}/yr "
+         + ("in the same months a year earlier" if cw == "last_year" else "in the year before")
+         + f" (growth {_pct(g)}{adj}); {o2:.1f} vs {o1:.1f} orders/yr; "
          + (f"p = {p:.3f}" if np.isfinite(p) else "too little history to judge (stable by default)")
-         for a, b, g, o2, o1, p, drv, d, n, w in zip(
+         for a, b, g, o2, o1, p, drv, d, n, w, cw in zip(
              out["run_rate"], out["run_rate_before"], out["growth_rate"], out["orders_per_year_recent"],
              out["orders_per_year_before"], out["p_value"], out["trend_driver"], days_since,
-             st["n_early"] + st["n_recent"], st["d_early"] + params.trend_recent_days)])
+             st["n_early"] + st["n_recent"], st["d_early"] + params.trend_recent_days, r["compared_with"])])
     out["trend_reason"] = reason
+    guarded = np.asarray(r["season_guarded"]) != 0
+    if guarded.any():
+        swing = st["base_swing"].to_numpy(float)[guarded]
+        up = np.asarray(r["season_guarded"])[guarded] > 0
+        out.loc[guarded, "trend_reason"] = out.loc[guarded, "trend_reason"] + [
+            f"; not labelled {'growing' if u else 'declining'}: the whole customer base buys {w:.2f}x as often "
+            f"in these months as in the comparison window (season) and there is no year-ago window to compare "
+            f"with" for u, w in zip(up, swing)]
 
     d = dissatisfaction(st["s_recent_all"], st["s_prior"], st["returned_recent"], st["returned_prior"],
                         st["return_lines_recent"], st["b_recent"], st["ls_recent"], st["ls2_recent"], st["b_prior"],

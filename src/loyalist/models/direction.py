@@ -29,9 +29,22 @@ Trend (growing / stable / declining / lapsed)
     history (less than `min_history_days` before the window or fewer than `min_orders` repeat orders) are
     "stable" with no confidence (NaN), never labelled on noise.
     `seasonal` (default False) turns the seasonal exposure on or off (off: every day counts 1).
-    Defaults (61-day recent window vs the year before, spend+silence, no seasonal exposure, >= 5 repeat
-    orders) were chosen on held-out tuning cutoffs of Online Retail II (2010-04-01 .. 2010-09-01) only and
-    evaluated on later cutoffs: see bench/direction.py and bench/results/direction.json.
+    Defaults (61-day recent window, spend+silence, no seasonal exposure, >= 5 repeat orders) were chosen on
+    held-out tuning cutoffs of Online Retail II (2010-04-01 .. 2010-09-01) only and evaluated on later
+    cutoffs (also with a nested rolling-origin choice per cutoff): see bench/direction.py and
+    bench/results/direction.json. The year-over-year comparison and the season guard below are design
+    choices, not tuned (see there).
+    Year over year (`trend_compare` = "last_year", the default): when the customer's history covers the same
+    recent window one year earlier, the tests compare the recent window with it instead of with the year
+    before, so a customer who buys for Christmas every autumn is compared with last autumn (a seasonal
+    business's peaks are not growth); customers with less history keep the year-before comparison.
+    Season guard (`season_guard` g, default 1.25; 0 = off): for a customer compared with the year before, a
+    rise while the whole base's purchase occasions per day are more than g times those of the customer's
+    early window is confounded with the season (the customer may just be a seasonal buyer, which one year of
+    history cannot tell), so it is not labelled growing; likewise a fall while the base is below 1/g of its
+    earlier activity is not labelled declining. A fall during the base's rise (or a rise during its fall)
+    is still labelled. The reason says so. Neither setting was tuned: no tuning cutoff of the benchmark has
+    a year-ago window or a seasonal swing beyond g (see bench/results/direction.json).
     Lapsed: no order for longer than max(`lapse_min_days`, `lapse_factor` x the customer's usual gap).
     Growth rate: the ratio of recent to earlier (seasonally adjusted) spend (and order) rate, annualised over
     the distance between the windows' midpoints: (r2 / r1) ** (365 / d) - 1, clipped to [-100%, +1000%].
@@ -68,6 +81,8 @@ class DirectionParams:
     min_orders: int = 5
     trend_test: str = "spend+silence"
     seasonal: bool = False
+    trend_compare: str = "last_year"
+    season_guard: float = 1.25
     lapse_min_days: int = 180
     lapse_factor: float = 3.0
     max_projected_growth: float = 1.0
@@ -105,6 +120,7 @@ def silence_test(n: np.ndarray, e_total: np.ndarray, e_gap: np.ndarray) -> np.nd
 
 
 TREND_TESTS = ("spend+silence", "orders+spend", "orders+spend+silence", "spend")
+TREND_COMPARE = ("year_before", "last_year")
 
 
 def annualised(ratio: np.ndarray, distance_days: np.ndarray) -> np.ndarray:
@@ -128,7 +144,8 @@ def seasonal_index(daily: np.ndarray, smooth_days: int = 7) -> np.ndarray:
 
 def classify_trend(first_age_days, last_age_days, orders, n_early, s_early, q_early, n_recent, s_recent, q_recent,
                    early_exposure, recent_exposure, early_days,
-                   params: DirectionParams = DirectionParams(), gap_exposure=None) -> dict[str, np.ndarray]:
+                   params: DirectionParams = DirectionParams(), gap_exposure=None,
+                   last_year=None, base_swing=None) -> dict[str, np.ndarray]:
     """Trend label, growth rates, confidence and run-rates for each customer.
 
     first_age_days / last_age_days: days from the first / last purchase to as_of; n/s/q_early and
@@ -137,7 +154,16 @@ def classify_trend(first_age_days, last_age_days, orders, n_early, s_early, q_ea
     days; the early window starts after the customer's first purchase); early_days: its length in days;
     gap_exposure: exposure from the day after the last purchase to as_of (needed by the silence test; when
     None, the silence test is skipped).
-    Returns arrays: trend, trend_score (signed -log10 p: > 0 growing evidence, < 0 declining; 0 when not
+    last_year: (n, s, q, exposure, days) of the same recent window one year (365 days) earlier, counted after
+    the customer's first purchase; used instead of the early window when params.trend_compare ==
+    "last_year" and the customer's history covers that whole window (days == trend_recent_days); the
+    silence test keeps the early + recent windows.
+    base_swing: the whole base's purchase occasions per day in the recent window over those in the customer's
+    early window; with params.season_guard = g > 0, a customer compared with the year before (not year over
+    year) is not labelled growing when base_swing > g, nor declining when base_swing < 1 / g (see the module
+    docstring); None: no guard.
+    Returns arrays (season_guarded: +1 / -1 where a significant rise / fall was not labelled because of the
+    season guard, else 0; compared_with: "last_year" or "year_before"): trend, trend_score (signed -log10 p: > 0 growing evidence, < 0 declining; 0 when not
     eligible), driver (which test decided: orders / spend / silence), growth_rate (spend, annualised), order_growth_rate, trend_confidence, p_value,
     early_rate, recent_rate (seasonally adjusted orders per year), run_rate_prev, run_rate (seasonally
     adjusted annual spend rate before / in the recent window), projected_12m (growing customers only, else
@@ -147,16 +173,27 @@ def classify_trend(first_age_days, last_age_days, orders, n_early, s_early, q_ea
     first_age, last_age, orders = (np.asarray(x, float) for x in (first_age_days, last_age_days, orders))
     n1, s1, q1, n2, s2, q2 = (np.asarray(x, float) for x in (n_early, s_early, q_early, n_recent, s_recent, q_recent))
     e1, e2, d1 = (np.asarray(x, float) for x in (early_exposure, recent_exposure, early_days))
-    eligible = (d1 >= params.min_history_days) & (n1 + n2 >= params.min_orders) & (e1 > 0) & (e2 > 0)
     if params.trend_test not in TREND_TESTS:
         raise ValueError(f"trend_test must be one of {', '.join(TREND_TESTS)}, not {params.trend_test!r}")
+    if params.trend_compare not in TREND_COMPARE:
+        raise ValueError(f"trend_compare must be one of {', '.join(TREND_COMPARE)}, not {params.trend_compare!r}")
     use = params.trend_test.split("+")
     if gap_exposure is None:
         use = [u for u in use if u != "silence"]
+    # the silence test always spans the early + recent windows (all the customer's recent history)
+    p_silence = (silence_test(n1 + n2, e1 + e2, np.asarray(gap_exposure, float))
+                 if "silence" in use else np.ones_like(e2))
+    distance = (d1 + R) / 2
+    yoy = np.zeros(e2.shape, bool)
+    if params.trend_compare == "last_year" and last_year is not None:
+        ny, sy, qy, ey, dy = (np.asarray(x, float) for x in last_year)
+        yoy = (dy >= R) & (ey > 0)
+        n1, s1, q1, e1 = (np.where(yoy, a, b) for a, b in ((ny, n1), (sy, s1), (qy, q1), (ey, e1)))
+        d1 = np.where(yoy, np.maximum(d1, R), d1)
+        distance = np.where(yoy, 365.0, distance)
+    eligible = (d1 >= params.min_history_days) & (n1 + n2 >= params.min_orders) & (e1 > 0) & (e2 > 0)
     p_orders = poisson_rate_test(n1, e1, n2, e2)
     z, p_spend = spend_rate_test(s1, q1, e1, s2, q2, e2)
-    p_silence = (silence_test(n1 + n2, e1 + e2, np.asarray(gap_exposure, float))
-                 if "silence" in use else np.ones_like(p_spend))
     count_sign = np.sign(np.nan_to_num(n2 / np.where(e2 > 0, e2, np.nan) - n1 / np.where(e1 > 0, e1, np.nan)))
     tests = {"orders": (p_orders, count_sign), "spend": (p_spend, np.sign(z)),
              "silence": (p_silence, -np.ones_like(z))}
@@ -170,12 +207,18 @@ def classify_trend(first_age_days, last_age_days, orders, n_early, s_early, q_ea
     with np.errstate(invalid="ignore", divide="ignore"):
         rate1, rate2 = n1 / e1, n2 / e2
         spend1, spend2 = s1 / e1, s2 / e2
-        distance = (d1 + R) / 2
         growth = annualised(spend2 / spend1, distance)
         order_growth = annualised(rate2 / rate1, distance)
         usual_gap = np.where(orders > 1, (first_age - last_age) / (orders - 1), np.nan)
+    guarded = np.zeros(e2.shape, bool)
+    if params.season_guard > 0 and base_swing is not None:
+        swing = np.asarray(base_swing, float)
+        guarded = ~yoy & (((sign > 0) & (swing > params.season_guard))
+                          | ((sign < 0) & (swing < 1 / params.season_guard)))
     significant = eligible & (p < params.alpha) & ~conflict
-    score = np.where(eligible & ~conflict, sign * -np.log10(np.maximum(p, 1e-300)), 0.0)
+    score = np.where(eligible & ~conflict & ~guarded, sign * -np.log10(np.maximum(p, 1e-300)), 0.0)
+    season_guarded = significant & guarded
+    significant &= ~guarded
     trend = np.full(e1.shape, "stable", dtype=object)
     trend[significant & (sign > 0)] = "growing"
     trend[significant & (sign < 0)] = "declining"
@@ -199,7 +242,8 @@ def classify_trend(first_age_days, last_age_days, orders, n_early, s_early, q_ea
             "trend_confidence": confidence, "p_value": np.where(eligible, p, np.nan),
             "early_rate": rate1 * YEAR, "recent_rate": rate2 * YEAR, "run_rate_prev": spend1 * YEAR,
             "run_rate": run_rate, "projected_12m": projected, "usual_gap_days": usual_gap, "eligible": eligible,
-            "lapse_after_days": lapse_after}
+            "lapse_after_days": lapse_after, "compared_with": np.where(yoy, "last_year", "year_before"),
+            "season_guarded": np.where(season_guarded & ~lapsed, sign, 0.0)}
 
 
 def mix_shift(customer: np.ndarray, window: np.ndarray, group: np.ndarray, spend: np.ndarray, n_customers: int,
