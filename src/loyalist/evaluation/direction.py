@@ -416,13 +416,16 @@ def nested_direction(t, cutoffs: list[dt.date], origins: list[dt.date], grid: di
         i = pick(g, max_false_alarms)
         chosen[c] = settings[i]
         picks.append({"cutoff": str(c), "origins": [str(o) for o in usable],
-                      "chosen": {k: (lambda v: v.item() if hasattr(v, "item") else v)(g.loc[i, k])
-                                 for k in SETTING_KEYS + ("trend_compare",)},
+                      "chosen": {k: _plain(g.loc[i, k]) for k in SETTING_KEYS + ("trend_compare",)},
                       "on_origins": {k: _round(g.loc[i, k]) for k in ("wins", "margin", "loyalist_growing",
                                                                        "baseline_growing", "loyalist_declining",
                                                                        "baseline_declining", "false_alarms")}})
     bt = backtest_direction(t, cutoffs, base, horizon_days, n_boot=n_boot, seed=seed, params_by_cutoff=chosen)
     return bt, picks
+
+
+def _plain(v):
+    return v.item() if hasattr(v, "item") else v
 
 
 def _round(x):

@@ -152,7 +152,7 @@ def classify_from(st: pd.DataFrame, params: DirectionParams) -> dict[str, np.nda
                           st["q_early"], st["n_recent"], st["s_recent"], st["q_recent"], st["e_early"],
                           st["e_recent"], st["d_early"], params, gap_exposure=st["e_gap"],
                           last_year=(st["n_ly"], st["s_ly"], st["q_ly"], st["e_ly"], st["d_ly"]) if "d_ly" in st else None,
-                          base_swing=st["base_swing"] if "base_swing" in st else None)
+                          base_swing=st.get("base_swing"))
 
 
 DIRECTION_COLUMNS = ["customer_id", "trend", "trend_score", "trend_driver", "growth_rate", "order_growth_rate",
