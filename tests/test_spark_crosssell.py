@@ -143,3 +143,19 @@ def test_online_retail_crosssell_equals_duckdb(spark, tmp_path):
     gaps = assert_same_step(store, out, run, as_of)
     assert gaps["customer_id"].nunique() > 3500
     store.close()
+
+
+def test_store_with_customer_attributes_refuses_crosssell(tmp_path):
+    """The Spark engine does not read the customers table, whose industry / region / size the DuckDB engine's
+    look-alikes use: with such a --db store, crosssell is refused before any work, never silently different."""
+    from loyalist.errors import LoyalistError
+    from loyalist.store import open_store
+
+    db = tmp_path / "attrs.duckdb"
+    store = open_store(db)
+    store.con.execute("INSERT INTO customers (customer_id, industry) VALUES ('c1', 'retail'), ('c2', NULL)")
+    store.close()
+    out = tmp_path / "never"
+    with pytest.raises(LoyalistError, match=r"holds 1 customers with industry, region or size.*crosssell"):
+        analyze_spark(str(tmp_path / "absent.parquet"), out=str(out), model="bgnbd", db=db, steps=["crosssell"])
+    assert not out.exists()

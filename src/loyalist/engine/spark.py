@@ -296,6 +296,26 @@ def store_invoices_need_flag(db: Path | str, store=None) -> str | None:
             "--out DIR`)")
 
 
+def store_customer_attributes_flag(db: Path | str, store=None) -> str | None:
+    """Why the crosssell step cannot run on Spark for the store `db`: its customers table carries industry,
+    region or size, which the DuckDB engine's look-alikes use and the Spark engine does not read; or None."""
+    from loyalist.store import has_table, open_store
+
+    own = store is None
+    store = store or open_store(db, read_only=True)
+    try:
+        n = (store.con.execute("SELECT count(*) FROM customers WHERE industry IS NOT NULL OR region IS NOT NULL "
+                               "OR size IS NOT NULL").fetchall()[0][0] if has_table(store, "customers") else 0)
+    finally:
+        if own:
+            store.close()
+    if not n:
+        return None
+    return (f"{db} holds {n:,} customers with industry, region or size, which the DuckDB engine's crosssell step "
+            "uses for look-alikes and the Spark engine does not read yet: leave crosssell out (--step NAME for each "
+            "other step) or run crosssell with the DuckDB engine")
+
+
 def _portable(fitted: FittedBase) -> FittedBase:
     """The fitted models rebuilt from their parameters only: what the executors need, nothing more."""
     tm = type(fitted.transaction).from_params(**fitted.transaction.params_)
@@ -435,10 +455,12 @@ def analyze_spark(source: str | list[str], *, out: str, session: SparkSession | 
     # still "auto": the backtest runs on Spark once the data is read (as analysis.analyze runs one on DuckDB)
     if model not in TRANSACTION_MODELS and model != "auto":
         raise LoyalistError(f"unknown model {model!r}; choose one of {', '.join(TRANSACTION_MODELS)}")
-    if db is not None and (products is None or invoices is None):
+    if db is not None:
+        names = {s.name for s in runnable}
         why = ((store_products_need_flag(db, store) if products is None else None)
                or (store_invoices_need_flag(db, store)  # the payment step reads them
-                   if invoices is None and any(s.name == "payment" for s in runnable) else None))
+                   if invoices is None and "payment" in names else None)
+               or (store_customer_attributes_flag(db, store) if "crosssell" in names else None))
         if why:
             if store is not None:
                 store.close()
