@@ -914,26 +914,6 @@ def _spark_fit_rows(sdf, keys: list[str], max_rows: int, seed: int = 0) -> pd.Da
     return df.sort_values("_pos").drop(columns=["_i", "_pos"]).reset_index(drop=True)
 
 
-def _by_customers(fn):
-    """A mapInPandas function running `fn` once on all rows of a partition of the data repartitioned by
-    customer_id (so whole customers: `fn` must give each customer's rows from that customer's rows only). Many
-    customers per call: a call per customer (applyInPandas) costs pandas overhead per customer."""
-
-    def run(batches):
-        part = [b for b in batches if len(b)]
-        if part:
-            out = fn(pd.concat(part, ignore_index=True))
-            if len(out):
-                yield out
-
-    return run
-
-
-def _first_per_customer(b: pd.DataFrame, column: str) -> pd.Series:
-    """A per-customer value repeated on the customer's rows, indexed by customer_id."""
-    return b.groupby("customer_id", sort=True)[column].first()
-
-
 def _fit_rows_model(rows: pd.DataFrame, scale=None, seed: int = 0) -> GammaRenewal:
     """GammaRenewal fitted on `_spark_fit_rows` (already the subset: the same fit as with max_rows on all)."""
     return GammaRenewal(max_rows=None, seed=seed).fit(
@@ -1012,13 +992,14 @@ def _spark_pair_rows(source, transactions: ir.Table, o: dt.date, horizon: int, o
     cols = list(PAIR_FEATURES)
 
     def features(b: pd.DataFrame) -> pd.DataFrame:
-        b = snap(b).sort_values(keys, kind="stable").reset_index(drop=True)
+        b = snap(b).sort_values("product_id", kind="stable").reset_index(drop=True)
         sp = score_pairs(PairModel(model, b["scale"].to_numpy(float)), b, horizon)
-        X = pair_matrix(b, sp, _first_per_customer(b, "own_p"), b["buyers"].to_numpy(float))
+        own_b = pd.Series(b["own_p"].to_numpy(float)[:1], index=b["customer_id"].to_numpy()[:1])
+        X = pair_matrix(b, sp, own_b, b["buyers"].to_numpy(float))
         return pd.concat([b[keys], pd.DataFrame(X, columns=cols), b[["y"]]], axis=1)
 
     ddl = "customer_id string, product_id string, " + ", ".join(f"{c} double" for c in cols) + ", y double"
-    got = canonical(rows.repartition("customer_id").mapInPandas(_by_customers(features), ddl).toPandas(), keys)
+    got = canonical(rows.groupBy("customer_id").applyInPandas(features, ddl).toPandas(), keys)
     return got[cols].to_numpy(float), got["y"].to_numpy(float) > 0
 
 
@@ -1050,17 +1031,14 @@ def _spark_evaluate_products(source, transactions: ir.Table, cutoff: dt.date, h:
     methods = ("loyalist", *PRODUCT_BASELINES)
 
     def hits(b: pd.DataFrame) -> pd.DataFrame:
-        b = snap(b).sort_values(keys, kind="stable").reset_index(drop=True)
-        n_rel = (b["relevant"] > 0).groupby(b["customer_id"], sort=True).sum()
-        n_rel = n_rel[n_rel > 0]
-        b = b[b["customer_id"].isin(n_rel.index)].reset_index(drop=True)  # judged: a re-order in the window
-        if b.empty:
-            return pd.DataFrame(columns=["customer_id", "n_rel", *methods])
+        b = snap(b).sort_values("product_id", kind="stable").reset_index(drop=True)
         rel = b["relevant"].to_numpy(float) > 0
+        if not rel.any():
+            return pd.DataFrame(columns=["customer_id", "n_rel", *methods])
         sp = score_pairs(PairModel(model, b["scale"].to_numpy(float)), b, h)
         if use_stack:
-            sp["probability"] = stacked_pair_probability(stack, None, None, b, sp, h,
-                                                         own=_first_per_customer(b, "own_p"),
+            own = pd.Series(b["own_p"].to_numpy(float)[:1], index=b["customer_id"].to_numpy()[:1])
+            sp["probability"] = stacked_pair_probability(stack, None, None, b, sp, h, own=own,
                                                          buyers=b["buyers"].to_numpy(float))
         n, S, el = (b[c].to_numpy(float) for c in ("n_gaps", "gap_sum", "elapsed"))
         pooled = b["pooled"].to_numpy(float)
@@ -1071,14 +1049,14 @@ def _spark_evaluate_products(source, transactions: ir.Table, cutoff: dt.date, h:
         last_gap = b["last_gap"].to_numpy(float)
         scored["last_interval"] = _rule_scores(np.where(n > 0, np.nan_to_num(last_gap, nan=fallback), fallback),
                                                el, h)[0]
-        out = pd.DataFrame({"customer_id": n_rel.index.to_numpy(), "n_rel": n_rel.to_numpy(float)})
+        row = {"customer_id": b["customer_id"].iloc[0], "n_rel": float(rel.sum())}
         for m in methods:
             top = top_k(scored[["customer_id", "product_id", m, "relevant"]], k, m)
-            out[m] = top.groupby("customer_id")["relevant"].sum().reindex(n_rel.index, fill_value=0).to_numpy(float)
-        return out
+            row[m] = float(top["relevant"].sum())
+        return pd.DataFrame([row])
 
     ddl = "customer_id string, n_rel double, " + ", ".join(f"`{m}` double" for m in methods)
-    judged = (rows.repartition("customer_id").mapInPandas(_by_customers(hits), ddl).toPandas()
+    judged = (rows.groupBy("customer_id").applyInPandas(hits, ddl).toPandas()
               .sort_values("customer_id", kind="stable").reset_index(drop=True))
     out = []
     for m in methods:
@@ -1130,8 +1108,7 @@ def timing_on_spark(ctx: Context, cfg: dict, stack: Stack | None, mix: float, ho
 
     - executors: the features (customer_gaps, product_cycles: the same Ibis expressions), the scoring of every
       customer (`score_customers` then `customer_block`, mapInPandas) and of every customer x product
-      (`score_pairs`, `stacked_pair_probability`, `reorder_tables_from`, mapInPandas over the pairs
-      repartitioned by customer: whole customers per task),
+      (`score_pairs`, `stacked_pair_probability`, `reorder_tables_from`, applyInPandas grouped by customer),
       the contact schedule, reorders and next_products (written by the executors, never collected);
     - driver: the renewal fits on at most RENEWAL_ROWS customers / PAIR_ROWS pairs (the seeded subset
       GammaRenewal draws, picked on Spark by rank in key order), one row per product (pooled cycles, buyers),
@@ -1221,12 +1198,13 @@ def _pairs_on_spark(ctx: Context, t: ir.Table, scored, stack: Stack | None, hori
     extra = ["scale", "buyers", "pooled", "own_p", "p_customer"]
 
     def pairs(b: pd.DataFrame) -> pd.DataFrame:
-        b = snap(b).sort_values(["customer_id", "product_id"], kind="stable").reset_index(drop=True)
+        b = snap(b).sort_values("product_id", kind="stable").reset_index(drop=True)
         sp = score_pairs(PairModel(model, b["scale"].to_numpy(float)), b, horizon)
         if use_stack:
+            cid = b["customer_id"].to_numpy()[:1]
             sp["probability"] = stacked_pair_probability(
-                stack, None, None, b, sp, horizon, p_customer=_first_per_customer(b, "p_customer"),
-                own=_first_per_customer(b, "own_p"), buyers=b["buyers"].to_numpy(float))
+                stack, None, None, b, sp, horizon, p_customer=pd.Series(b["p_customer"].to_numpy(float)[:1], cid),
+                own=pd.Series(b["own_p"].to_numpy(float)[:1], cid), buyers=b["buyers"].to_numpy(float))
         p = b.drop(columns=extra).merge(sp, on=["customer_id", "product_id"])
         p["first_day"] = pd.to_datetime(p["first_day"])
         p["last_day"] = pd.to_datetime(p["last_day"])
@@ -1242,7 +1220,7 @@ def _pairs_on_spark(ctx: Context, t: ir.Table, scored, stack: Stack | None, hori
                 out[name] = None
         return out[[c.split()[0] for c in PAIRS_OUT_DDL.split(", ")]]
 
-    both = _persist(source, rows.repartition("customer_id").mapInPandas(_by_customers(pairs), PAIRS_OUT_DDL))
+    both = _persist(source, rows.groupBy("customer_id").applyInPandas(pairs, PAIRS_OUT_DDL))
     source.write_result("reorders", both.filter(F.col("kind") == "reorders").select(*REORDERS))
     source.write_result("next_products", both.filter(F.col("kind") == "next_products").select(*NEXT_PRODUCTS))
 
