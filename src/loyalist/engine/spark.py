@@ -23,20 +23,28 @@ same numbers as the DuckDB engine): customer_id, first_order, last_order, orders
 recency_days, tenure_days, p_alive, expected_orders_<h>d, prob_order_<h>d, expected_order_value,
 clv_<m>m, as_of, model — plus the columns of insight steps that run on Spark.
 
-Insight steps (`loyalist.insights`) run on Spark only when registered with `spark=True`; such a step gets a
-`Context` whose `store` is a `SparkSource` (`.ibis` = the Ibis PySpark backend, `.table("transactions")`,
-`.table("products")` (from `products=` / `--products`, else empty), `.write_result(name, frame)` for its result
-tables) and whose `customers` is the
-per-customer table as an Ibis table on Spark (cached); it returns an Ibis table keyed by customer_id (or None).
-Its result tables (small: one row per series, week, hour ...) are written as Parquet under `OUT/<table>/`
-and, with `--db`, into the store as the DuckDB engine's steps store them. Ported so far: `forecast`
-(`loyalist.insights.aggregate`: forecasts, forecast_backtest, peak_hours, peak_weeks, staffing; the weekly
-series, peaks and the customer-level bottom-up sum are aggregated on Spark by the same Ibis expressions, the
-series are forecast at the driver by the same statsforecast code) and `lifecycle` (cohorts, lifecycle_conversion
-and the columns lifecycle_stage, lifecycle_reason; see `loyalist.insights.aggregate.lifecycle_on_spark`). Every
-other step is named before any work
-starts as not available on Spark, and asking for one explicitly (`--step NAME`) fails at once. Not available on Spark yet either: the backtest (so
-`--model auto` takes the choice of the latest backtest stored in `--db`, else the user names the model).
+Insight steps (`loyalist.insights`) run on Spark when registered with `spark=True` — today every step: timing,
+direction, payment, crosssell, segments, value, lifecycle, forecast, events. Such a step gets a `Context` whose
+`store` is a `SparkSource` (`.ibis` = the Ibis PySpark backend, `.table("transactions")`, `.table("products")`
+and `.table("invoices")` (from `--products` / `--invoices`, else empty with a note), `.stored` (the `--db`
+store, for the event feed's bookkeeping), `.write_result(name, frame)` for its result tables) and whose
+`customers` is the per-customer table as an Ibis table on Spark (cached); it returns an Ibis table keyed by
+customer_id (or None). Each step's module docstring says what it computes where; the rule is the same for all:
+features by the same Ibis expressions on the executors, per-customer (and per customer x product) numeric code
+per Arrow batch or per customer group (`mapInPandas` / `applyInPandas`) on the executors, global fits at the
+driver on small aggregates (distinct patterns, value counts, one row per product or segment; per-customer rows
+only where a global fit needs them, named in the step's docstring). Result tables with a row per customer or
+customer x product are Spark DataFrames written by the executors; small ones are pandas frames from the driver;
+both go under `OUT/<table>/` and, with `--db`, into the store (events, event_runs and the backtest tables are
+appended, as the DuckDB engine does). A step registered without `spark=True` is named before any work starts
+as not available on Spark, and asking for it (`--step NAME`) fails at once. `--model auto` takes the latest
+backtest stored in `--db`, else runs the customer-base backtest on Spark (`loyalist.backtest.backtest_on_spark`:
+classic models on distinct patterns, metrics from per-batch sums).
+
+Refused before Spark starts, because the answers would differ silently: a `--db` store whose products carry
+costs, margins or categories without `--products`; one holding invoices without `--invoices` (when `payment`
+runs); one whose customers carry industry / region / size when `crosssell` runs (customer attributes are not
+read on Spark).
 
 Products (`products=` / `--products`, the store's products table as Parquet/CSV or a Spark table): used as the
 DuckDB engine uses the store's — per-customer margins for CLV by the same Ibis expression
