@@ -60,6 +60,10 @@ import scipy.sparse as sp
 from implicit.nearest_neighbours import all_pairs_knn, bm25_weight
 
 
+LOOKALIKE_CHUNK_ENTRIES = 1 << 24
+"""At most this many customer x buyer similarities per chunk of the look-alike search (rows are cut to fit)."""
+
+
 @dataclass
 class Gaps:
     """Top-N products per customer (row): -1 in `items` where fewer than N candidates exist."""
@@ -246,7 +250,9 @@ class LookAlikeRecommender:
             block.data[block.indices == own[rows_of]] = 0.0  # not one's own look-alike
             return _embed(block, q, buyers, k, n_cust).tocoo()
 
-        chunks = [query[s:s + self.chunk_size] for s in range(0, query.size, self.chunk_size)]
+        # a chunk's product holds up to rows x buyers similarities: bound it (~200 MB) whatever the customer count
+        rows = max(1, min(self.chunk_size, LOOKALIKE_CHUNK_ENTRIES // buyers.size))
+        chunks = [query[s:s + rows] for s in range(0, query.size, rows)]
         threads = int(self.num_threads) or (os.cpu_count() or 1)
         if threads > 1 and len(chunks) > 1:
             # scipy's sparse product releases the GIL: chunks in parallel threads (results do not depend on it)
