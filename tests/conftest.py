@@ -45,6 +45,20 @@ def demo_store(tmp_path_factory):
 NON_PRODUCT_CODES = ("POST", "DOT", "M", "C2", "D", "S", "B", "BANK CHARGES", "AMAZONFEE", "CRUK", "PADS")
 
 
+@pytest.fixture(scope="module")
+def spark(request):
+    """A local[2] Spark session for one test module, stopped at its end (so test_spark_cluster can start its
+    own on the cluster). A module sets SPARK_PARTITIONS to exercise more shuffle partitions than the default 2."""
+    pytest.importorskip("pyspark")
+    from loyalist.engine.spark import spark_session
+
+    parts = str(getattr(request.module, "SPARK_PARTITIONS", 2))
+    session = spark_session("local[2]", {"spark.driver.memory": "1g", "spark.ui.enabled": "false",
+                                          "spark.sql.shuffle.partitions": parts})
+    yield session
+    session.stop()
+
+
 def demo_lines(paths: list[Path] = DEMO) -> pd.DataFrame:
     """Independent pandas reading of two Online Retail II exports: the second export repeats the first one's
     last days line for line, so those are counted once. Adds customer_id (NaN for guests), day, non_product

@@ -90,19 +90,24 @@ LIFECYCLE_TABLES = {  # the lifecycle step's result tables -> the columns that i
 }
 
 
-def assert_same_rows(name: str, duck: pd.DataFrame, spark: pd.DataFrame, rtol: float = 1e-9) -> None:
-    """Same columns, same rows (matched on the table's key), numbers within `rtol` relative, text equal."""
+def assert_same_rows(name: str, duck: pd.DataFrame, spark: pd.DataFrame, key: list[str] | None = None,
+                     rtol: float = 1e-9) -> None:
+    """Same columns, same rows (matched on `key`, default the table's key), numbers within `rtol` relative,
+    text, flags and dates exactly (missing equals missing)."""
     assert list(spark.columns) == list(duck.columns), name
     assert len(spark) == len(duck), name
-    key = {**FORECAST_TABLES, **LIFECYCLE_TABLES}[name]
+    key = key or {**FORECAST_TABLES, **LIFECYCLE_TABLES}[name]
     a = duck.sort_values(key, kind="stable").reset_index(drop=True)
     b = spark.sort_values(key, kind="stable").reset_index(drop=True)
     for c in a.columns:
         x, y = a[c], b[c]
         if pd.api.types.is_datetime64_any_dtype(x) or pd.api.types.is_datetime64_any_dtype(y):
-            assert (pd.to_datetime(x) == pd.to_datetime(y)).all(), (name, c)
-        elif pd.api.types.is_bool_dtype(x) or x.dtype == object:
-            assert (x.fillna("<NA>").astype(str) == y.fillna("<NA>").astype(str)).all(), (name, c)
+            x, y = pd.to_datetime(x), pd.to_datetime(y)
+            assert ((x == y) | (x.isna() & y.isna())).all(), (name, c)
+        elif pd.api.types.is_bool_dtype(x) or x.dtype == object or y.dtype == object:
+            xs = x.astype(object).where(x.notna(), None).astype(str)
+            ys = y.astype(object).where(y.notna(), None).astype(str)
+            assert (xs == ys).all(), (name, c, list(zip(xs[xs != ys][:3], ys[xs != ys][:3])))
         else:
             x, y = x.to_numpy(float), y.to_numpy(float)
             assert (np.isnan(x) == np.isnan(y)).all(), (name, c)

@@ -39,17 +39,8 @@ pytest.importorskip("pyspark")
 from loyalist.engine.spark import (
     analyze_spark,
     fit_patterns,
-    spark_session,
     steps_on_spark,
 )
-
-
-@pytest.fixture(scope="module")
-def spark():
-    session = spark_session("local[2]", {"spark.driver.memory": "1g", "spark.ui.enabled": "false",
-                                          "spark.sql.shuffle.partitions": "2"})
-    yield session
-    session.stop()
 
 
 @pytest.fixture(scope="module")

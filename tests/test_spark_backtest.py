@@ -20,18 +20,13 @@ from loyalist.customer_base import TRANSACTION_MODELS
 
 pytest.importorskip("pyspark")
 
-from loyalist.engine.spark import analyze_spark, read_transactions, spark_session
+from loyalist.engine.spark import analyze_spark, read_transactions
 
 HORIZON = 90
 CUTOFF = SYNTH_AS_OF - dt.timedelta(days=HORIZON)
 
 
-@pytest.fixture(scope="module")
-def spark():
-    session = spark_session("local[2]", {"spark.driver.memory": "1g", "spark.ui.enabled": "false",
-                                          "spark.sql.shuffle.partitions": "3"})
-    yield session
-    session.stop()
+SPARK_PARTITIONS = 3
 
 
 @pytest.fixture(scope="module")

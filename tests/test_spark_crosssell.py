@@ -19,18 +19,10 @@ from loyalist.insights.crosssell import GAP_COLUMNS, crosssell_step
 
 pytest.importorskip("pyspark")
 
-from loyalist.engine.spark import analyze_spark, spark_session
+from loyalist.engine.spark import analyze_spark
 
 BACKTEST_COLUMNS = ["cutoff", "horizon_days", "method", "customers", "recall_at_k", "ndcg_at_k", "hit_rate",
                     "targets", "k"]
-
-
-@pytest.fixture(scope="module")
-def spark():
-    session = spark_session("local[2]", {"spark.driver.memory": "1g", "spark.ui.enabled": "false",
-                                          "spark.sql.shuffle.partitions": "2"})
-    yield session
-    session.stop()
 
 
 def duckdb_crosssell(store, as_of: dt.date, customer_ids: pd.Series, config: dict | None = None):

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import shared_file
-from spark_helpers import SYNTH_AS_OF, synthetic_invoices, synthetic_store
+from spark_helpers import SYNTH_AS_OF, assert_same_rows, synthetic_invoices, synthetic_store
 from typer.testing import CliRunner
 
 from loyalist.cli import app
@@ -26,21 +26,13 @@ from loyalist.insights.payment import payment_step
 
 pytest.importorskip("pyspark")
 
-from loyalist.engine.spark import SparkSource, analyze_spark, spark_session
+from loyalist.engine.spark import SparkSource, analyze_spark
 
 TABLES = {"direction": ["customer_id"], "direction_backtest": ["cutoff", "method", "label"],
           "payment_behaviour": ["customer_id"]}
 COLUMNS = ["trend", "growth_rate", "trend_confidence", "volume_pricing_candidate", "mix_shift", "mix_shift_reason",
            "dissatisfaction_flags", "trend_reason", "payment_risk", "payment_risk_reason", "dbt_days_6m"]
 CONFIG = {"direction": {"seasonal": True, "backtest_bootstrap": 50}}
-
-
-@pytest.fixture(scope="module")
-def spark():
-    session = spark_session("local[2]", {"spark.driver.memory": "1g", "spark.ui.enabled": "false",
-                                          "spark.sql.shuffle.partitions": "2"})
-    yield session
-    session.stop()
 
 
 def duckdb_reference(store, as_of: dt.date, config: dict) -> tuple[dict[str, pd.DataFrame], pd.DataFrame, list]:
@@ -52,27 +44,6 @@ def duckdb_reference(store, as_of: dt.date, config: dict) -> tuple[dict[str, pd.
     cols = cols.merge(payment_step(ctx), on="customer_id", how="left")
     tables = {name: store.con.execute(f"SELECT * FROM {name}").df() for name in TABLES}
     return tables, cols, ctx.notes
-
-
-def assert_same(name: str, duck: pd.DataFrame, spark: pd.DataFrame, key: list[str], rtol: float = 1e-9) -> None:
-    """Same columns, same rows (matched on `key`), numbers within `rtol` relative, text and flags exactly."""
-    assert list(spark.columns) == list(duck.columns), name
-    assert len(spark) == len(duck), name
-    a = duck.sort_values(key, kind="stable").reset_index(drop=True)
-    b = spark.sort_values(key, kind="stable").reset_index(drop=True)
-    for c in a.columns:
-        x, y = a[c], b[c]
-        if pd.api.types.is_datetime64_any_dtype(x) or pd.api.types.is_datetime64_any_dtype(y):
-            assert ((pd.to_datetime(x) == pd.to_datetime(y)) | (x.isna() & y.isna())).all(), (name, c)
-        elif x.dtype == object or pd.api.types.is_bool_dtype(x) or y.dtype == object:
-            xs = x.astype(object).where(x.notna(), None).astype(str)
-            ys = y.astype(object).where(y.notna(), None).astype(str)
-            assert (xs == ys).all(), (name, c, list(zip(xs[xs != ys][:3], ys[xs != ys][:3])))
-        else:
-            x, y = x.to_numpy(float), y.to_numpy(float)
-            assert (np.isnan(x) == np.isnan(y)).all(), (name, c)
-            ok = ~np.isnan(x)
-            np.testing.assert_allclose(y[ok], x[ok], rtol=rtol, atol=0, err_msg=f"{name}.{c}")
 
 
 @pytest.fixture(scope="module")
@@ -114,12 +85,12 @@ def test_synthetic_direction_and_payment_on_spark_equal_duckdb(synth):
     con = duckdb.connect(str(folder / "spark.duckdb"), read_only=True)
     try:
         for name, key in TABLES.items():
-            assert_same(name, duck[name], pd.read_parquet(folder / "out" / name), key)
-            assert_same(name, duck[name], con.execute(f"SELECT * FROM {name}").df(), key)  # loaded into --db
+            assert_same_rows(name, duck[name], pd.read_parquet(folder / "out" / name), key)
+            assert_same_rows(name, duck[name], con.execute(f"SELECT * FROM {name}").df(), key)  # loaded into --db
     finally:
         con.close()
     table = pd.read_parquet(run.out)
-    assert_same("customer_insights", synth["cols"][["customer_id", *COLUMNS]], table[["customer_id", *COLUMNS]],
+    assert_same_rows("customer_insights", synth["cols"][["customer_id", *COLUMNS]], table[["customer_id", *COLUMNS]],
                 ["customer_id"])
     for note in synth["notes"]:  # e.g. the invoiced customers without orders
         if note.startswith("payment:"):
@@ -195,7 +166,7 @@ def test_online_retail_direction_and_payment_on_spark_equal_duckdb(spark, tmp_pa
                         steps=["direction", "payment"], invoices=str(tmp_path / "inv"))
     assert len(duck["direction"]) > 5000 and len(duck["payment_behaviour"]) == len(ids)
     for name, key in TABLES.items():
-        assert_same(name, duck[name], pd.read_parquet(tmp_path / "out" / name), key)
+        assert_same_rows(name, duck[name], pd.read_parquet(tmp_path / "out" / name), key)
     table = pd.read_parquet(run.out)
-    assert_same("customer_insights", cols[["customer_id", *COLUMNS]], table[["customer_id", *COLUMNS]],
+    assert_same_rows("customer_insights", cols[["customer_id", *COLUMNS]], table[["customer_id", *COLUMNS]],
                 ["customer_id"])

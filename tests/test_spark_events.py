@@ -23,7 +23,7 @@ from loyalist.store import open_store
 
 pytest.importorskip("pyspark")
 
-from loyalist.engine.spark import analyze_spark, spark_session
+from loyalist.engine.spark import analyze_spark
 
 FEEDERS = ("timing", "direction", "payment")  # the steps whose results the events step reads
 CONFIG = {"direction": {"backtest": False}, "timing": {"backtest": False}, "alerts": {"lookback_days": 60}}
@@ -35,12 +35,7 @@ def spark_feeders() -> list:
     return [s for s in insights.load_steps() if s.name in FEEDERS and s.spark]
 
 
-@pytest.fixture(scope="module")
-def spark():
-    session = spark_session("local[2]", {"spark.driver.memory": "1g", "spark.ui.enabled": "false",
-                                          "spark.sql.shuffle.partitions": "3"})
-    yield session
-    session.stop()
+SPARK_PARTITIONS = 3
 
 
 @pytest.fixture(scope="module")

@@ -22,20 +22,12 @@ from loyalist.insights.value import value_step
 
 pytest.importorskip("pyspark")
 
-from loyalist.engine.spark import analyze_spark, spark_session
+from loyalist.engine.spark import analyze_spark
 
 SEGMENT_COLUMNS = ["rfm_segment", "rfm_score", "segment"]
 VALUE_COLUMNS = ["value_clv", "value_margin", "value_growth", "value_risk", "value_score", "value_percentile",
                  "value_grade", "value_reason"]
 TABLE_KEYS = {"segments": ["segment"], "rfm_segments": ["segment"], "value_backtest": ["ranking"]}
-
-
-@pytest.fixture(scope="module")
-def spark():
-    session = spark_session("local[2]", {"spark.driver.memory": "1g", "spark.ui.enabled": "false",
-                                          "spark.sql.shuffle.partitions": "2"})
-    yield session
-    session.stop()
 
 
 def _growth_rate(customers: pd.DataFrame) -> pd.Series:

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import shared_file
-from spark_helpers import BASE_COLUMNS, SYNTH_AS_OF, synthetic_store
+from spark_helpers import BASE_COLUMNS, SYNTH_AS_OF, assert_same_rows, synthetic_store
 
 from loyalist import insights
 from loyalist.customer_base import Settings
@@ -27,7 +27,7 @@ from loyalist.models.next_order import GammaRenewal
 
 pytest.importorskip("pyspark")
 
-from loyalist.engine.spark import analyze_spark, spark_session
+from loyalist.engine.spark import analyze_spark
 
 TIMING_COLUMNS = ["next_order_date", "next_order_p10", "next_order_p90", "prob_order_30d", "prob_order_60d",
                   "overdue_days", "overdue_score", "overdue_reason", "cycle_days", "cycle_regularity", "cycle_class",
@@ -35,34 +35,6 @@ TIMING_COLUMNS = ["next_order_date", "next_order_p10", "next_order_p90", "prob_o
 TABLE_KEYS = {"contact_schedule": ["customer_id", "contact_date"], "reorders": ["customer_id", "product_id"],
               "next_products": ["customer_id", "rank"], "category_rhythm": ["customer_id", "category"],
               "timing_backtest": ["cutoff", "horizon_days", "task", "method"]}
-
-
-@pytest.fixture(scope="module")
-def spark():
-    session = spark_session("local[2]", {"spark.driver.memory": "1g", "spark.ui.enabled": "false",
-                                          "spark.sql.shuffle.partitions": "2"})
-    yield session
-    session.stop()
-
-
-def assert_same_rows(name: str, duck: pd.DataFrame, spark: pd.DataFrame, key: list[str], rtol: float = 1e-9) -> None:
-    """Same columns, same rows (matched on `key`), numbers within `rtol` relative, text and dates equal."""
-    assert list(spark.columns) == list(duck.columns), name
-    assert len(spark) == len(duck), name
-    a = duck.sort_values(key, kind="stable").reset_index(drop=True)
-    b = spark.sort_values(key, kind="stable").reset_index(drop=True)
-    for c in a.columns:
-        x, y = a[c], b[c]
-        if pd.api.types.is_datetime64_any_dtype(x) or pd.api.types.is_datetime64_any_dtype(y):
-            assert (pd.to_datetime(x).fillna(pd.Timestamp(0)) == pd.to_datetime(y).fillna(pd.Timestamp(0))).all(), \
-                (name, c)
-        elif pd.api.types.is_bool_dtype(x) or x.dtype == object or y.dtype == object:
-            assert (x.fillna("<NA>").astype(str) == y.fillna("<NA>").astype(str)).all(), (name, c)
-        else:
-            x, y = x.to_numpy(float), y.to_numpy(float)
-            assert (np.isnan(x) == np.isnan(y)).all(), (name, c)
-            ok = ~np.isnan(x)
-            np.testing.assert_allclose(y[ok], x[ok], rtol=rtol, atol=0, err_msg=f"{name}.{c}")
 
 
 def duckdb_timing(store, as_of: dt.date, monkeypatch, config: dict) -> tuple[pd.DataFrame, dict, list[str]]:
