@@ -1,12 +1,19 @@
 """The Spark engine on a real standalone cluster started on loopback by the test (one master, two workers,
-one core each) and stopped by it: the per-customer table equals the DuckDB engine's, and the work ran on the
-workers' executors."""
+one core each) and stopped by it: the per-customer table (with the segments and value steps) equals the DuckDB
+engine's, and the work ran on the workers' executors."""
 
 from __future__ import annotations
 
 import pandas as pd
 import pytest
-from spark_helpers import SYNTH_AS_OF, assert_same_table, duckdb_table, synthetic_store
+from spark_helpers import SYNTH_AS_OF, assert_same_rows, assert_same_table, duckdb_table, synthetic_store
+from test_spark_segments import (
+    SEGMENT_COLUMNS,
+    TABLE_KEYS,
+    VALUE_COLUMNS,
+    assert_same_columns,
+    duckdb_steps,
+)
 
 pytest.importorskip("pyspark")
 
@@ -39,14 +46,22 @@ def test_cluster_has_two_one_core_workers(cluster, spark):
 
 
 def test_cluster_spark_equals_duckdb(cluster, spark, tmp_path, monkeypatch):
+    """The customer-base table and, as one example of the insight steps (each is tested in local mode), the
+    segments and value steps' columns and tables."""
     store, parquet = synthetic_store(tmp_path, n_customers=2000, seed=11)
     model = "bgnbd"
     duck = duckdb_table(store, SYNTH_AS_OF, model, monkeypatch)
+    duck_steps, duck_tables = duckdb_steps(store, SYNTH_AS_OF, model, monkeypatch, growth=False)
     store.close()
     run = analyze_spark(str(parquet), out=str(tmp_path / "out"), session=spark, model=model, as_of=SYNTH_AS_OF,
-                        steps=[])  # the customer-base analysis (the forecast step is tested in local mode)
+                        steps=["segments", "value"])
     table = pd.read_parquet(run.out)
-    assert_same_table(duck, table)
+    assert_same_table(duck, table[list(duck.columns)])
+    assert_same_columns(duck_steps, table, SEGMENT_COLUMNS + VALUE_COLUMNS)
+    for name in TABLE_KEYS:
+        assert_same_rows(name, duck_tables[name].drop(columns="run_at", errors="ignore"),
+                         pd.read_parquet(tmp_path / "out" / name).drop(columns="run_at", errors="ignore"),
+                         TABLE_KEYS[name])
     # the tasks ran in executors on the two workers (not in the driver)
     executors = spark.sparkContext._jsc.sc().getExecutorMemoryStatus().size() - 1
     assert executors == 2
