@@ -157,7 +157,7 @@ class SparkSource:
     results: dict[str, pd.DataFrame] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     cached: list = field(default_factory=list)
-    """Spark DataFrames a step persisted for the final write; the engine unpersists them at the end."""
+    """Spark DataFrames the steps persisted (`keep`); the engine unpersists them at the end."""
     stored: Any = None
     """The --db store (loyalist.store.Store) when given, else None: what earlier runs left there (the events
     step reads the events already stored, so it adds only new ones). Tables in APPEND_TABLES are appended to it."""
@@ -175,6 +175,15 @@ class SparkSource:
         if name not in self.tables:
             raise LoyalistError(f"table {name!r} is not read on the Spark engine (available: {sorted(self.tables)})")
         return self.tables[name]
+
+    def keep(self, frame: DataFrame) -> DataFrame:
+        """`frame` persisted (memory, then disk) for the step's later reads and the final write; the engine
+        unpersists it at the end of the run."""
+        from pyspark import StorageLevel
+
+        frame = frame.persist(StorageLevel.MEMORY_AND_DISK)
+        self.cached.append(frame)
+        return frame
 
     def write_result(self, name: str, frame: pd.DataFrame | DataFrame | ir.Table) -> None:
         """Keep a step's result table for the engine to write under OUT/<name>/ (and into --db): a pandas frame

@@ -354,7 +354,6 @@ def lifecycle_on_spark(source, as_of: dt.date) -> tuple[ir.Table | None, pd.Data
     driver, where the rates are computed as on one machine. Returns (Ibis table customer_id, lifecycle_stage,
     lifecycle_reason; the lifecycle_conversion table)."""
     import ibis
-    from pyspark import StorageLevel
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
 
@@ -390,8 +389,7 @@ def lifecycle_on_spark(source, as_of: dt.date) -> tuple[ir.Table | None, pd.Data
     schema = T.StructType([T.StructField("snapshot", T.TimestampNTZType()),
                            T.StructField("customer_id", T.StringType()), T.StructField("stage", T.StringType()),
                            T.StructField("lifecycle_reason", T.StringType())])
-    st = session.sql(con.compile(snap)).mapInPandas(stages, schema).persist(StorageLevel.MEMORY_AND_DISK)
-    source.cached.append(st)
+    st = source.keep(session.sql(con.compile(snap)).mapInPandas(stages, schema))
     conv = pd.DataFrame()
     if len(snaps) > 2:
         before = [pd.Timestamp(d) for d in snaps if pd.Timestamp(d) < as_of_ts]

@@ -521,7 +521,6 @@ def held_out_on_spark(source, as_of: dt.date, opts: dict[str, Any], horizon: int
 def _step_on_spark(ctx: Context, opts: dict[str, Any]):
     """The crosssell step on the Spark engine: the gaps table written by the executors, the per-customer
     columns by an Ibis aggregation of it on Spark, the held-out note from `held_out_on_spark`."""
-    from pyspark import StorageLevel
 
     source = ctx.store
     con = source.ibis
@@ -530,8 +529,7 @@ def _step_on_spark(ctx: Context, opts: dict[str, Any]):
         ctx.notes.append("cross-sell gaps: no product has been bought by customers' look-alikes yet")
         source.write_result("crosssell_gaps", pd.DataFrame(columns=GAP_COLUMNS))
         return None
-    gaps = gaps.persist(StorageLevel.MEMORY_AND_DISK)  # read by the per-customer columns and by the write
-    source.cached.append(gaps)
+    gaps = source.keep(gaps)  # read by the per-customer columns and by the write
     source.write_result("crosssell_gaps", gaps)
     view = f"loyalist_crosssell_gaps_{abs(hash((str(ctx.as_of), id(gaps)))) % 10**8}"
     gaps.createOrReplaceTempView(view)

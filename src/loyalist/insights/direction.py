@@ -372,7 +372,6 @@ def direction_on_spark(source, as_of: dt.date, params: DirectionParams, volume_m
     - driver: the seasonal exposure (one row per day, only with `seasonal`) and the volume-pricing threshold,
       an exact 75th percentile computed by Spark (`percentile`, linear interpolation as pandas).
     The result is persisted (read by the write and by the per-customer join)."""
-    from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
     con = source.ibis
@@ -389,8 +388,7 @@ def direction_on_spark(source, as_of: dt.date, params: DirectionParams, volume_m
                 yield direction_rows(add_exposures(b, as_of, params, cum), params)[core_cols]
 
     core = stats.mapInPandas(rows, _spark_schema({c: DIRECTION_TYPES[c] for c in core_cols}))
-    core = core.persist(StorageLevel.MEMORY_AND_DISK)
-    source.cached.append(core)
+    core = source.keep(core)
     if not core.limit(1).count():
         return None
     if volume_min_12m is None:
@@ -418,8 +416,7 @@ def direction_on_spark(source, as_of: dt.date, params: DirectionParams, volume_m
                 yield b[DIRECTION_COLUMNS]
 
     table = core.join(mix, "customer_id", "left").mapInPandas(finish, _spark_schema(DIRECTION_TYPES))
-    table = table.persist(StorageLevel.MEMORY_AND_DISK)
-    source.cached.append(table)
+    table = source.keep(table)
     return table
 
 

@@ -444,10 +444,8 @@ def events_on_spark(ctx: Context):
     now = pd.Timestamp.now(tz="UTC").tz_localize(None).to_pydatetime()
     ev = (ev.withColumn("detected_at", F.lit(now).cast("timestamp_ntz"))
           .orderBy("event_date", "customer_id", "type").select(*COLUMNS))
-    from pyspark import StorageLevel
 
-    ev = ev.persist(StorageLevel.MEMORY_AND_DISK)
-    source.cached.append(ev)
+    ev = source.keep(ev)
     return ev
 
 

@@ -75,7 +75,6 @@ def payment_on_spark(source, as_of: dt.date, default_terms: int = 30):
     Spark DataFrame, or None without invoices before as_of: `payment_stats` is the same Ibis expression on
     Spark (executors), `payment_rows` runs on each Arrow batch of customers (mapInPandas, executors); nothing
     but the count of invoices reaches the driver."""
-    from pyspark import StorageLevel
 
     from loyalist.insights.direction import _spark_schema
 
@@ -90,8 +89,7 @@ def payment_on_spark(source, as_of: dt.date, default_terms: int = 30):
                 yield payment_rows(b, as_of)[list(PAYMENT_TYPES)]
 
     stats = con._session.sql(con.compile(payment_stats(inv, as_of, default_terms)))
-    table = stats.mapInPandas(rows, _spark_schema(PAYMENT_TYPES)).persist(StorageLevel.MEMORY_AND_DISK)
-    source.cached.append(table)
+    table = source.keep(stats.mapInPandas(rows, _spark_schema(PAYMENT_TYPES)))
     return table
 
 

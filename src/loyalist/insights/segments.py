@@ -319,7 +319,6 @@ def segments_on_spark(ctx: Context, cfg: dict):
     clustering features of every repeat customer: these per-customer rows (6 numbers each) are collected
     because clustering all repeat customers is what the DuckDB engine does and what makes the answers equal.
     Only one row per segment comes back otherwise."""
-    from pyspark import StorageLevel
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
 
@@ -333,8 +332,7 @@ def segments_on_spark(ctx: Context, cfg: dict):
     dbl = ("orders", "revenue", "days_since_last", "cycle_days", "cycle_cv", "products", "spend_recent",
            "spend_previous", "trend", "returned_value", "return_rate", "p_alive", "clv_12m")
     frame = frame.select("customer_id", *[F.col(c).cast("double").alias(c) for c in dbl])
-    frame = frame.persist(StorageLevel.MEMORY_AND_DISK)
-    source.cached.append(frame)
+    frame = source.keep(frame)
     if not frame.filter(F.col("revenue") > 0).limit(1).count():
         ctx.notes.append(NO_AMOUNTS if frame.limit(1).count() else "segments: no customers to segment")
         return None
@@ -358,8 +356,7 @@ def segments_on_spark(ctx: Context, cfg: dict):
 
     schema = T.StructType(frame.schema.fields + [T.StructField(c, T.StringType())
                                                  for c in ("rfm_segment", "rfm_score", "segment")])
-    assigned = frame.mapInPandas(run, schema).persist(StorageLevel.MEMORY_AND_DISK)
-    source.cached.append(assigned)
+    assigned = source.keep(frame.mapInPandas(run, schema))
     tot = assigned.agg(F.sum(F.when(F.isnan("revenue"), None).otherwise(F.col("revenue"))).alias("rev"),
                        F.sum(F.when(F.isnan("clv_12m"), None).otherwise(F.col("clv_12m"))).alias("clv")).first()
     rev_total = float(tot["rev"]) if tot["rev"] is not None else 0.0

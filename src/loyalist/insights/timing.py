@@ -881,14 +881,6 @@ def _sdf(source, expr: ir.Table):
     return con._session.sql(con.compile(expr))
 
 
-def _persist(source, frame):
-    from pyspark import StorageLevel
-
-    frame = frame.persist(StorageLevel.MEMORY_AND_DISK)
-    source.cached.append(frame)  # unpersisted by the engine at the end
-    return frame
-
-
 def _snap_col(name: str):
     """`snap` as a Spark column expression (the same IEEE operations: x / 2^-24 + 0.5, floor, x 2^-24)."""
     from pyspark.sql import functions as F
@@ -977,7 +969,7 @@ def _spark_pair_rows(source, transactions: ir.Table, o: dt.date, horizon: int, o
 
     session = source.ibis._session
     keys = ["customer_id", "product_id"]
-    pc = _persist(source, _sdf(source, product_cycles(transactions, o)))
+    pc = source.keep(_sdf(source, product_cycles(transactions, o)))
     fitted = _pair_model_on_spark(pc, INNER_PAIR_ROWS)
     if fitted is None:
         return None
@@ -1014,7 +1006,7 @@ def _spark_evaluate_products(source, transactions: ir.Table, cutoff: dt.date, h:
 
     session = source.ibis._session
     keys = ["customer_id", "product_id"]
-    pc = _persist(source, _sdf(source, product_cycles(transactions, cutoff)))
+    pc = source.keep(_sdf(source, product_cycles(transactions, cutoff)))
     fitted = _pair_model_on_spark(pc, PAIR_ROWS)
     if fitted is None:
         return []
@@ -1119,7 +1111,7 @@ def timing_on_spark(ctx: Context, cfg: dict, stack: Stack | None, mix: float, ho
     source, as_of = ctx.store, ctx.as_of
     con = source.ibis
     t = source.table("transactions")
-    cg_sdf = _persist(source, _sdf(source, customer_gaps(t, as_of)))
+    cg_sdf = source.keep(_sdf(source, customer_gaps(t, as_of)))
     if cg_sdf.limit(1).count() == 0:
         ctx.notes.append(f"timing skipped: no customer bought anything before {as_of}")
         return None
@@ -1143,7 +1135,7 @@ def timing_on_spark(ctx: Context, cfg: dict, stack: Stack | None, mix: float, ho
             c["own_p"] = own_prob(cm, b, horizon).to_numpy()
             yield c[list(ddl)].astype({"occasions": "int64"})
 
-    scored = _persist(source, cg_sdf.join(values, "customer_id", "left").mapInPandas(score, _ddl(ddl)))
+    scored = source.keep(cg_sdf.join(values, "customer_id", "left").mapInPandas(score, _ddl(ddl)))
     long_days = cfg.get("long_cycle_days")
     if long_days is None:
         long_days = _percentile(scored, "cycle_days", 0.5, F.col("n_gaps") > 0)
@@ -1170,7 +1162,7 @@ def timing_on_spark(ctx: Context, cfg: dict, stack: Stack | None, mix: float, ho
                     yield out
         return run
 
-    cols = _persist(source, scored.mapInPandas(block(0), COLUMNS_DDL))
+    cols = source.keep(scored.mapInPandas(block(0), COLUMNS_DDL))
     source.write_result("contact_schedule", scored.mapInPandas(block(1), SCHEDULE_DDL))
     if has_products:
         _pairs_on_spark(ctx, t, scored, stack, horizon, int(cfg.get("top_products", 5)))
@@ -1185,7 +1177,7 @@ def _pairs_on_spark(ctx: Context, t: ir.Table, scored, stack: Stack | None, hori
 
     source, as_of = ctx.store, ctx.as_of
     session = source.ibis._session
-    pc = _persist(source, _sdf(source, product_cycles(t, as_of)))
+    pc = source.keep(_sdf(source, product_cycles(t, as_of)))
     fitted = _pair_model_on_spark(pc, PAIR_ROWS)
     if fitted is None:
         return
@@ -1220,7 +1212,7 @@ def _pairs_on_spark(ctx: Context, t: ir.Table, scored, stack: Stack | None, hori
                 out[name] = None
         return out[[c.split()[0] for c in PAIRS_OUT_DDL.split(", ")]]
 
-    both = _persist(source, rows.groupBy("customer_id").applyInPandas(pairs, PAIRS_OUT_DDL))
+    both = source.keep(rows.groupBy("customer_id").applyInPandas(pairs, PAIRS_OUT_DDL))
     source.write_result("reorders", both.filter(F.col("kind") == "reorders").select(*REORDERS))
     source.write_result("next_products", both.filter(F.col("kind") == "next_products").select(*NEXT_PRODUCTS))
 
@@ -1270,7 +1262,7 @@ def category_rhythm_on_spark(ctx: Context) -> None:
     if products.filter(products.category.notnull()).count().execute() == 0:
         ctx.notes.append(NO_CATEGORIES)
         return
-    cc = _persist(source, _sdf(source, category_cycles(source.table("transactions"), products, as_of)))
+    cc = source.keep(_sdf(source, category_cycles(source.table("transactions"), products, as_of)))
     total = cc.count()
     if total == 0:
         ctx.notes.append("timing: no purchase of a product with a category, so no rhythm per category")
@@ -1292,7 +1284,7 @@ def category_rhythm_on_spark(ctx: Context) -> None:
                 b["cycle"] = _category_cycle(b, m, b["scale"].to_numpy(float))
                 yield b[["customer_id", "category", "cycle"]]
 
-    cyc = _persist(source, cc.join(scale_df, "category", "left").mapInPandas(
+    cyc = source.keep(cc.join(scale_df, "category", "left").mapInPandas(
         cycles, "customer_id string, category string, cycle double"))
     med = (cyc.filter(~F.isnan("cycle")).groupBy("category")
            .agg(F.percentile("cycle", F.lit(0.5)).alias("med")).toPandas().set_index("category")["med"])

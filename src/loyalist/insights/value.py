@@ -202,7 +202,6 @@ def value_on_spark(ctx: Context, cfg: dict):
     DuckDB engine on Ibis tables on Spark: its per-customer inputs at the past cutoff (summary, trend, next-year
     spend) are collected to the driver, where the customer-base model is fitted and the rankings are compared."""
     import ibis
-    from pyspark import StorageLevel
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
 
@@ -250,8 +249,7 @@ def value_on_spark(ctx: Context, cfg: dict):
     dbl = T.DoubleType()
     pschema = T.StructType([T.StructField("customer_id", T.StringType())]
                            + [T.StructField(c, dbl) for c in PART_COLUMNS[1:]] + [T.StructField("_key", dbl)])
-    parts = session.sql(con.compile(b)).mapInPandas(parts_fn, pschema).persist(StorageLevel.MEMORY_AND_DISK)
-    source.cached.append(parts)
+    parts = source.keep(session.sql(con.compile(b)).mapInPandas(parts_fn, pschema))
     n = int(parts.count())
     # blocks of customers by score: bounds fixed once at the driver (so a recomputed partition lands in the same
     # block), equal scores always in one block; only the customer count per block comes back
