@@ -340,6 +340,15 @@ def _portable(fitted: FittedBase) -> FittedBase:
     return FittedBase(fitted.name, tm, spend, list(fitted.notes))
 
 
+def spark_schema(types: dict[str, str]):
+    """A Spark schema from column -> kind (string, double, long, boolean, timestamp): for mapInPandas outputs."""
+    from pyspark.sql import types as T
+
+    kinds = {"string": T.StringType(), "double": T.DoubleType(), "long": T.LongType(), "boolean": T.BooleanType(),
+             "timestamp": T.TimestampNTZType()}
+    return T.StructType([T.StructField(c, kinds[k]) for c, k in types.items()])
+
+
 def output_schema(settings: Settings):
     from pyspark.sql import types as T
 

@@ -346,14 +346,6 @@ def whole_customers(batches: Iterator[pd.DataFrame], key: str = "customer_id") -
         yield carry
 
 
-def _spark_schema(types: dict[str, str]):
-    from pyspark.sql import types as T
-
-    kinds = {"string": T.StringType(), "double": T.DoubleType(), "long": T.LongType(), "boolean": T.BooleanType(),
-             "timestamp": T.TimestampNTZType()}
-    return T.StructType([T.StructField(c, kinds[k]) for c, k in types.items()])
-
-
 DIRECTION_TYPES = {c: ("string" if c in ("customer_id", "trend", "trend_driver", "trend_reason",
                                          "dissatisfaction_flags", "mix_shift_reason", "buys_more", "buys_less")
                        else "boolean" if c == "volume_pricing_candidate" or c.startswith("flag_")
@@ -374,6 +366,8 @@ def direction_on_spark(source, as_of: dt.date, params: DirectionParams, volume_m
     The result is persisted (read by the write and by the per-customer join)."""
     from pyspark.sql import functions as F
 
+    from loyalist.engine.spark import spark_schema
+
     con = source.ibis
     session = con._session
     t = source.table("transactions")
@@ -387,7 +381,7 @@ def direction_on_spark(source, as_of: dt.date, params: DirectionParams, volume_m
             if len(b):
                 yield direction_rows(add_exposures(b, as_of, params, cum), params)[core_cols]
 
-    core = stats.mapInPandas(rows, _spark_schema({c: DIRECTION_TYPES[c] for c in core_cols}))
+    core = stats.mapInPandas(rows, spark_schema({c: DIRECTION_TYPES[c] for c in core_cols}))
     core = source.keep(core)
     if not core.limit(1).count():
         return None
@@ -404,7 +398,7 @@ def direction_on_spark(source, as_of: dt.date, params: DirectionParams, volume_m
     g = session.sql(con.compile(group_mix(t, products, as_of, params.recent_days, MIX_WINDOWS)))
     g = g.filter((F.col("window") >= 0) & (F.col("window") < MIX_WINDOWS))
     mix = (g.repartition("customer_id").sortWithinPartitions("customer_id")  # a customer in one partition
-           .mapInPandas(mixes, _spark_schema({"customer_id": "string",
+           .mapInPandas(mixes, spark_schema({"customer_id": "string",
                                                **{c: DIRECTION_TYPES[c] for c in MIX_COLUMNS}})))
     as_of_ts = pd.Timestamp(as_of)
 
@@ -415,7 +409,7 @@ def direction_on_spark(source, as_of: dt.date, params: DirectionParams, volume_m
                 b["as_of"] = as_of_ts
                 yield b[DIRECTION_COLUMNS]
 
-    table = core.join(mix, "customer_id", "left").mapInPandas(finish, _spark_schema(DIRECTION_TYPES))
+    table = core.join(mix, "customer_id", "left").mapInPandas(finish, spark_schema(DIRECTION_TYPES))
     table = source.keep(table)
     return table
 
@@ -425,12 +419,13 @@ def trends_on_spark(source, params: DirectionParams):
     classify_trend per batch on the executors; the frame (one row per customer: id, trend, score, days since
     the last order, spend-rate change) is collected at the driver, where the held-out check's top-N picks and
     paired Poisson bootstrap run on it as on one machine (they rank and weight all customers together)."""
+    from loyalist.engine.spark import spark_schema
     from loyalist.evaluation.direction import trend_frame
 
     con = source.ibis
     session = con._session
     t = source.table("transactions")
-    schema = _spark_schema({"customer_id": "string", "trend": "string", "trend_score": "double",
+    schema = spark_schema({"customer_id": "string", "trend": "string", "trend_score": "double",
                             "days_since": "double", "spend_rate_change": "double"})
 
     def at(cutoff: dt.date) -> pd.DataFrame:

@@ -76,7 +76,7 @@ def payment_on_spark(source, as_of: dt.date, default_terms: int = 30):
     Spark (executors), `payment_rows` runs on each Arrow batch of customers (mapInPandas, executors); nothing
     but the count of invoices reaches the driver."""
 
-    from loyalist.insights.direction import _spark_schema
+    from loyalist.engine.spark import spark_schema
 
     inv = source.table("invoices")
     if not _has_invoices(inv, as_of):
@@ -89,7 +89,7 @@ def payment_on_spark(source, as_of: dt.date, default_terms: int = 30):
                 yield payment_rows(b, as_of)[list(PAYMENT_TYPES)]
 
     stats = con._session.sql(con.compile(payment_stats(inv, as_of, default_terms)))
-    table = source.keep(stats.mapInPandas(rows, _spark_schema(PAYMENT_TYPES)))
+    table = source.keep(stats.mapInPandas(rows, spark_schema(PAYMENT_TYPES)))
     return table
 
 
