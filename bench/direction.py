@@ -25,6 +25,10 @@ Nested (rolling-origin) evaluation: monthly origins 2010-03-01 .. 2010-12-01; fo
 the same tuning rule picks a setting on the origins whose 182-day outcome windows end on or before that
 cutoff (`nested_direction`), which is what the product could do on a user's own store.
 
+Independent data set (`independent_cdnow_master`, session 6): the CDNOW master file, scored with the FROZEN
+defaults at cutoffs fixed by a rule stated before the first score (see CDNOW_CUTOFFS); nothing is chosen on it.
+`--cdnow-only` scores just that section and prints it.
+
 Without --db, both Online Retail II exports (../shared/data) are ingested into a temporary store. The
 `direction_backtest` table (evaluation cutoffs) is written into the store.
 """
@@ -57,6 +61,19 @@ ABLATIONS = {"session4_defaults": {"trend_compare": "year_before", "season_guard
                                                       "trend_test": "orders+spend", "min_orders": 3}}
 PREVIOUS = {"trend_recent_days": 91, "seasonal": True, "trend_test": "orders+spend", "min_orders": 3,
             "trend_compare": "year_before", "season_guard": 0.0}
+
+# Independent data set (session 6), fixed BEFORE CDNOW was scored: the CDNOW master file (23,570 customers who
+# first bought in Q1 1997, purchases to 1998-06-30), ingested as a user would (`loyalist.ingest.ingest`, format
+# detected), scored with the library defaults as they stood when Online Retail II's evaluation ended (FROZEN:
+# the bench refuses to run this section if DirectionParams() differs). Cutoffs by a rule stated before looking:
+# the first day of every month whose 182-day outcome window ends by the data end (1998-06-30) and whose
+# 182-day past window starts no later than the data start (1997-01-01): 1997-07-01 .. 1997-12-01 (6 cutoffs).
+CDNOW = REPO.parent / "shared" / "data" / "cdnow" / "CDNOW_master.txt.gz"
+CDNOW_CUTOFFS = [dt.date(1997, m, 1) for m in range(7, 13)]
+FROZEN = {"recent_days": 182, "trend_recent_days": 61, "trend_early_days": 365, "alpha": 0.05,
+          "min_history_days": 90, "min_orders": 5, "trend_test": "spend+silence", "seasonal": False,
+          "trend_compare": "last_year", "season_guard": 1.25, "lapse_min_days": 180, "lapse_factor": 3.0,
+          "max_projected_growth": 1.0}
 
 
 def payment_auc(seeds=(0, 1, 2)) -> list[dict]:
@@ -128,12 +145,86 @@ def summarise(bt: pd.DataFrame, cutoffs) -> dict:
     return out
 
 
+def label_diagnostics(t, cutoffs, params) -> list[dict]:
+    """Per cutoff: why loyalist labels whom it labels (customers with a purchase before the cutoff, eligible for
+    the tests, compared year over year, significant rises / falls held back by the season guard, the base's
+    swing, labels)."""
+    from loyalist.insights.direction import trend_inputs
+
+    out = []
+    for c in cutoffs:
+        st, r = trend_inputs(t, c, params)
+        swing = st["base_swing"].to_numpy(float) if "base_swing" in st else np.full(len(st), np.nan)
+        out.append({"cutoff": str(c), "customers": len(st), "eligible_for_tests": int(r["eligible"].sum()),
+                    "compared_year_over_year": int((r["compared_with"] == "last_year").sum()),
+                    "rises_held_back_by_season_guard": int((r["season_guarded"] > 0).sum()),
+                    "falls_held_back_by_season_guard": int((r["season_guarded"] < 0).sum()),
+                    "base_swing_median_of_eligible": _num(np.nanmedian(swing[r["eligible"]]))
+                    if r["eligible"].any() else None,
+                    "labels": pd.Series(r["trend"]).value_counts().to_dict()})
+    return out
+
+
+def cdnow_section(n_boot: int) -> dict:
+    """The independent data set: CDNOW master with the frozen defaults (see CDNOW_CUTOFFS / FROZEN)."""
+    from loyalist.evaluation.direction import backtest_direction
+    from loyalist.ingest import ingest
+    from loyalist.models.direction import DirectionParams
+    from loyalist.store import open_store
+
+    params = DirectionParams()
+    if asdict(params) != FROZEN:
+        raise SystemExit(f"the defaults changed since they were frozen for CDNOW: {asdict(params)} != {FROZEN}")
+    with tempfile.TemporaryDirectory() as tmp:
+        store = open_store(Path(tmp) / "cdnow.duckdb")
+        t0 = time.perf_counter()
+        totals = ingest(store, [CDNOW]).totals()
+        t_ingest = time.perf_counter() - t0
+        t = store.table("transactions")
+        t0 = time.perf_counter()
+        bt = backtest_direction(t, CDNOW_CUTOFFS, params, n_boot=n_boot)
+        t_eval = time.perf_counter() - t0
+        diag = label_diagnostics(t, CDNOW_CUTOFFS, params)
+        store.close()
+    rows = bt.assign(cutoff=bt["cutoff"].dt.date.astype(str).replace("NaT", "pooled"))
+    return {
+        "note": "independent data set, defaults frozen before it was scored: nothing was chosen on CDNOW; the "
+                "cutoffs were fixed by the rule below (in bench/direction.py, committed) before the first score",
+        "data": "CDNOW master (../shared/data/cdnow/CDNOW_master.txt.gz): 23,570 customers who first bought in Q1 "
+                "1997, purchases to 1998-06-30; B2C, one decaying cohort; ingested with loyalist.ingest.ingest "
+                "(format detected as a user's would be)",
+        "ingest": {k: int(v) for k, v in totals.items() if isinstance(v, (int, np.integer))},
+        "defaults": FROZEN,
+        "cutoff_rule": "the first day of every month whose 182-day outcome window ends by the data end "
+                       "(1998-06-30) and whose 182-day past window starts no later than the data start "
+                       "(1997-01-01); monthly cutoffs share most of their windows (not independent)",
+        "cutoffs": [str(c) for c in CDNOW_CUTOFFS],
+        "verdict": summarise(bt, CDNOW_CUTOFFS),
+        "label_diagnostics": label_diagnostics_note(diag),
+        "backtest": rows.replace({np.nan: None}).to_dict("records"),
+        "timing_s": {"ingest": round(t_ingest, 2), "evaluation": round(t_eval, 2)},
+    }
+
+
+def label_diagnostics_note(diag: list[dict]) -> dict:
+    return {"note": "eligible = enough history before the recent window (>= min_history_days) and >= min_orders "
+                    "repeat orders in the compared windows; base_swing = the whole base's purchase occasions per "
+                    "day in the recent window over those in the customer's comparison window (the season guard "
+                    "holds back a fall below 1/1.25 and a rise above 1.25 unless compared year over year)",
+            "per_cutoff": diag}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--db")
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "direction.json"))
     ap.add_argument("--boot", type=int, default=1000)
+    ap.add_argument("--cdnow-only", action="store_true",
+                    help="score only the independent CDNOW section and print it (writes no results file)")
     args = ap.parse_args()
+    if args.cdnow_only:
+        print(json.dumps(cdnow_section(args.boot), indent=1, default=str))
+        return
     from loyalist.evaluation.direction import (
         backtest_direction,
         nested_direction,
@@ -179,6 +270,7 @@ def main() -> None:
     store.close()
     if tmp:
         tmp.cleanup()
+    cdnow = cdnow_section(args.boot)
 
     verdict = summarise(bt, EVAL)
     strict_v = {k: {"pooled": v["pooled"], "cutoffs_loyalist_better": v["cutoffs_loyalist_better"]}
@@ -252,6 +344,7 @@ def main() -> None:
         "payment_risk_synthetic": payment_auc(),
         "timing_s": timing,
         "labels_at_data_end": table["trend"].value_counts().to_dict(),
+        "independent_cdnow_master": cdnow,
     }
     Path(args.out).write_text(json.dumps(result, indent=1, default=str))
     short = {k: {"cutoffs_loyalist_better": v["cutoffs_loyalist_better"], "pooled": v["pooled"]}
@@ -259,7 +352,9 @@ def main() -> None:
     nested_short = {k: {"cutoffs_loyalist_better": v["cutoffs_loyalist_better"], "pooled": v["pooled"]}
                     for k, v in nested_v.items()}
     print(json.dumps({"chosen": chosen, "verdict": short, "nested": nested_short, "strict": strict_v,
-                      "stable": result["stable_synthetic_false_alarms"], "timing_s": timing}, indent=1))
+                      "stable": result["stable_synthetic_false_alarms"], "timing_s": timing,
+                      "cdnow": {k: {"cutoffs_loyalist_better": v["cutoffs_loyalist_better"], "pooled": v["pooled"]}
+                                for k, v in cdnow["verdict"].items()}}, indent=1))
     print(f"wrote {args.out}")
 
 
