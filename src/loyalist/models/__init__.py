@@ -11,6 +11,7 @@ gradient on log-parameters over compressed (deduplicated, weighted) customer pat
 * :class:`GammaGamma` - Fader, Hardie & Lee (2005), "RFM and CLV" (spend; scale ``v`` = their gamma).
 * :class:`SeasonalBGNBD` - the BG/NBD with a month-of-year purchase intensity (BG/NBD in operational time;
   fitted on frequency, first/last purchase dates and repeat purchases per month; see its module).
+* :class:`SeasonalParetoNBD` - the Pareto/NBD in the same operational time (purchase and dropout clocks).
 """
 
 from loyalist.models._base import (
@@ -25,6 +26,7 @@ from loyalist.models.gammagamma import GammaGamma
 from loyalist.models.mbgnbd import MBGNBD
 from loyalist.models.paretonbd import ParetoNBD
 from loyalist.models.seasonal import SeasonalBGNBD
+from loyalist.models.seasonal_paretonbd import SeasonalParetoNBD
 
 __all__ = [
     "BGNBD",
@@ -33,6 +35,7 @@ __all__ = [
     "BGBB",
     "GammaGamma",
     "SeasonalBGNBD",
+    "SeasonalParetoNBD",
     "ConvergenceError",
     "ConvergenceWarning",
     "ModelInputError",

@@ -24,6 +24,10 @@ Identification and the future: ``gamma`` is centred over the months seen in the 
 constant shift is the same model with another ``alpha``); a month never seen before ``as_of`` gets the
 mean intensity (``gamma = 0``). Time unit: days.
 
+The operational-time machinery (data checks, month tables, the chain rule through ``tau = D @ m``, the fit,
+predictions) is :class:`OperationalTimeModel`, shared with the seasonal Pareto/NBD
+(:mod:`loyalist.models.seasonal_paretonbd`).
+
 Written here because no maintained library fits a BG/NBD with time-varying purchase intensity (lifetimes
 and pymc-marketing have constant rates; CLVTools, R, has time-varying covariates for the Pareto/NBD only).
 Maximum likelihood with the analytic gradient (FHL 2005 eq. 6 differentiated in ``r, alpha, a, b`` and in
@@ -47,7 +51,7 @@ from loyalist.models._base import (
 )
 from loyalist.models.bgnbd import BGNBD
 
-__all__ = ["SeasonalBGNBD", "month_days"]
+__all__ = ["SeasonalBGNBD", "OperationalTimeModel", "month_days"]
 
 MONTHS = tuple(f"m_{i:02d}" for i in range(1, 13))
 
@@ -72,23 +76,20 @@ def month_days(start: np.ndarray, end: np.ndarray) -> np.ndarray:
     return cum[end - lo] - cum[start - lo]
 
 
-class SeasonalBGNBD(BaseModel):
-    """BG/NBD with a month-of-year purchase intensity (see the module docstring).
+class OperationalTimeModel(BaseModel):
+    """A classic purchase model (four parameters) in operational time ``M(u)`` with a month-of-year intensity
+    ``m = exp(gamma_month)``: the machinery shared by :class:`SeasonalBGNBD` and
+    :class:`loyalist.models.seasonal_paretonbd.SeasonalParetoNBD` (data checks, the month tables, the
+    likelihood's chain rule through ``tau = D @ m``, the fit, the operational times of predictions).
 
-    ``fit(frequency, first_order, last_order, as_of, repeat_by_month)``: repeat purchases per customer,
-    first and last purchase dates, the end of the observation (exclusive: data up to the day before), and the
-    number of repeat purchases (purchase occasions after each customer's first) in each calendar month of
-    year over all customers (12 numbers, January first). Parameters (``params_``): ``r, alpha, a, b`` (FHL
-    2005, alpha in operational days) and ``m_01 .. m_12`` (the monthly intensity, geometric mean 1 over the
-    months seen; unseen months 1). ``seen_months_`` says which months the data covered.
-
-    Predictions take the customers' dates: ``conditional_expected_number_of_purchases_up_to_time(t,
-    frequency, first_order, last_order, as_of)`` (t in days after ``as_of``), ``probability_of_purchase_within``,
-    ``conditional_probability_alive``; ``operational(...)`` gives the operational times for any BG/NBD formula.
+    A subclass names its classic model (``_classic``, a class with ``from_params`` and the prediction
+    methods on ``(x, t_x, T)``) and its four parameter names, and implements ``_classic_loglik(params, x, tx,
+    T)``: the sum over customers of the classic log-likelihood at operational times, its gradient in the four
+    (natural) parameters, and per customer its derivatives in ``T`` and ``t_x``.
     """
 
-    _param_names = ("r", "alpha", "a", "b", *MONTHS)
-    _model_name = "seasonal BG/NBD"
+    _classic: Any = None
+    _classic_names: tuple[str, ...] = ()
 
     # ------------------------------------------------------------------ data
     @staticmethod
@@ -109,39 +110,26 @@ class SeasonalBGNBD(BaseModel):
 
     # ------------------------------------------------------------------ likelihood
     @staticmethod
-    def _loglik(theta: np.ndarray, x, Dx, DT, n_rep, seen):
-        """Total log-likelihood and its gradient with respect to ``theta = (log r, log alpha, log a, log b,
-        G)`` where ``gamma[seen] = G - mean(G)``. FHL 2005 eq. (6) at operational times plus the Jacobian."""
-        r, alpha, a, b = np.exp(theta[:4])
+    def _classic_loglik(params: np.ndarray, x, tx, T):
+        raise NotImplementedError
+
+    @classmethod
+    def _loglik(cls, theta: np.ndarray, x, Dx, DT, n_rep, seen):
+        """Total log-likelihood and its gradient with respect to ``theta = (log of the four classic
+        parameters, G)`` where ``gamma[seen] = G - mean(G)``: the classic likelihood at operational times
+        ``tau = D @ m`` plus the Jacobian ``n_rep @ gamma`` of the repeat purchase times."""
+        params = np.exp(theta[:4])
         G = theta[4:]
         gamma = np.zeros(12)
         gamma[seen] = G - G.mean()
         m = np.exp(gamma)
         tx, T = Dx @ m, DT @ m
-        pos = x > 0
-        lT, lx = np.log(alpha + T), np.log(alpha + tx)
-        bab = sc.betaln(a, b)
-        t1 = sc.betaln(a, b + x) - (r + x) * lT
-        with np.errstate(divide="ignore"):
-            t2 = np.where(pos, sc.betaln(a + 1, np.where(pos, b + x - 1, 1.0)) - (r + x) * lx, -np.inf)
-        mix = np.logaddexp(t1, t2)
-        q2 = np.exp(t2 - mix)  # share of the "dropped out after the last purchase" term
-        q1 = 1.0 - q2
-        ll = np.sum(sc.gammaln(r + x) - sc.gammaln(r) + r * np.log(alpha) - bab + mix) + n_rep @ gamma
-        R = r + x
-        g_r = np.sum(sc.digamma(r + x) - sc.digamma(r) + np.log(alpha) - q1 * lT - q2 * lx)
-        g_alpha = np.sum(r / alpha - q1 * R / (alpha + T) - q2 * R / (alpha + tx))
-        psi_ab, psi_abx = sc.digamma(a + b), sc.digamma(a + b + x)
-        g_a = np.sum(-(sc.digamma(a) - psi_ab) + q1 * (sc.digamma(a) - psi_abx) + q2 * (sc.digamma(a + 1) - psi_abx))
-        g_b = np.sum(-(sc.digamma(b) - psi_ab) + q1 * (sc.digamma(b + x) - psi_abx)
-                     + q2 * np.where(pos, sc.digamma(np.where(pos, b + x - 1, 1.0)) - psi_abx, 0.0))
-        dT = -q1 * R / (alpha + T)
-        dx = -q2 * R / (alpha + tx)
+        ll, g, dT, dx = cls._classic_loglik(params, x, tx, T)
+        ll = ll + n_rep @ gamma
         g_gamma = (dT @ DT + dx @ Dx) * m + n_rep  # d ll / d gamma_month
         gs = g_gamma[seen]
         g_G = gs - gs.mean()
-        grad = np.r_[g_r * r, g_alpha * alpha, g_a * a, g_b * b, g_G]
-        return float(ll), grad
+        return float(ll), np.r_[g * params, g_G]
 
     def fit(self, frequency: Any, first_order: Any, last_order: Any, as_of: Any, repeat_by_month: Any,
             initial_params: dict[str, float] | None = None):
@@ -156,12 +144,14 @@ class SeasonalBGNBD(BaseModel):
                                   f"{x.sum():g} repeat purchases")
         if not (x > 0).any():
             raise ModelInputError("nobody bought twice: the purchase rate cannot be estimated")
+        order = np.argsort(x, kind="stable")  # runs of equal frequency (the Pareto/NBD's 2F1 polynomials)
+        x, d0, d1 = x[order], d0[order], d1[order]
         DT = month_days(d0, np.full(d0.size, end))
         Dx = month_days(d0, d1)
         seen = month_days(np.array([d0.min()]), np.array([end]))[0] > 0
-        base = BGNBD().fit(x, (d1 - d0).astype(float), (end - d0).astype(float))
+        base = self._classic().fit(x, (d1 - d0).astype(float), (end - d0).astype(float))
         start = initial_params or base.params_
-        theta0 = np.r_[np.log([start[k] for k in ("r", "alpha", "a", "b")]), np.zeros(int(seen.sum()))]
+        theta0 = np.r_[np.log([start[k] for k in self._classic_names]), np.zeros(int(seen.sum()))]
         n = float(x.size)
 
         def fun(theta):
@@ -170,13 +160,14 @@ class SeasonalBGNBD(BaseModel):
 
         res = optimize.minimize(fun, theta0, jac=True, method="L-BFGS-B",
                                 options={"maxiter": int(self.max_iter), "gtol": float(self.tol)})
-        r, alpha, a, b = np.exp(res.x[:4])
+        classic = np.exp(res.x[:4])
         gamma = np.zeros(12)
         gamma[seen] = res.x[4:] - res.x[4:].mean()
-        self.params_ = {"r": float(r), "alpha": float(alpha), "a": float(a), "b": float(b),
+        self.params_ = {**{k: float(v) for k, v in zip(self._classic_names, classic)},
                         **{k: float(v) for k, v in zip(MONTHS, np.exp(gamma))}}
         self.log_likelihood_ = -float(res.fun) * n
         self.base_log_likelihood_ = float(base.log_likelihood_)
+        self.base_params_ = dict(base.params_)
         self.seen_months_ = seen
         self.converged_ = bool(res.success) and float(np.max(np.abs(res.jac))) < 1e-3
         self.optimizer_message_ = str(res.message)
@@ -190,7 +181,7 @@ class SeasonalBGNBD(BaseModel):
 
     @property
     def standard_errors_(self) -> dict[str, float]:
-        raise NotFittedError("standard errors are not computed for the seasonal BG/NBD")
+        raise NotFittedError(f"standard errors are not computed for the {self._model_name}")
 
     # ------------------------------------------------------------------ predictions
     def _m(self) -> np.ndarray:
@@ -208,25 +199,77 @@ class SeasonalBGNBD(BaseModel):
         tau_t = float((month_days(np.array([end]), np.array([end + round(float(t))])) @ m)[0])
         return tau_x, tau_T, tau_t
 
-    def _bgnbd(self) -> BGNBD:
-        r, alpha, a, b = self._theta()[:4]
-        return BGNBD.from_params(r=r, alpha=alpha, a=a, b=b)
+    def classic_model(self):
+        """The classic model at the fitted (operational-time) parameters."""
+        return self._classic.from_params(**dict(zip(self._classic_names, self._theta()[:4])))
 
     def conditional_expected_number_of_purchases_up_to_time(self, t: float, frequency: Any, first_order: Any,
                                                             last_order: Any, as_of: Any) -> np.ndarray:
-        """Expected purchases in the ``t`` days after ``as_of``: FHL 2005 eq. (10) in operational time."""
+        """Expected purchases in the ``t`` days after ``as_of``: the classic conditional expectation in
+        operational time."""
         tau_x, tau_T, tau_t = self.operational(t, first_order, last_order, as_of)
-        return self._bgnbd().conditional_expected_number_of_purchases_up_to_time(tau_t, frequency, tau_x, tau_T)
+        return self.classic_model().conditional_expected_number_of_purchases_up_to_time(tau_t, frequency, tau_x,
+                                                                                        tau_T)
 
     def probability_of_purchase_within(self, t: float, frequency: Any, first_order: Any, last_order: Any,
                                        as_of: Any) -> np.ndarray:
-        """P(at least one purchase in the ``t`` days after ``as_of``) (BGNBD.probability_of_purchase_within
-        in operational time)."""
+        """P(at least one purchase in the ``t`` days after ``as_of``) (the classic model's
+        probability_of_purchase_within in operational time)."""
         tau_x, tau_T, tau_t = self.operational(t, first_order, last_order, as_of)
-        return self._bgnbd().probability_of_purchase_within(tau_t, frequency, tau_x, tau_T)
+        return self.classic_model().probability_of_purchase_within(tau_t, frequency, tau_x, tau_T)
 
     def conditional_probability_alive(self, frequency: Any, first_order: Any, last_order: Any,
                                       as_of: Any) -> np.ndarray:
-        """P(active at ``as_of``) (Fader, Hardie & Lee 2008 in operational time)."""
+        """P(active at ``as_of``) (the classic P(alive) in operational time)."""
         tau_x, tau_T, _ = self.operational(0, first_order, last_order, as_of)
-        return self._bgnbd().conditional_probability_alive(frequency, tau_x, tau_T)
+        return self.classic_model().conditional_probability_alive(frequency, tau_x, tau_T)
+
+
+class SeasonalBGNBD(OperationalTimeModel):
+    """BG/NBD with a month-of-year purchase intensity (see the module docstring).
+
+    ``fit(frequency, first_order, last_order, as_of, repeat_by_month)``: repeat purchases per customer,
+    first and last purchase dates, the end of the observation (exclusive: data up to the day before), and the
+    number of repeat purchases (purchase occasions after each customer's first) in each calendar month of
+    year over all customers (12 numbers, January first). Parameters (``params_``): ``r, alpha, a, b`` (FHL
+    2005, alpha in operational days) and ``m_01 .. m_12`` (the monthly intensity, geometric mean 1 over the
+    months seen; unseen months 1). ``seen_months_`` says which months the data covered.
+
+    Predictions take the customers' dates: ``conditional_expected_number_of_purchases_up_to_time(t,
+    frequency, first_order, last_order, as_of)`` (t in days after ``as_of``), ``probability_of_purchase_within``,
+    ``conditional_probability_alive``; ``operational(...)`` gives the operational times for any BG/NBD formula.
+    """
+
+    _param_names = ("r", "alpha", "a", "b", *MONTHS)
+    _classic_names = ("r", "alpha", "a", "b")
+    _classic = BGNBD
+    _model_name = "seasonal BG/NBD"
+
+    @staticmethod
+    def _classic_loglik(params: np.ndarray, x, tx, T):
+        """FHL 2005 eq. (6) summed over customers at operational times, its gradient in ``r, alpha, a, b``
+        and per customer its derivatives in ``T`` and ``t_x``."""
+        r, alpha, a, b = params
+        pos = x > 0
+        lT, lx = np.log(alpha + T), np.log(alpha + tx)
+        bab = sc.betaln(a, b)
+        t1 = sc.betaln(a, b + x) - (r + x) * lT
+        with np.errstate(divide="ignore"):
+            t2 = np.where(pos, sc.betaln(a + 1, np.where(pos, b + x - 1, 1.0)) - (r + x) * lx, -np.inf)
+        mix = np.logaddexp(t1, t2)
+        q2 = np.exp(t2 - mix)  # share of the "dropped out after the last purchase" term
+        q1 = 1.0 - q2
+        ll = np.sum(sc.gammaln(r + x) - sc.gammaln(r) + r * np.log(alpha) - bab + mix)
+        R = r + x
+        g_r = np.sum(sc.digamma(r + x) - sc.digamma(r) + np.log(alpha) - q1 * lT - q2 * lx)
+        g_alpha = np.sum(r / alpha - q1 * R / (alpha + T) - q2 * R / (alpha + tx))
+        psi_ab, psi_abx = sc.digamma(a + b), sc.digamma(a + b + x)
+        g_a = np.sum(-(sc.digamma(a) - psi_ab) + q1 * (sc.digamma(a) - psi_abx) + q2 * (sc.digamma(a + 1) - psi_abx))
+        g_b = np.sum(-(sc.digamma(b) - psi_ab) + q1 * (sc.digamma(b + x) - psi_abx)
+                     + q2 * np.where(pos, sc.digamma(np.where(pos, b + x - 1, 1.0)) - psi_abx, 0.0))
+        dT = -q1 * R / (alpha + T)
+        dx = -q2 * R / (alpha + tx)
+        return float(ll), np.array([g_r, g_alpha, g_a, g_b]), dT, dx
+
+    def _bgnbd(self) -> BGNBD:
+        return self.classic_model()
