@@ -431,3 +431,76 @@ def _plain(v):
 def _round(x):
     x = float(x)
     return round(x, 4) if np.isfinite(x) else None
+
+
+DESCRIBE_COLUMNS = ["method", "label", "customers", "lift", "new_share", "lift_new", "lift_not_new",
+                    "eligible_share", "median_orders", "largest_next_share", "lift_loo_min", "lift_loo_max",
+                    "median_prev_vs_typical", "median_largest_order_share"]
+
+
+def describe_groups(t, cutoffs: list[dt.date], params: DirectionParams | None = None,
+                    horizon_days: int = 182) -> pd.DataFrame:
+    """Who is in each growing / declining group (loyalist's, the rule's, and the equal-size picks of `groups`),
+    pooled over `cutoffs` (a customer at two cutoffs counts twice): what kind of customers make a group's lift.
+
+    One row per (method, label), columns `DESCRIBE_COLUMNS`:
+    - customers, lift: as in `backtest_direction` (pooled sums; the base is every customer at every cutoff);
+    - new_share: share whose first purchase lies inside the previous `horizon_days` (new customers, whose
+      previous window covers only part of a half-year as a customer); lift_new / lift_not_new: the lift of
+      those / the others;
+    - eligible_share: share with enough history for loyalist's tests (`classify_trend`'s `eligible`);
+    - median_orders: median purchase occasions to date;
+    - largest_next_share: the share of the group's next-window revenue from its single largest customer;
+      lift_loo_min / lift_loo_max: the lowest / highest lift with any one customer (at one cutoff) left out of
+      the group (the base kept as it is): how much a single customer carries the group's lift;
+    - median_prev_vs_typical: median of the previous window's spend over the customer's own spend per
+      `horizon_days` in the 365 days before that window (customers with a purchase there only): > 1 means the
+      previous window was above the customer's usual level (a spike, after which the next window tends to
+      fall back), < 1 below it;
+    - median_largest_order_share: median share of the previous window's spend in its largest purchase occasion.
+    """
+    from loyalist.insights.direction import classify_from
+
+    params = params or DirectionParams()
+    frames = []
+    for cutoff in cutoffs:
+        df, st = cutoff_frame(t, cutoff, params, horizon_days, with_inputs=True)
+        start = cutoff - dt.timedelta(days=horizon_days)
+        ids = df["customer_id"]
+        before = _window_spend(t, start - dt.timedelta(days=365), start).set_index("customer_id")["spend"]
+        occ = purchases(t, dt.datetime.combine(cutoff, dt.time()))
+        occ = occ.filter(occ.day >= ibis.date(start))
+        largest = occ.group_by("customer_id").aggregate(m=occ.spend.max()).execute().set_index("customer_id")["m"]
+        d = df[["customer_id", "prev", "next"]].assign(
+            new=st["first_age"].to_numpy(float) <= horizon_days, eligible=classify_from(st, params)["eligible"],
+            orders=st["orders"].to_numpy(float), before=before.reindex(ids).fillna(0.0).to_numpy(),
+            largest=largest.reindex(ids).fillna(0.0).to_numpy())
+        for (method, label), mask in groups(df).items():
+            if label != "lapsed":
+                frames.append(d[mask].assign(method=method, label=label))
+        frames.append(d.assign(method="", label=""))
+    rows = pd.concat(frames, ignore_index=True)
+    base = rows[rows["method"] == ""]
+    base_change = base["next"].sum() / base["prev"].sum()
+
+    def lift(g: pd.DataFrame) -> float:
+        p = g["prev"].sum()
+        return float(g["next"].sum() / p / base_change) if p > 0 else np.nan
+
+    out = []
+    for (method, label), g in rows[rows["method"] != ""].groupby(["method", "label"], sort=True):
+        nxt, prv = g["next"].sum(), g["prev"].sum()
+        with np.errstate(invalid="ignore", divide="ignore"):
+            typical = g["before"] * horizon_days / 365
+            vs = (g["prev"] / typical).where(g["before"] > 0)
+            lg = (g["largest"] / g["prev"]).where(g["prev"] > 0)
+            loo = ((nxt - g["next"]) / (prv - g["prev"]) / base_change).where(prv - g["prev"] > 0)
+        out.append({"method": method, "label": label, "customers": len(g), "lift": lift(g),
+                    "new_share": float(g["new"].mean()) if len(g) else np.nan,
+                    "lift_new": lift(g[g["new"]]), "lift_not_new": lift(g[~g["new"]]),
+                    "eligible_share": float(g["eligible"].mean()) if len(g) else np.nan,
+                    "median_orders": float(g["orders"].median()),
+                    "largest_next_share": float(g["next"].max() / nxt) if nxt > 0 else np.nan,
+                    "lift_loo_min": float(loo.min()), "lift_loo_max": float(loo.max()),
+                    "median_prev_vs_typical": float(vs.median()), "median_largest_order_share": float(lg.median())})
+    return pd.DataFrame(out, columns=DESCRIBE_COLUMNS)
