@@ -9,7 +9,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from loyalist.evaluation.direction import DESCRIBE_COLUMNS, cutoff_frame, describe_groups, groups
+from loyalist.evaluation.direction import (
+    DESCRIBE_COLUMNS,
+    cutoff_frame,
+    describe_groups,
+    groups,
+)
 from loyalist.insights.direction import classify_from
 from loyalist.models.direction import DirectionParams
 
