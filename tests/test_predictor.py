@@ -9,6 +9,7 @@ from conftest import shared_file
 
 from loyalist.backtest import (
     SEASONAL,
+    SEASONAL_PARETO,
     STACK_UNGUARDED,
     actuals,
     backtest,
@@ -49,7 +50,7 @@ def _cdnow_table(keep_after: bool):
 
 @pytest.mark.slow
 def test_stack_predictions_do_not_depend_on_the_holdout():
-    models = ("bgnbd", "paretonbd", STACK_UNGUARDED, SEASONAL)
+    models = ("bgnbd", "paretonbd", STACK_UNGUARDED, SEASONAL, SEASONAL_PARETO)
     a = backtest(_cdnow_table(True), dt.date(1997, 10, 1), 273, models)
     b = backtest(_cdnow_table(False), dt.date(1997, 10, 1), 273, models)
     pa = a.per_customer.sort_values("customer_id").reset_index(drop=True)
@@ -57,6 +58,7 @@ def test_stack_predictions_do_not_depend_on_the_holdout():
     assert (pa["customer_id"] == pb["customer_id"]).all()
     np.testing.assert_allclose(pa[STACK_UNGUARDED], pb[STACK_UNGUARDED], rtol=1e-9)
     np.testing.assert_allclose(pa[SEASONAL], pb[SEASONAL], rtol=1e-9)
+    np.testing.assert_allclose(pa[SEASONAL_PARETO], pb[SEASONAL_PARETO], rtol=1e-9)
     assert pa["actual"].sum() == 1882  # repeat purchase days of the 39-week holdout (Fader, Hardie & Lee 2005)
     # finite, non-negative expected counts for every customer
     assert np.all(np.isfinite(pa[STACK_UNGUARDED])) and (pa[STACK_UNGUARDED] >= 0).all()

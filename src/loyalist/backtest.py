@@ -13,7 +13,8 @@ holdout figures are as honest as the others'.
 `btyd_stack` (and `btyd_stack_unguarded`, the same without its guard; both on request, e.g. by
 bench/predictor.py, not in the default list) blends and recalibrates BG/NBD and Pareto/NBD on a reference
 window before the cutoff (see :func:`fit_predict_stack`). `bgnbd_seasonal` (on request too) is the BG/NBD with
-a month-of-year purchase intensity (loyalist.models.seasonal, via loyalist.backtest_seasonal). Measured
+a month-of-year purchase intensity (loyalist.models.seasonal, via loyalist.backtest_seasonal), and
+`paretonbd_seasonal` the Pareto/NBD in the same operational time (loyalist.models.seasonal_paretonbd). Measured
 (bench/results/predictor.json): none of them beats both classic models on every metric on CDNOW and Online
 Retail II (the seasonal model does at one of three Online Retail II cutoffs), so `analyze` keeps choosing
 among the classic models.
@@ -36,6 +37,7 @@ from loyalist.features import purchases, rfm_summary, rhythm
 
 GBM = "rhythm_gbm"
 SEASONAL = "bgnbd_seasonal"  # loyalist.backtest_seasonal: the seasonal BG/NBD, on request (bench/predictor.py)
+SEASONAL_PARETO = "paretonbd_seasonal"  # the seasonal Pareto/NBD, on request too
 STACK = "btyd_stack"
 STACK_UNGUARDED = "btyd_stack_unguarded"  # the blend without its guard: reported by bench/predictor.py
 
@@ -51,6 +53,9 @@ class BacktestResult:
     per_customer: pd.DataFrame
     """customer_id, frequency (calibration), actual holdout orders, and each model's expected orders."""
     notes: list[str] = field(default_factory=list)
+    per_customer_prob: pd.DataFrame | None = None
+    """customer_id and each model's P(at least one order in the horizon), rows as in per_customer (for paired
+    comparisons, e.g. bench/predictor.py's bootstrap); None on Spark."""
 
     def to_dict(self) -> dict:
         return {"cutoff": str(self.cutoff), "horizon_days": self.horizon_days, "customers": self.customers,
@@ -312,13 +317,14 @@ def backtest(transactions: ir.Table, cutoff: dt.date | str, horizon_days: int = 
     f, r, T = (calib[c].to_numpy(float) for c in ("frequency", "recency", "T"))
     rows, predicted = [], {}
     per_customer = pd.DataFrame({"customer_id": calib["customer_id"], "frequency": f, "actual": y})
+    per_customer_prob = pd.DataFrame({"customer_id": calib["customer_id"]})
     spend = None
     for name in models:
-        if name in (GBM, STACK, STACK_UNGUARDED, SEASONAL):
-            if name == SEASONAL:
+        if name in (GBM, STACK, STACK_UNGUARDED, SEASONAL, SEASONAL_PARETO):
+            if name in (SEASONAL, SEASONAL_PARETO):
                 from loyalist.backtest_seasonal import fit_predict_seasonal
 
-                pred, note = fit_predict_seasonal(transactions, calib, cutoff, horizon_days)
+                pred, note = fit_predict_seasonal(transactions, calib, cutoff, horizon_days, name)
             elif name == GBM:
                 pred, note = fit_predict_gbm(transactions, calib, cutoff, horizon_days, predicted.get("bgnbd"))
             else:
@@ -340,10 +346,12 @@ def backtest(transactions: ir.Table, cutoff: dt.date | str, horizon_days: int = 
                 spend = spend_errors(fitted.spend.conditional_expected_average_profit(f, mv),
                                      act["holdout_orders"].to_numpy(float), act["holdout_spend"].to_numpy(float))
         per_customer[name] = expected
+        per_customer_prob[name] = prob
         rows.append(metric_row(name, metric_sums(expected, prob, y), holdout_auc(y > 0, prob)))
     metrics, best = finish_metrics(rows, spend)
     tracking = tracking_curve(transactions, calib, predicted, cutoff, horizon_days)
-    return BacktestResult(cutoff, horizon_days, metrics, tracking, best, len(calib), per_customer, notes)
+    return BacktestResult(cutoff, horizon_days, metrics, tracking, best, len(calib), per_customer, notes,
+                          per_customer_prob)
 
 
 def repeat_days(transactions: ir.Table, cutoff: dt.date, horizon_days: int) -> ir.Table:

@@ -69,7 +69,7 @@ def test_recovers_the_monthly_intensity_and_beats_the_plain_paretonbd(synthetic)
 
 
 def test_flat_intensity_is_the_paretonbd_in_days(synthetic):
-    x, first, last, by_month = (v[:4000] if i < 3 else v for i, v in enumerate(synthetic))
+    x, first, last, _ = (v[:4000] if i < 3 else v for i, v in enumerate(synthetic))
     x = np.asarray(x)
     rec = (last - first).astype(float)
     T = (AS_OF - first).astype(float)
@@ -139,7 +139,7 @@ def test_analytic_gradient_matches_central_differences(synthetic):
 
 def test_the_seasonal_bgnbd_shares_the_operational_time_machinery(synthetic):
     """Both seasonal models compute operational times the same way (one implementation)."""
-    x, first, last, by_month = (v[:500] if i < 3 else v for i, v in enumerate(synthetic))
+    _, first, last, _ = (v[:500] if i < 3 else v for i, v in enumerate(synthetic))
     months = {k: float(v) for k, v in zip(MONTHS, TRUE_M)}
     a = SeasonalParetoNBD.from_params(**TRUE, **months).operational(90, first, last, AS_OF)
     b = SeasonalBGNBD.from_params(r=0.5, alpha=20.0, a=0.7, b=3.0, **months).operational(90, first, last, AS_OF)

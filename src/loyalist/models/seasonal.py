@@ -51,7 +51,7 @@ from loyalist.models._base import (
 )
 from loyalist.models.bgnbd import BGNBD
 
-__all__ = ["SeasonalBGNBD", "OperationalTimeModel", "month_days"]
+__all__ = ["OperationalTimeModel", "SeasonalBGNBD", "month_days"]
 
 MONTHS = tuple(f"m_{i:02d}" for i in range(1, 13))
 
