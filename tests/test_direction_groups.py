@@ -108,7 +108,8 @@ def test_describe_groups_matches_pandas(lines):
                 "median_largest_order_share": (g["largest"] / g["prev"])[g["prev"] > 0].median()}
         if loo:
             want["lift_loo_min"], want["lift_loo_max"] = min(loo), max(loo)
-        for part, col in ((g[g["new"]], "lift_new"), (g[~g["new"]], "lift_not_new")):
+        for part, col in ((g[g["new"]], "lift_new"), (g[~g["new"]], "lift_not_new"),
+                          (g[g["eligible"]], "lift_eligible"), (g[~g["eligible"]], "lift_not_eligible")):
             if part["prev"].sum() > 0:
                 want[col] = part["next"].sum() / part["prev"].sum() / bc
         for k, v in want.items():

@@ -434,7 +434,7 @@ def _round(x):
 
 
 DESCRIBE_COLUMNS = ["method", "label", "customers", "lift", "new_share", "lift_new", "lift_not_new",
-                    "eligible_share", "median_orders", "largest_next_share", "lift_loo_min", "lift_loo_max",
+                    "eligible_share", "lift_eligible", "lift_not_eligible", "median_orders", "largest_next_share", "lift_loo_min", "lift_loo_max",
                     "median_prev_vs_typical", "median_largest_order_share"]
 
 
@@ -449,6 +449,7 @@ def describe_groups(t, cutoffs: list[dt.date], params: DirectionParams | None = 
       previous window covers only part of a half-year as a customer); lift_new / lift_not_new: the lift of
       those / the others;
     - eligible_share: share with enough history for loyalist's tests (`classify_trend`'s `eligible`);
+      lift_eligible / lift_not_eligible: the lift of those / the others;
     - median_orders: median purchase occasions to date;
     - largest_next_share: the share of the group's next-window revenue from its single largest customer;
       lift_loo_min / lift_loo_max: the lowest / highest lift with any one customer (at one cutoff) left out of
@@ -499,6 +500,7 @@ def describe_groups(t, cutoffs: list[dt.date], params: DirectionParams | None = 
                     "new_share": float(g["new"].mean()) if len(g) else np.nan,
                     "lift_new": lift(g[g["new"]]), "lift_not_new": lift(g[~g["new"]]),
                     "eligible_share": float(g["eligible"].mean()) if len(g) else np.nan,
+                    "lift_eligible": lift(g[g["eligible"]]), "lift_not_eligible": lift(g[~g["eligible"]]),
                     "median_orders": float(g["orders"].median()),
                     "largest_next_share": float(g["next"].max() / nxt) if nxt > 0 else np.nan,
                     "lift_loo_min": float(loo.min()), "lift_loo_max": float(loo.max()),
