@@ -45,6 +45,10 @@ Trend (growing / stable / declining / lapsed)
     earlier activity is not labelled declining. A fall during the base's rise (or a rise during its fall)
     is still labelled. The reason says so. Neither setting was tuned: no tuning cutoff of the benchmark has
     a year-ago window or a seasonal swing beyond g (see bench/results/direction.json).
+    Known limit: the guard cannot tell a season from a base that shrinks for good. On the CDNOW master file
+    (one cohort that ages and buys less and less) the base's activity was 0.3-0.5 of that in the customers'
+    comparison windows, so the guard held back nearly every significant fall (declining labels at 1 of 6
+    cutoffs; bench/results/direction.json, `independent_cdnow_master`).
     Lapsed: no order for longer than max(`lapse_min_days`, `lapse_factor` x the customer's usual gap).
     Growth rate: the ratio of recent to earlier (seasonally adjusted) spend (and order) rate, annualised over
     the distance between the windows' midpoints: (r2 / r1) ** (365 / d) - 1, clipped to [-100%, +1000%].
