@@ -71,6 +71,7 @@ import numpy as np
 import pandas as pd
 from scipy import special
 
+from loyalist.features.summary import SUM_GRID, snap
 from loyalist.features.timing import customer_gaps, product_cycles
 from loyalist.insights import Context, step
 from loyalist.models.next_order import GammaRenewal
@@ -98,28 +99,14 @@ MAX_DAYS = 3650.0
 """Dates further than ten years ahead are left empty (as 'may never order again')."""
 
 
-STAT_GRID = 2.0 ** -24
-"""The engines' floating-point sums (gap_logsum, spend, quantity, recency weights) are snapped to multiples of
-STAT_GRID (6e-8) before any model sees them, and rows are put in key order (`canonical`): a sum over a group
-depends on the order the engine adds in (DuckDB's threads, Spark's partitions) in its last bits, and the
-maximum-likelihood and logistic fits amplify such bits (two DuckDB runs on the demo data differed by 2e-4 in
-prob_order_60d before this). On the grid the models see the same numbers in the same order on every run and on
-both engines, and sums of snapped values are exact (order-free) while they stay below 2^29."""
 STAT_FLOATS = ("gap_logsum", "spend", "quantity", "amount", "recent_w30", "recent_w90")
-
-
-def snap(df: pd.DataFrame) -> pd.DataFrame:
-    """`df` with its STAT_FLOATS columns snapped to the STAT_GRID (see there)."""
-    df = df.copy()
-    for c in STAT_FLOATS:
-        if c in df:
-            df[c] = np.floor(df[c].to_numpy(float) / STAT_GRID + 0.5) * STAT_GRID
-    return df
+"""The engine's floating-point sums in the timing features, snapped (loyalist.features.summary.snap) and put in
+key order (`canonical`) before any model sees them."""
 
 
 def canonical(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     """Snapped (`snap`) and in key order: what the engine returned, independent of how it computed it."""
-    return snap(df).sort_values(keys, kind="stable").reset_index(drop=True)
+    return snap(df, STAT_FLOATS).sort_values(keys, kind="stable").reset_index(drop=True)
 
 
 def gaps_frame(transactions: ir.Table, as_of: dt.date) -> pd.DataFrame:
@@ -885,7 +872,7 @@ def _snap_col(name: str):
     """`snap` as a Spark column expression (the same IEEE operations: x / 2^-24 + 0.5, floor, x 2^-24)."""
     from pyspark.sql import functions as F
 
-    return (F.floor(F.col(name) / STAT_GRID + 0.5) * STAT_GRID).alias(name)
+    return (F.floor(F.col(name) / SUM_GRID + 0.5) * SUM_GRID).alias(name)
 
 
 def _spark_fit_rows(sdf, keys: list[str], max_rows: int, seed: int = 0) -> pd.DataFrame:
@@ -902,7 +889,7 @@ def _spark_fit_rows(sdf, keys: list[str], max_rows: int, seed: int = 0) -> pd.Da
               .map(lambda r: (*r[0], r[1])).collect())
     df = pd.DataFrame(picked, columns=[*keys, *STAT_COLUMNS, "_i"])
     pos = pd.Series(np.arange(len(idx)), index=idx)
-    df = snap(df).assign(_pos=df["_i"].map(pos).to_numpy())
+    df = snap(df, STAT_FLOATS).assign(_pos=df["_i"].map(pos).to_numpy())
     return df.sort_values("_pos").drop(columns=["_i", "_pos"]).reset_index(drop=True)
 
 
@@ -984,7 +971,7 @@ def _spark_pair_rows(source, transactions: ir.Table, o: dt.date, horizon: int, o
     cols = list(PAIR_FEATURES)
 
     def features(b: pd.DataFrame) -> pd.DataFrame:
-        b = snap(b).sort_values("product_id", kind="stable").reset_index(drop=True)
+        b = snap(b, STAT_FLOATS).sort_values("product_id", kind="stable").reset_index(drop=True)
         sp = score_pairs(PairModel(model, b["scale"].to_numpy(float)), b, horizon)
         own_b = pd.Series(b["own_p"].to_numpy(float)[:1], index=b["customer_id"].to_numpy()[:1])
         X = pair_matrix(b, sp, own_b, b["buyers"].to_numpy(float))
@@ -1023,7 +1010,7 @@ def _spark_evaluate_products(source, transactions: ir.Table, cutoff: dt.date, h:
     methods = ("loyalist", *PRODUCT_BASELINES)
 
     def hits(b: pd.DataFrame) -> pd.DataFrame:
-        b = snap(b).sort_values("product_id", kind="stable").reset_index(drop=True)
+        b = snap(b, STAT_FLOATS).sort_values("product_id", kind="stable").reset_index(drop=True)
         rel = b["relevant"].to_numpy(float) > 0
         if not rel.any():
             return pd.DataFrame(columns=["customer_id", "n_rel", *methods])
@@ -1126,7 +1113,7 @@ def timing_on_spark(ctx: Context, cfg: dict, stack: Stack | None, mix: float, ho
         for b in batches:
             if b.empty:
                 continue
-            b = snap(b).reset_index(drop=True)
+            b = snap(b, STAT_FLOATS).reset_index(drop=True)
             for c in ("expected_order_value", "clv_12m"):
                 if c not in b:
                     b[c] = np.nan
@@ -1190,7 +1177,7 @@ def _pairs_on_spark(ctx: Context, t: ir.Table, scored, stack: Stack | None, hori
     extra = ["scale", "buyers", "pooled", "own_p", "p_customer"]
 
     def pairs(b: pd.DataFrame) -> pd.DataFrame:
-        b = snap(b).sort_values("product_id", kind="stable").reset_index(drop=True)
+        b = snap(b, STAT_FLOATS).sort_values("product_id", kind="stable").reset_index(drop=True)
         sp = score_pairs(PairModel(model, b["scale"].to_numpy(float)), b, horizon)
         if use_stack:
             cid = b["customer_id"].to_numpy()[:1]
@@ -1280,7 +1267,7 @@ def category_rhythm_on_spark(ctx: Context) -> None:
     def cycles(batches):
         for b in batches:
             if len(b):
-                b = snap(b)
+                b = snap(b, STAT_FLOATS)
                 b["cycle"] = _category_cycle(b, m, b["scale"].to_numpy(float))
                 yield b[["customer_id", "category", "cycle"]]
 
