@@ -8,53 +8,17 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy.optimize import approx_fprime
+from seasonal_sim import AS_OF, TRUE_M, simulate_seasonal
 
 from loyalist.models import BGNBD, ModelInputError
 from loyalist.models.seasonal import MONTHS, SeasonalBGNBD, _days, month_days
 
 TRUE = {"r": 0.5, "alpha": 20.0, "a": 0.7, "b": 3.0}
-# a shop twice as busy in November and December, half as busy in August
-TRUE_M = np.array([1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.5, 1.0, 1.0, 2.0, 2.0])
-START, AS_OF = np.datetime64("2020-01-01"), np.datetime64("2022-01-01")
-
-
-def simulate(n: int, seed: int = 1):
-    """Customers first buying uniformly in 2020, buying as a BG/NBD in operational time M (M' = TRUE_M of the
-    month), observed until 2022-01-01. Independent of the model code: plain numpy, calendar days mapped
-    through the cumulative intensity by interpolation. Returns (frequency, first, last, repeat_by_month)."""
-    rng = np.random.default_rng(seed)
-    days = np.arange(START, AS_OF + 1)
-    m_day = TRUE_M[days.astype("datetime64[M]").astype(int) % 12]
-    M = np.r_[0.0, np.cumsum(m_day[:-1])]  # operational time at the start of each day
-    first_i = rng.integers(0, 366, n)
-    lam = rng.gamma(TRUE["r"], 1 / TRUE["alpha"], n)
-    p = rng.beta(TRUE["a"], TRUE["b"], n)
-    t_op = M[first_i] + rng.random(n) * m_day[first_i]  # the moment of the first purchase within its day
-    alive = np.ones(n, bool)
-    end_op = M[-1]
-    x = np.zeros(n)
-    last_i = first_i.copy()
-    rep_days = []
-    for _ in range(400):  # purchase by purchase (vectorised over customers)
-        t_op = t_op + rng.exponential(1.0, n) / lam
-        buy = alive & (t_op < end_op)
-        if not buy.any():
-            break
-        day = np.searchsorted(M, t_op[buy], side="right") - 1
-        new = day > last_i[buy]  # purchases on the day of the last one merge (as in rfm_summary)
-        idx = np.flatnonzero(buy)[new]
-        x[idx] += 1
-        last_i[idx] = day[new]
-        rep_days.append(day[new])
-        alive &= buy & (rng.random(n) >= p)
-    rep = np.concatenate(rep_days)
-    by_month = np.bincount(days[rep].astype("datetime64[M]").astype(int) % 12, minlength=12).astype(float)
-    return x, days[first_i], days[last_i], by_month
 
 
 @pytest.fixture(scope="module")
 def synthetic():
-    return simulate(20_000)
+    return simulate_seasonal(20_000, 1, **TRUE)
 
 
 def test_recovers_the_monthly_intensity_and_beats_the_plain_bgnbd(synthetic):

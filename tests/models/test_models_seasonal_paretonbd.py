@@ -5,54 +5,18 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from seasonal_sim import AS_OF, START, TRUE_M, simulate_seasonal
 
 from loyalist.models import ParetoNBD
 from loyalist.models.seasonal import MONTHS, SeasonalBGNBD, _days, month_days
 from loyalist.models.seasonal_paretonbd import SeasonalParetoNBD
 
 TRUE = {"r": 0.6, "alpha": 25.0, "s": 0.8, "beta": 300.0}
-# a shop twice as busy in November and December, half as busy in August
-TRUE_M = np.array([1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.5, 1.0, 1.0, 2.0, 2.0])
-START, AS_OF = np.datetime64("2020-01-01"), np.datetime64("2022-01-01")
-
-
-def simulate(n: int, seed: int = 7):
-    """Customers first buying uniformly in 2020, purchasing (rate lambda) and dropping out (hazard mu) in
-    operational time M (M' = TRUE_M of the month), observed until 2022-01-01. Independent of the model code:
-    plain numpy; calendar days from operational times by searching the cumulative intensity. Returns
-    (frequency, first, last, repeat_by_month)."""
-    rng = np.random.default_rng(seed)
-    days = np.arange(START, AS_OF + 1)
-    m_day = TRUE_M[days.astype("datetime64[M]").astype(int) % 12]
-    M = np.r_[0.0, np.cumsum(m_day[:-1])]  # operational time at the start of each day
-    first_i = rng.integers(0, 366, n)
-    lam = rng.gamma(TRUE["r"], 1 / TRUE["alpha"], n)
-    mu = rng.gamma(TRUE["s"], 1 / TRUE["beta"], n)
-    t_op = M[first_i] + rng.random(n) * m_day[first_i]  # the first purchase within its day
-    death = t_op + rng.exponential(1.0, n) / mu
-    stop = np.minimum(death, M[-1])
-    x = np.zeros(n)
-    last_i = first_i.copy()
-    rep_days = []
-    for _ in range(2000):  # purchase by purchase (vectorised over customers)
-        t_op = t_op + rng.exponential(1.0, n) / lam
-        buy = t_op < stop
-        if not buy.any():
-            break
-        day = np.searchsorted(M, t_op[buy], side="right") - 1
-        new = day > last_i[buy]  # purchases on the day of the last one merge (as in rfm_summary)
-        idx = np.flatnonzero(buy)[new]
-        x[idx] += 1
-        last_i[idx] = day[new]
-        rep_days.append(day[new])
-    rep = np.concatenate(rep_days)
-    by_month = np.bincount(days[rep].astype("datetime64[M]").astype(int) % 12, minlength=12).astype(float)
-    return x, days[first_i], days[last_i], by_month
 
 
 @pytest.fixture(scope="module")
 def synthetic():
-    return simulate(20_000)
+    return simulate_seasonal(20_000, 7, **TRUE)
 
 
 def test_recovers_the_monthly_intensity_and_beats_the_plain_paretonbd(synthetic):
