@@ -16,7 +16,7 @@ import ibis
 import numpy as np
 import pandas as pd
 
-from loyalist.backtest import BacktestResult, backtest
+from loyalist.backtest import BacktestResult, backtest, choose
 from loyalist.customer_base import TRANSACTION_MODELS, Settings, fit_base, score
 from loyalist.features import rfm_summary
 from loyalist.insights import Context, Step, run_steps
@@ -75,11 +75,11 @@ def chosen_model(store: Store) -> tuple[str, str] | None:
 
 
 def choice_from(latest: pd.DataFrame) -> tuple[str, str] | None:
-    """(model, reason) from one backtest's metrics rows, restricted to the classic models (both engines)."""
-    classic = latest[latest["model"].isin(list(TRANSACTION_MODELS))].sort_values(["mae", "auc"], ascending=[True, False])
-    if classic.empty:
+    """(model, reason) from one backtest's metrics rows: `backtest.choose` among the classic models (both
+    engines); None when the rows hold no classic model."""
+    if not latest["model"].isin(list(TRANSACTION_MODELS)).any():
         return None
-    best = classic.iloc[0]
+    best = choose(latest)
     return str(best["model"]), (f"lowest per-customer MAE ({best['mae']:.3f}) in the backtest at "
                                 f"{pd.Timestamp(best['cutoff']).date()} over {int(best['horizon_days'])} days")
 

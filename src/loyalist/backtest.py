@@ -2,8 +2,9 @@
 
 Every model is judged on what happened after the cutoff, never on the data it was fitted on:
 total repeat orders predicted vs actual, per-customer MAE and RMSE of the order count, AUC and Brier score
-of P(at least one order), and the error of the expected order value. The model with the lowest per-customer
-MAE is chosen (AUC breaks ties); `loyalist analyze` uses it.
+of P(at least one order), and the error of the expected order value. Among the classic models (the ones
+`loyalist analyze` scores customers with) the one with the lowest per-customer MAE is chosen (AUC breaks
+ties; :func:`choose`); `loyalist analyze` uses it. The other predictors are shown for comparison.
 
 Besides the classic models (BG/NBD, Pareto/NBD, MBG/NBD) it backtests `rhythm_gbm`: gradient-boosted trees
 (scikit-learn's HistGradientBoosting) on BG/NBD outputs and RFM/rhythm features, trained on an earlier split
@@ -302,15 +303,23 @@ def spend_errors(spend_pred: np.ndarray, holdout_orders: np.ndarray, holdout_spe
 
 
 def finish_metrics(rows: list[dict], spend: tuple[float, int] | None) -> tuple[pd.DataFrame, str]:
-    """The metrics table (with the spend error when a spend model was fitted) and the chosen model: the lowest
-    per-customer MAE, the higher AUC on a tie (stable: on a tie the model listed first wins)."""
+    """The metrics table (with the spend error when a spend model was fitted) and the chosen model
+    (:func:`choose`)."""
     metrics = pd.DataFrame(rows)
     if spend is not None:
         total, count = spend
         metrics["spend_mae"] = total / count if count else np.nan
         metrics["spend_customers"] = int(count)
-    best = metrics.sort_values(["mae", "auc"], ascending=[True, False], kind="mergesort").iloc[0]["model"]
-    return metrics, str(best)
+    return metrics, str(choose(metrics)["model"])
+
+
+def choose(metrics: pd.DataFrame) -> pd.Series:
+    """The metrics row of the model `analyze` uses: among the classic models (TRANSACTION_MODELS, the ones it
+    scores customers with) the lowest per-customer MAE, the higher AUC on a tie, then the model listed first;
+    among all rows only when no classic model was backtested."""
+    classic = metrics[metrics["model"].isin(list(TRANSACTION_MODELS))]
+    pool = classic if len(classic) else metrics
+    return pool.sort_values(["mae", "auc"], ascending=[True, False], kind="mergesort").iloc[0]
 
 
 def backtest(transactions: ir.Table, cutoff: dt.date | str, horizon_days: int = 90,

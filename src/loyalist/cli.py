@@ -339,7 +339,8 @@ def backtest(
         fmt = {"predicted_orders": ",.0f", "actual_orders": ",.0f", "total_error_pct": "+.1f", "spend_mae": ",.1f"}
         table.add_row(row["model"] + mark, *[format(row[c], fmt.get(c, ".3f")) for c in cols[1:]])
     out.print(table)
-    out.print(f"* chosen (lowest per-customer MAE). Plots: {folder}")
+    out.print(f"* chosen, the model `loyalist analyze` uses (lowest per-customer MAE among the classic models; "
+              f"the others are shown for comparison). Plots: {folder}")
     for note in result.notes:
         out.print(f"  note: {note}", highlight=False)
 
