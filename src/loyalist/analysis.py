@@ -66,11 +66,14 @@ def backtest_tables(result: BacktestResult) -> tuple[pd.DataFrame, pd.DataFrame]
     return metrics, tracking
 
 
-def chosen_model(store: Store) -> tuple[str, str] | None:
-    """(model, reason) from the latest backtest, restricted to the classic models."""
+def chosen_model(store: Store, as_of: dt.date | None = None) -> tuple[str, str] | None:
+    """(model, reason) from the latest backtest, restricted to the classic models; with `as_of`, the latest
+    backtest whose holdout ended by then (a choice measured on later orders would use data after as_of)."""
     if not has_table(store, "backtest_metrics"):
         return None
     m = store.table("backtest_metrics")
+    if as_of is not None:
+        m = m.filter(m.cutoff.date() + m.horizon_days.as_interval("D") <= ibis.date(as_of))
     return choice_from(m.filter(m.run_at == m.run_at.max()).execute())
 
 
@@ -112,12 +115,12 @@ def analyze(store: Store, as_of: dt.date | None = None, model: str = "auto", set
     as_of = as_of or data_end(store)
     notes: list[str] = []
     if model == "auto":
-        choice = chosen_model(store)
+        choice = chosen_model(store, as_of)
         if choice is None:
             cutoff = as_of - dt.timedelta(days=settings.horizon_days)
             try:
                 run_backtest(store, cutoff, settings.horizon_days)
-                choice = chosen_model(store)
+                choice = chosen_model(store, as_of)
             except ValueError as exc:
                 notes.append(f"no backtest possible ({exc}); using BG/NBD")
         model, chosen_by = choice if choice else ("bgnbd", "default (no backtest)")

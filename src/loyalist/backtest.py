@@ -322,9 +322,27 @@ def choose(metrics: pd.DataFrame) -> pd.Series:
     return pool.sort_values(["mae", "auc"], ascending=[True, False], kind="mergesort").iloc[0]
 
 
+def check_holdout(transactions: ir.Table, cutoff: dt.date, horizon_days: int) -> None:
+    """ValueError when the holdout [cutoff, cutoff + horizon) runs past the data: the days after the last order
+    would count as days without orders and every model would look wrong (a cutoff after the data: no holdout)."""
+    t = transactions.filter(~transactions.is_future) if "is_future" in transactions.columns else transactions
+    last = t.order_date.max().execute()
+    if last is None or pd.isna(last):
+        raise ValueError("the store holds no transactions yet")
+    last = pd.Timestamp(last).date()
+    end = cutoff + dt.timedelta(days=horizon_days)
+    if end > last + dt.timedelta(days=1):
+        latest = last + dt.timedelta(days=1 - horizon_days)
+        room = (last - cutoff).days + 1
+        shorter = f" or a horizon of at most {room} days" if room >= 1 else ""
+        raise ValueError(f"the holdout {cutoff} + {horizon_days} days runs to {end}, past the last order "
+                         f"({last}): choose a cutoff on or before {latest}{shorter}")
+
+
 def backtest(transactions: ir.Table, cutoff: dt.date | str, horizon_days: int = 90,
              models: tuple[str, ...] = (*TRANSACTION_MODELS, GBM)) -> BacktestResult:
     cutoff = _date(cutoff)
+    check_holdout(transactions, cutoff, horizon_days)
     notes: list[str] = []
     calib = features(transactions, cutoff)
     if len(calib) < 50:
@@ -353,7 +371,7 @@ def backtest(transactions: ir.Table, cutoff: dt.date | str, horizon_days: int = 
             expected, prob = pred["expected"].to_numpy(float), pred["prob"].to_numpy(float)
         else:
             fitted = fit_base(calib, name)
-            notes += fitted.notes
+            notes += [n for n in fitted.notes if n not in notes]  # e.g. "spend model skipped" once, not per model
             tm = fitted.transaction
             expected = tm.conditional_expected_number_of_purchases_up_to_time(horizon_days, f, r, T)
             prob = tm.probability_of_purchase_within(horizon_days, f, r, T)

@@ -407,11 +407,13 @@ def analyze(
               f"({report.chosen_by})", highlight=False)
     out.print("  parameters: " + ", ".join(f"{k}={v:.4g}" for k, v in report.params.items()), highlight=False)
     repeaters = table[table["frequency"] > 0]
-    active = (repeaters["p_alive"] >= 0.5).mean() if len(repeaters) else float("nan")
+    active = (f"{(repeaters['p_alive'] >= 0.5).mean():.0%} of repeat customers likely still active (P(alive) >= 0.5)"
+              if len(repeaters) else "no repeat customers yet")
     clv = table[f"clv_{12}m"]
-    out.print(f"  {active:.0%} of repeat customers likely still active (P(alive) >= 0.5); expected orders next {horizon} days: "
-              f"{table[f'expected_orders_{horizon}d'].sum():,.0f}; 12-month CLV total: "
-              f"{clv.sum():,.0f} (margin from {report.margin_source})", highlight=False)
+    clv_total = (f"{clv.sum():,.0f} (margin from {report.margin_source})" if clv.notna().any()
+                 else "none (no spend model, see the notes)")
+    out.print(f"  {active}; expected orders next {horizon} days: "
+              f"{table[f'expected_orders_{horizon}d'].sum():,.0f}; 12-month CLV total: {clv_total}", highlight=False)
     for note in report.notes:
         out.print(f"  note: {note}", highlight=False)
     out.print(f"  per-customer table: loyalist customers --db {_db(db, cfg)} [--out customers.csv]; "
@@ -432,6 +434,8 @@ def customers(
     from loyalist.store import has_table, open_store
 
     with _errors():
+        if top is not None and top < 1:
+            raise LoyalistError(f"--top {top}: give a number of rows of at least 1")
         cfg = config.load(config_path)
         store = open_store(_db(db, cfg), read_only=True)
         if not has_table(store, CUSTOMER_TABLE):
@@ -440,7 +444,7 @@ def customers(
         if sort not in t.columns:
             raise LoyalistError(f"--sort {sort!r}: no such column (columns: {', '.join(t.columns)})")
         expr = t.order_by([t[sort].desc(), t.customer_id])
-        if top:
+        if top is not None:
             expr = expr.limit(top)
         frame = expr.execute()
         store.close()

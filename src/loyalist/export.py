@@ -47,4 +47,6 @@ def frame_to_text(df: pd.DataFrame, fmt: str) -> str:
         return df.to_csv(index=False)
     if fmt == "json":
         return df.to_json(orient="records", date_format="iso", indent=1)
+    if fmt not in FORMATS:
+        raise LoyalistError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     raise LoyalistError(f"format {fmt!r} needs --out FILE")

@@ -236,6 +236,8 @@ def evidence(lookalikes_buying: np.ndarray, lookalikes: np.ndarray, quantity: np
              recent_buyers: np.ndarray, popularity_days: int, symbol: str,
              related: np.ndarray | None = None) -> list[str]:
     """The plain-words reason of each gap (vectorised string building over the gap rows)."""
+    if len(lookalikes_buying) == 0:  # no gaps (e.g. nothing bought recently): the string ops below need rows
+        return []
     k = pd.Series(lookalikes_buying, dtype="int64")
     n = pd.Series(lookalikes, dtype="int64")
     share = (k / n.where(n > 0)).fillna(0)
@@ -363,6 +365,11 @@ def held_out_note(store: Store, as_of: dt.date, opts: dict[str, Any]) -> str:
 
     horizon = 90
     cutoff = as_of - dt.timedelta(days=horizon)
+    t = store.table("transactions")
+    if baskets.purchase_lines(t, cutoff).count().execute() == 0:
+        return f"cross-sell gaps: no held-out check possible (no purchases before {cutoff})"
+    if baskets.purchase_lines(t, as_of, since=cutoff).count().execute() == 0:
+        return f"cross-sell gaps: no held-out check possible (no purchases from {cutoff} to {as_of})"
     m = evaluate_cutoff(store.table("transactions"), cutoff, horizon, 10, opts, ("lookalikes", "popularity"))
     if m.empty or m["customers"].iloc[0] == 0:
         return f"cross-sell gaps: no held-out check possible (nobody bought a new product after {cutoff})"

@@ -653,7 +653,7 @@ def _fmt_int(x: pd.Series) -> pd.Series:
 
 
 def _money(x: pd.Series, sym: str) -> pd.Series:
-    return sym + x.map("{:,.0f}".format)
+    return sym + x.map("{:,.0f}".format).astype(str)  # astype: an empty map is float64, and str + float fails
 
 
 def customer_columns(ts: TimingScores, customers: pd.DataFrame, as_of: dt.date, cfg: dict, sym: str
