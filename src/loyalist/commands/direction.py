@@ -17,7 +17,6 @@ from loyalist.cli import (
     ConfigOption,
     DbOption,
     FormatOption,
-    JsonOption,
     OutOption,
     _as_date,
     _db,
@@ -29,7 +28,7 @@ from loyalist.cli import (
 )
 from loyalist.errors import LoyalistError
 
-TopOption = Annotated[int | None, typer.Option("--top", help="Only the first N rows.")]
+TopOption = Annotated[int | None, typer.Option("--top", min=1, help="Only the first N rows.")]
 
 
 def _stored(db, config_path, table: str, what: str, hint: str = ""):
@@ -98,8 +97,8 @@ def payments(
     fmt: FormatOption = "csv",
     out_file: OutOption = None,
     top: TopOption = None,
-    min_risk: Annotated[float, typer.Option("--min-risk", help="Only customers with payment risk at least this "
-                                                               "(0-1).")] = 0.0,
+    min_risk: Annotated[float, typer.Option("--min-risk", min=0.0, max=1.0,
+                                            help="Only customers with payment risk at least this (0-1).")] = 0.0,
     config_path: ConfigOption = None,
 ) -> None:
     """B2B payment behaviour per customer (from invoices): days to pay, days beyond terms over 3/6/12 months
@@ -126,11 +125,13 @@ def alerts(
                                                                       "lapse, growth_detected, payment_slowdown).")] = None,
     webhook: Annotated[str | None, typer.Option("--webhook", help="POST each event (JSON) to this URL, once per "
                                                                      "event and URL; retried with back-off.")] = None,
-    attempts: Annotated[int, typer.Option("--attempts", help="Tries per event for the webhook.")] = 5,
-    backoff: Annotated[float, typer.Option("--backoff", help="First retry delay in seconds (doubles each try).")] = 0.5,
+    attempts: Annotated[int, typer.Option("--attempts", min=1, help="Tries per event for the webhook.")] = 5,
+    backoff: Annotated[float, typer.Option("--backoff", min=0.0,
+                                           help="First retry delay in seconds (doubles each try).")] = 0.5,
     fmt: FormatOption = "csv",
     out_file: OutOption = None,
-    json_: JsonOption = False,
+    json_: Annotated[bool, typer.Option("--json", help="Print the events as JSON (as --format json); with "
+                                                       "--webhook, the delivery report as one JSON object.")] = False,
     config_path: ConfigOption = None,
 ) -> None:
     """The event feed: first repeat orders, milestones, anniversaries, spend jumps, new categories, overdue,

@@ -66,6 +66,6 @@ def payment_stats(invoices: ir.Table, as_of: dt.date, default_terms: int = 30) -
                                        ibis.null("float64")).mean(),
         open_amount=open_amt.sum(), overdue_amount=bucket(1, None),
         overdue_1_30=bucket(1, 30), overdue_31_60=bucket(31, 60), overdue_61_90=bucket(61, 90),
-        overdue_90_plus=bucket(91, None), overdue_60_count=(od > 60).sum(),
+        overdue_90_plus=bucket(91, None), overdue_60_count=(od > 60).fill_null(False).sum(),
         max_days_overdue=od.max(),
     )

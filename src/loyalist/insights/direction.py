@@ -201,6 +201,14 @@ def direction_rows(st: pd.DataFrame, params: DirectionParams) -> pd.DataFrame:
              out["orders_per_year_before"], out["p_value"], out["trend_driver"], days_since,
              st["n_early"] + st["n_recent"], st["d_early"] + params.trend_recent_days, r["compared_with"])])
     out["trend_reason"] = reason
+    # no earlier window (first order within the recent window): nothing to compare with; the recent figures
+    # count repeat orders only, so "spend 0/yr ... vs nan/yr" would misstate a new customer's buying
+    new = ~np.isfinite(out["run_rate_before"].to_numpy(float)) & (out["trend"] != "lapsed").to_numpy()
+    if new.any():
+        out.loc[new, "trend_reason"] = [
+            f"first order {a:.0f} day{'' if round(a) == 1 else 's'} ago, {n:.0f} order{'' if n == 1 else 's'} so "
+            "far: too little history to judge (stable by default)"
+            for a, n in zip(st["first_age"].to_numpy(float)[new], st["orders"].to_numpy(float)[new])]
     guarded = np.asarray(r["season_guarded"]) != 0
     if guarded.any():
         swing = st["base_swing"].to_numpy(float)[guarded]

@@ -51,12 +51,23 @@ def risk_reasons(stats: pd.DataFrame, points: pd.DataFrame | None = None, min_po
     points = risk_points(stats) if points is None else points
     s = stats
     text = pd.DataFrame(index=s.index)
-    text["slowdown"] = ("paid " + (s["dbt_6m"] - s["dbt_prev_6m"]).round().astype("Int64").astype(str)
-                        + " days later on average over the last 6 months than the 6 before (DBT "
-                        + s["dbt_6m"].round().astype("Int64").astype(str) + " vs "
-                        + s["dbt_prev_6m"].round().astype("Int64").astype(str) + " days)")
-    text["level"] = "pays " + s["dbt_6m"].round().astype("Int64").astype(str) + " days beyond terms on average"
-    text["overdue"] = (s["overdue_60_count"].astype("Int64").astype(str) + " invoices 60+ days overdue ("
+
+    def days(x: pd.Series) -> pd.Series:
+        return x.round().astype("Int64").astype(str)
+
+    six = ("paid " + days(s["dbt_6m"] - s["dbt_prev_6m"]) + " days later on average over the last 6 months than "
+           "the 6 before (DBT " + days(s["dbt_6m"]) + " vs " + days(s["dbt_prev_6m"]) + " days)")
+    three = ("paid " + days(s["dbt_3m"] - s["dbt_12m"]) + " days later on average over the last 3 months than "
+             "over the last 12 (DBT " + days(s["dbt_3m"]) + " vs " + days(s["dbt_12m"]) + " days)")
+    # name the comparison that gave the slowdown points (the 6-month one may be flat or falling)
+    g = {c: s[c].to_numpy(float) for c in ("dbt_3m", "dbt_6m", "dbt_12m", "dbt_prev_6m")}
+    pts6 = 0.15 * np.maximum(np.nan_to_num(g["dbt_6m"] - g["dbt_prev_6m"], nan=0.0), 0)
+    pts3 = 0.10 * np.maximum(np.nan_to_num(g["dbt_3m"] - g["dbt_12m"], nan=0.0), 0)
+    text["slowdown"] = six.where(pts6 >= pts3, three)
+    text["level"] = "pays " + days(s["dbt_6m"]) + " days beyond terms on average"
+    n60 = s["overdue_60_count"].astype("Int64")
+    one = (n60 == 1).fillna(False).to_numpy(bool)
+    text["overdue"] = (n60.astype(str) + np.where(one, " invoice", " invoices") + " 60+ days overdue ("
                        + (s["overdue_61_90"] + s["overdue_90_plus"]).map("{:,.0f}".format) + ")")
     text["disputes"] = ((s["disputed_share_12m"] * 100).round().astype("Int64").astype(str)
                         + "% of the last 12 months' invoices disputed")
