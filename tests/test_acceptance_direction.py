@@ -101,3 +101,47 @@ def test_out_of_range_options_are_usage_errors(tmp_path):
                       (["alerts", "--attempts", "0"], "--attempts"), (["alerts", "--backoff", "-1"], "--backoff")):
         res = CliRunner().invoke(app, [*args, "--db", db])
         assert res.exit_code == 2 and opt in res.output and "Traceback" not in res.output, (args, res.output)
+
+
+def test_volume_pricing_reason_says_when_the_projection_caps_the_growth(demo_store):
+    # a customer measured at +1000%/yr is projected with the growth capped at +100%/yr: the reason showed
+    # "projected 59,273 ... (growth +1000%/yr ...)" with nothing to say why the projection is only 1.5x the run-rate
+    from loyalist.insights.direction import direction_table
+
+    d = direction_table(demo_store.table("transactions"), None, dt.date(2011, 5, 1), mix=False)
+    vp = d[d["volume_pricing_candidate"]]
+    assert len(vp) >= 1
+    for _, r in vp.iterrows():
+        k = np.log1p(min(r["growth_rate"], 1.0))  # the projection, computed here from its definition
+        proj = r["run_rate"] * np.exp(k * 61 / 2 / 365.25) * (np.expm1(k) / k if k else 1.0)
+        assert np.isclose(r["projected_12m"], proj, rtol=1e-9)
+        capped = ", projected at +100%/yr at most" in r["trend_reason"]
+        assert capped == (r["growth_rate"] > 1.0), r["trend_reason"]
+        assert f"projected {r['projected_12m']:,.0f} over the next 12 months" in r["trend_reason"]
+    assert (vp["growth_rate"] > 1.0).any()
+
+
+def test_lapsed_reason_numbers_against_pandas(demo_store):
+    # days since the last order and the usual gap of every lapsed customer, from the lines (and "1 day", not
+    # "1 days", for two orders on consecutive days)
+    from loyalist.insights.direction import direction_table
+
+    as_of = dt.date(2011, 12, 10)
+    d = direction_table(demo_store.table("transactions"), None, as_of, mix=False).set_index("customer_id")
+    tx = demo_store.con.sql(
+        "select distinct customer_id, cast(order_date as date) as day from transactions where customer_id is not "
+        "null and not (is_guest or is_non_product or is_cancellation or is_return) and order_date < '2011-12-10'").df()
+    g = tx.groupby("customer_id")["day"].agg(["min", "max", "count"])
+    lapsed = d[d["trend"] == "lapsed"]
+    assert len(lapsed) > 100
+    for cid, r in lapsed.iterrows():
+        since = (pd.Timestamp(as_of) - pd.Timestamp(g.loc[cid, "max"])).days
+        n = g.loc[cid, "count"]
+        if n == 1:
+            assert r["trend_reason"] == f"one order only, {since} days ago"
+            continue
+        gap = round((pd.Timestamp(g.loc[cid, "max"]) - pd.Timestamp(g.loc[cid, "min"])).days / (n - 1))
+        after = max(180, round(3 * (pd.Timestamp(g.loc[cid, "max"]) - pd.Timestamp(g.loc[cid, "min"])).days / (n - 1)))
+        assert since > after
+        assert r["trend_reason"] == (f"no order for {since} days (usual gap {gap} day{'' if gap == 1 else 's'}; "
+                                     f"lapsed after {after})"), cid

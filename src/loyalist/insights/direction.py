@@ -187,7 +187,7 @@ def direction_rows(st: pd.DataFrame, params: DirectionParams) -> pd.DataFrame:
     adj = ", seasonally adjusted" if params.seasonal else ""
     reason = np.where(
         out["trend"] == "lapsed",
-        [f"no order for {d:.0f} days (usual gap {g:.0f} days; lapsed after {la:.0f})" if np.isfinite(g)
+        [f"no order for {d:.0f} days (usual gap {g:.0f} day{'' if round(g) == 1 else 's'}; lapsed after {la:.0f})" if np.isfinite(g)
          else f"one order only, {d:.0f} days ago" for d, g, la in zip(days_since, r["usual_gap_days"],
                                                                        r["lapse_after_days"])],
         [(f"no order for {d:.0f} days, unlikely for {n:.0f} orders in the last {w:.0f} days at an even pace; "
@@ -256,13 +256,18 @@ def volume_threshold(spend_12m_live: pd.Series, volume_min_12m: float | None) ->
     return float(spend_12m_live.quantile(0.75)) if len(spend_12m_live) else 0.0
 
 
-def add_volume_pricing(out: pd.DataFrame, threshold: float) -> pd.DataFrame:
-    """`out` (`direction_rows`) with volume_pricing_candidate and its numbers appended to trend_reason."""
+def add_volume_pricing(out: pd.DataFrame, threshold: float, max_growth: float = 1.0) -> pd.DataFrame:
+    """`out` (`direction_rows`) with volume_pricing_candidate and its numbers appended to trend_reason
+    (`max_growth` = params.max_projected_growth, the cap on the growth the projection continues)."""
     out = out.copy()
     vp = (out["trend"] == "growing") & (out["projected_12m"] >= threshold)
     out["volume_pricing_candidate"] = vp.to_numpy(bool)
+
+    def growth(g: float) -> str:  # say when the projection continues less growth than measured
+        return _pct(g) + (f", projected at {_pct(max_growth)} at most" if np.isfinite(g) and g > max_growth else "")
+
     vp_reason = [f"; volume pricing candidate: run-rate {_money(a)}/yr, projected {_money(p)} over the next 12 "
-                 f"months (growth {_pct(g)}; threshold {_money(threshold)})" for a, p, g in
+                 f"months (growth {growth(g)}; threshold {_money(threshold)})" for a, p, g in
                  zip(out.loc[vp, "run_rate"], out.loc[vp, "projected_12m"], out.loc[vp, "growth_rate"])]
     out.loc[vp, "trend_reason"] = out.loc[vp, "trend_reason"] + pd.Series(vp_reason, index=out.index[vp])
     return out
@@ -277,7 +282,7 @@ def direction_table(t, products, as_of: dt.date, params: DirectionParams | None 
         return pd.DataFrame(columns=["customer_id", "trend", "trend_score"])
     out = direction_rows(add_exposures(st, as_of, params, exposure_cum(t, as_of, params)), params)
     threshold = volume_threshold(out.loc[out["trend"] != "lapsed", "spend_12m"], volume_min_12m)
-    out = add_volume_pricing(out, threshold)
+    out = add_volume_pricing(out, threshold, params.max_projected_growth)
     out["mix_shift"], out["mix_shift_normal"] = np.nan, np.nan
     out["mix_shift_reason"], out["buys_more"], out["buys_less"] = None, None, None
     if mix:
@@ -413,7 +418,7 @@ def direction_on_spark(source, as_of: dt.date, params: DirectionParams, volume_m
     def finish(batches):
         for b in batches:
             if len(b):
-                b = add_volume_pricing(b, threshold)
+                b = add_volume_pricing(b, threshold, params.max_projected_growth)
                 b["as_of"] = as_of_ts
                 yield b[DIRECTION_COLUMNS]
 
