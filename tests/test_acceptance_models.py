@@ -140,3 +140,53 @@ def test_customers_top_and_format_errors(tmp_path):
         assert res.exit_code == 1 and "--top" in res.output, res.output
     res = runner.invoke(app, ["customers", "--db", str(db), "--format", "xml"])
     assert res.exit_code == 1 and "unknown format 'xml'" in res.output  # before: "needs --out FILE"
+
+
+def test_analyze_horizon_clashing_with_the_timing_columns_is_a_clear_error(db):
+    """Before: `analyze --horizon 30` fitted everything, then died with a RuntimeError traceback (the timing step
+    re-defines prob_order_30d); --horizon 0 was accepted."""
+    runner = CliRunner()
+    for h in ("30", "60"):
+        res = runner.invoke(app, ["analyze", "--db", str(db), "--horizon", h])
+        assert res.exit_code == 1 and f"prob_order_{h}d is the timing step's column" in res.output, res.output
+    res = runner.invoke(app, ["analyze", "--db", str(db), "--horizon", "0"])
+    assert res.exit_code == 1 and "--horizon must be at least 1 day" in res.output
+
+
+def test_backtest_table_shows_the_spend_error_once(tmp_path, monkeypatch):
+    """The spend error is the Gamma-Gamma's, one number for all rows. Before: a 'spend mae' column repeated it in
+    every row, rhythm_gbm's too (it predicts no spend)."""
+    import loyalist.analysis as analysis
+    from loyalist.backtest import BacktestResult
+
+    metrics = pd.DataFrame({"model": ["bgnbd", "rhythm_gbm"], "predicted_orders": [10.0, 9.0],
+                            "actual_orders": 12.0, "total_error_pct": [-16.7, -25.0], "mae": [0.5, 0.4],
+                            "rmse": 0.9, "auc": 0.8, "brier": 0.1, "spend_mae": 186.55, "spend_customers": 217})
+    days = pd.date_range("2011-01-01", periods=4, freq="7D")
+    tracking = pd.DataFrame({"date": days, "actual": [0, 3, 6, 12], "bgnbd": [0, 3, 6, 10.0],
+                             "phase": ["calibration"] * 2 + ["holdout"] * 2})
+    per = pd.DataFrame({"customer_id": ["a", "b"], "frequency": [0, 2], "actual": [0.0, 1.0], "bgnbd": [0.1, 0.9],
+                        "rhythm_gbm": [0.0, 1.0]})
+    fake = BacktestResult(dt.date(2011, 1, 15), 14, metrics, tracking, "bgnbd", 2, per)
+    monkeypatch.setattr(analysis, "run_backtest", lambda store, cut, h: fake)
+    store = open_store(tmp_path / "f.duckdb")
+    store.close()
+    res = CliRunner().invoke(app, ["backtest", "--db", str(tmp_path / "f.duckdb"), "--cutoff", "2011-01-15",
+                                   "--plots", str(tmp_path / "p")])
+    assert res.exit_code == 0, res.output
+    assert "spend mae" not in res.stdout and res.stdout.count("186.6") == 1
+    assert "Gamma-Gamma" in res.stdout and "217 customers" in res.stdout
+
+
+def test_backtest_and_analyze_do_not_create_a_store_at_a_mistyped_path(tmp_path):
+    """Before: both created an empty store file at a mistyped --db and then said it holds no transactions."""
+    runner = CliRunner()
+    missing = tmp_path / "typo.duckdb"
+    for args in (["backtest", "--cutoff", "2011-06-01"], ["analyze"]):
+        res = runner.invoke(app, [*args, "--db", str(missing)])
+        assert res.exit_code == 1 and "no store here yet" in res.output and not missing.exists(), res.output
+    empty = tmp_path / "empty.duckdb"
+    open_store(empty).close()
+    for args in (["backtest", "--cutoff", "2011-06-01"], ["analyze"]):
+        res = runner.invoke(app, [*args, "--db", str(empty)])
+        assert res.exit_code == 1 and "holds no transactions yet" in res.output, res.output

@@ -106,12 +106,24 @@ def margin_table(t: ibis.Table, p: ibis.Table, as_of: dt.date) -> ibis.Table:
     return j.group_by(j.customer_id).aggregate(margin=1 - j.cost.sum() / j.amount.sum())
 
 
+def check_horizon(h: int) -> None:
+    """ValueError for a scoring horizon whose columns (expected_orders_<h>d, prob_order_<h>d) clash with the timing
+    step's prob_order_30d / prob_order_60d (run_steps refuses a re-defined column, after all the work)."""
+    if h < 1:
+        raise ValueError("--horizon must be at least 1 day")
+    if h in (30, 60):
+        raise ValueError(f"a horizon of {h} days (--horizon {h}): prob_order_{h}d is the timing step's column (its "
+                         "own next-order model; `loyalist next` lists P(order within 30/60/90 days)); choose another "
+                         "horizon, e.g. the default 90")
+
+
 def analyze(store: Store, as_of: dt.date | None = None, model: str = "auto", settings: Settings | None = None,
             config: dict | None = None, on_step: Callable[[Step], None] | None = None
             ) -> tuple[AnalysisReport, pd.DataFrame]:
     """Score every customer as of `as_of` (default: the day after the last order), run every insight step
     (loyalist.insights) on top, and store the per-customer table."""
     settings = settings or Settings()
+    check_horizon(settings.horizon_days)
     as_of = as_of or data_end(store)
     notes: list[str] = []
     if model == "auto":

@@ -313,7 +313,7 @@ def backtest(
         cut = _as_date(cutoff, "--cutoff")
         if horizon < 1:
             raise LoyalistError("--horizon must be at least 1 day")
-        store = open_store(_db(db, cfg))
+        store = open_store(_db(db, cfg), create=False)  # a mistyped --db: say so, do not create an empty store
         with err.status(f"backtesting at {cut} over {horizon} days"):
             try:
                 result = run_backtest(store, cut, horizon)
@@ -330,8 +330,6 @@ def backtest(
     table = Table(title=f"backtest: fit before {cut}, holdout {horizon} days, {result.customers:,} customers",
                   title_justify="left")
     cols = ["model", "predicted_orders", "actual_orders", "total_error_pct", "mae", "rmse", "auc", "brier"]
-    if "spend_mae" in result.metrics:
-        cols.append("spend_mae")
     for c in cols:
         table.add_column(c.replace("_", " "), justify="left" if c == "model" else "right")
     for _, row in result.metrics.iterrows():
@@ -339,6 +337,11 @@ def backtest(
         fmt = {"predicted_orders": ",.0f", "actual_orders": ",.0f", "total_error_pct": "+.1f", "spend_mae": ",.1f"}
         table.add_row(row["model"] + mark, *[format(row[c], fmt.get(c, ".3f")) for c in cols[1:]])
     out.print(table)
+    if "spend_mae" in result.metrics:  # one spend model (Gamma-Gamma) for all: its error once, not per row
+        spend = result.metrics.iloc[0]
+        out.print(f"expected order value (Gamma-Gamma, the same for every model): mean absolute error "
+                  f"{spend['spend_mae']:,.1f} against the holdout's average order value, over the "
+                  f"{int(spend['spend_customers']):,} customers who ordered in the holdout", highlight=False)
     out.print(f"* chosen, the model `loyalist analyze` uses (lowest per-customer MAE among the classic models; "
               f"the others are shown for comparison). Plots: {folder}")
     for note in result.notes:
@@ -351,7 +354,9 @@ def analyze(
     as_of: Annotated[Optional[str], typer.Option("--as-of", help="Use only data before this date (YYYY-MM-DD); "
                                                                  "default: the day after the last order.")] = None,
     model: Annotated[str, typer.Option("--model", help="auto (the backtest's choice), bgnbd, paretonbd or mbgnbd.")] = "auto",
-    horizon: Annotated[int, typer.Option("--horizon", help="Days ahead for expected orders and P(order).")] = 90,
+    horizon: Annotated[int, typer.Option("--horizon", help="Days ahead for expected orders and P(order): columns "
+                                                          "expected_orders_<N>d, prob_order_<N>d (not 30 or 60: "
+                                                          "the timing step's columns).")] = 90,
     json_: JsonOption = False,
     config_path: ConfigOption = None,
     engine: Annotated[str, typer.Option("--engine", help="duckdb (the store, default) or spark (see 'Running on a "
@@ -380,12 +385,18 @@ def analyze(
         cfg = config.load(config_path)
         if model not in ("auto", "bgnbd", "paretonbd", "mbgnbd"):
             raise LoyalistError(f"--model {model!r}: choose auto, bgnbd, paretonbd or mbgnbd")
+        from loyalist.analysis import check_horizon
+
+        try:
+            check_horizon(horizon)
+        except ValueError as exc:
+            raise LoyalistError(str(exc)) from None
         if engine != "duckdb" or source or spark_master or spark_out or steps or products or invoices:
             from loyalist.commands.spark import analyze_on_spark
 
             return analyze_on_spark(engine, db, _as_date(as_of, "--as-of"), model, _settings(cfg, horizon), cfg,
                                     spark_master, source, spark_out, steps, json_, products, invoices)
-        store = open_store(_db(db, cfg))
+        store = open_store(_db(db, cfg), create=False)
         with err.status("fitting the customer-base models and scoring every customer") as status:
             try:
                 report, table = run_analysis(store, _as_date(as_of, "--as-of"), model, _settings(cfg, horizon),
