@@ -58,8 +58,17 @@ def calibration_holdout_plot(frame: pd.DataFrame, out: Path) -> list[Path]:
     return _save(fig, html, out, "calibration_holdout")
 
 
+def _cell_edges(centres: np.ndarray) -> tuple[float, float]:
+    """The outer edges of evenly spaced cells centred on `centres` (imshow's extent spans edges, not centres:
+    spanning the centres shifts every row by up to one cell)."""
+    half = ((centres[1] - centres[0]) / 2 if len(centres) > 1 else 0) or 0.5
+    return float(centres[0] - half), float(centres[-1] + half)
+
+
 def p_alive_matrix(model, max_frequency: int, max_T: float, out: Path) -> list[Path]:
-    """P(alive) over frequency x recency for a customer observed for max_T days."""
+    """P(alive) over frequency x recency for a customer observed for max_T days, each cell centred on its
+    frequency and recency in both the PNG and the HTML (NaN where no customer can be: no repeat order but a
+    recency above 0)."""
     freqs = np.arange(0, max_frequency + 1)
     rec = np.linspace(0, max_T, 60)
     F, R = np.meshgrid(freqs, rec, indexing="ij")
@@ -67,7 +76,8 @@ def p_alive_matrix(model, max_frequency: int, max_T: float, out: Path) -> list[P
     P = np.full(F.shape, np.nan)
     P[valid] = model.conditional_probability_alive(F[valid].astype(float), R[valid], np.full(valid.sum(), max_T))
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    im = ax.imshow(P, origin="lower", aspect="auto", cmap="viridis", extent=[0, max_T, 0, max_frequency], vmin=0, vmax=1)
+    im = ax.imshow(P, origin="lower", aspect="auto", cmap="viridis", extent=[*_cell_edges(rec), *_cell_edges(freqs)],
+                   vmin=0, vmax=1)
     fig.colorbar(im, ax=ax, label="P(alive)")
     ax.set_xlabel("recency (days from first to last order)")
     ax.set_ylabel("repeat orders")
