@@ -24,8 +24,9 @@ from loyalist.features.payment import payment_stats
 from loyalist.insights import Context
 from loyalist.insights.payment import payment_step
 from loyalist.models.payment import risk_score
-from loyalist.store import open_store
+from loyalist.store import has_table, open_store, write_frame
 from loyalist.synthetic import simulate_invoices
+from loyalist.web.queries import Reader
 
 DEMO = sorted((REPO / "data" / "demo").glob("*.csv.gz"))
 
@@ -76,6 +77,35 @@ def test_no_invoices_is_a_note_not_an_error(tmp_path):
     assert payment_step(ctx) is None
     assert any("no invoices" in n for n in ctx.notes)
     store.close()
+
+
+def test_a_later_run_without_invoices_before_its_as_of_drops_the_earlier_table(tmp_path):
+    db = tmp_path / "shop.duckdb"
+    store = open_store(db)
+    sim = simulate_invoices(customer_ids=["a", "b", "c"], as_of=dt.date(2011, 12, 10), months=12, seed=3)
+    store.con.register("sim", sim.invoices)
+    store.con.execute("INSERT INTO invoices BY NAME SELECT * FROM sim")
+    customers = pd.DataFrame({"customer_id": ["a", "b", "c"]})
+    first = Context(store, dt.date(2011, 12, 10), Settings(), None, customers, {}, [])
+    assert len(payment_step(first)) == 3
+    assert store.table("payment_behaviour").count().execute() == 3
+    write_frame(store, "customer_insights", customers.assign(revenue=1.0), replace=True)
+    before_invoices = sim.invoices["invoice_date"].min().date()  # as of the first invoice's day: none before it
+    later = Context(store, before_invoices, Settings(), None, customers, {}, [])
+    assert payment_step(later) is None
+    assert not has_table(store, "payment_behaviour")
+    assert later.notes == [
+        "payment: the store holds no invoices before the as-of date, so payment behaviour and payment risk are "
+        "skipped (load them with `loyalist ingest FILE --kind invoices`); the payment_behaviour table of an earlier "
+        "run (as of 2011-12-10) was removed"]
+    again = Context(store, before_invoices, Settings(), None, customers, {}, [])
+    assert payment_step(again) is None and "removed" not in again.notes[0]
+    store.close()
+    # the readers of payment_behaviour without it: `loyalist payments` names what to run, the customer page has none
+    res = CliRunner().invoke(app, ["payments", "--db", str(db)])
+    assert res.exit_code == 1 and "no payment behaviour yet" in res.output
+    assert Reader(db).customer("a")["payment_behaviour"] is None
+    assert Reader(db, preload=True).customer("a")["payment_behaviour"] is None
 
 
 def test_invoices_end_to_end_through_ingest_and_analyze(tmp_path):

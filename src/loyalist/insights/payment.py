@@ -10,12 +10,15 @@ invoices_12m, amount_12m, paid_12m, days_to_pay_12m, dbt_3m, dbt_6m, dbt_12m, db
 overdue_amount, overdue_1_30, overdue_31_60, overdue_61_90, overdue_90_plus, overdue_60_count,
 max_days_overdue, payment_risk, payment_risk_reason, as_of. Definitions: loyalist.features.payment.
 
-No invoices before as_of: a note, no table, no columns (never an error).
+No invoices before as_of: a note, no columns (never an error), and no table: a `payment_behaviour` table an
+earlier run left in the store is dropped (else `loyalist payments`, the customer page and the events would show
+that run's figures as current).
 Settings ([payment] in loyalist.toml): default_terms (30 days, when an invoice has no due date).
 
 On the Spark engine (`payment_on_spark`; invoices from `--invoices`): `payment_stats` is the same Ibis
 expression on Spark and `payment_rows` (the trend, score and reason) runs per Arrow batch on the executors;
-only the invoice count reaches the driver. Without --invoices: the same note, no table, no columns.
+only the invoice count reaches the driver. Without --invoices: the same note, no table, no columns (and an earlier
+run's table dropped from --db).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import pandas as pd
 from loyalist.features.payment import payment_stats
 from loyalist.insights import Context, step
 from loyalist.models.payment import risk_points, risk_reasons, risk_score
-from loyalist.store import Store, write_frame
+from loyalist.store import Store, has_table, write_frame
 
 PAYMENT_TYPES = {"customer_id": "string", "invoices_12m": "long", "amount_12m": "double", "paid_12m": "long",
                  "days_to_pay_12m": "double", "dbt_3m": "double", "dbt_6m": "double", "dbt_12m": "double",
@@ -97,6 +100,17 @@ NO_INVOICES = ("payment: the store holds no invoices before the as-of date, so p
                "risk are skipped")
 
 
+def drop_stale_table(store: Store | None) -> str:
+    """Drop the `payment_behaviour` table an earlier run left in `store` (None: no store); the note's words
+    saying so, or ''."""
+    if store is None or not has_table(store, "payment_behaviour"):
+        return ""
+    as_of = store.con.execute("SELECT max(as_of) FROM payment_behaviour").fetchall()[0][0]
+    store.con.execute("DROP TABLE payment_behaviour")
+    when = f" (as of {pd.Timestamp(as_of).date()})" if as_of is not None else ""
+    return f"; the payment_behaviour table of an earlier run{when} was removed"
+
+
 @step("payment", 35, spark=True)
 def payment_step(ctx: Context) -> pd.DataFrame | None:
     """On the Spark engine `ctx.store` is a SparkSource: the table is `payment_on_spark` (invoices from
@@ -108,7 +122,8 @@ def payment_step(ctx: Context) -> pd.DataFrame | None:
         table = payment_on_spark(ctx.store, ctx.as_of, terms)
         if table is None:
             ctx.notes.append(NO_INVOICES + " (give them to the Spark engine with --invoices PATH|TABLE; "
-                             "`loyalist dump invoices --out DIR` writes them from a store)")
+                             "`loyalist dump invoices --out DIR` writes them from a store)"
+                             + drop_stale_table(ctx.store.stored))
             return None
         write("payment_behaviour", table)
         con = ctx.store.ibis
@@ -123,7 +138,8 @@ def payment_step(ctx: Context) -> pd.DataFrame | None:
         return pay.select("customer_id", "payment_risk", "payment_risk_reason", dbt_days_6m=pay.dbt_6m)
     table = payment_table(ctx.store, ctx.as_of, terms)
     if table.empty:
-        ctx.notes.append(NO_INVOICES + " (load them with `loyalist ingest FILE --kind invoices`)")
+        ctx.notes.append(NO_INVOICES + " (load them with `loyalist ingest FILE --kind invoices`)"
+                         + drop_stale_table(ctx.store))
         return None
     write_frame(ctx.store, "payment_behaviour", table, replace=True)
     known = table[table["customer_id"].isin(ctx.customers["customer_id"])]
