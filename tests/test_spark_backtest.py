@@ -5,6 +5,7 @@ backtest_metrics / backtest_tracking stored (appended) like the DuckDB engine st
 from __future__ import annotations
 
 import datetime as dt
+import shutil
 
 import duckdb
 import ibis
@@ -14,9 +15,10 @@ import pytest
 from sklearn.metrics import roc_auc_score
 from spark_helpers import SYNTH_AS_OF, synthetic_store
 
-from loyalist.analysis import choice_from
+from loyalist.analysis import backtest_tables, choice_from, chosen_model
 from loyalist.backtest import backtest, backtest_on_spark, holdout_auc
 from loyalist.customer_base import TRANSACTION_MODELS
+from loyalist.store import open_store, write_frame
 
 pytest.importorskip("pyspark")
 
@@ -114,3 +116,26 @@ def test_model_auto_backtests_on_spark_and_stores_it(spark, synth, tmp_path):
     assert "backtest_metrics" not in again.result_tables
     with duckdb.connect(str(db), read_only=True) as con:
         assert con.execute("SELECT count(*) FROM backtest_metrics").fetchall()[0][0] == len(TRANSACTION_MODELS)
+
+
+def test_model_auto_ignores_a_stored_backtest_whose_holdout_ended_after_as_of(spark, synth, tmp_path):
+    db, parquet, duck = synth
+    db = shutil.copy(db, tmp_path / "store.duckdb")
+    store = open_store(db)
+    metrics, _ = backtest_tables(duck)  # holdout CUTOFF .. SYNTH_AS_OF
+    write_frame(store, "backtest_metrics", metrics, replace=True)
+    store.close()
+    # as of SYNTH_AS_OF the stored backtest is used, as the DuckDB engine uses it
+    run = analyze_spark(str(parquet), out=str(tmp_path / "a"), session=spark, as_of=SYNTH_AS_OF, steps=[], db=db)
+    assert run.report.chosen_by.endswith(f"in the backtest at {CUTOFF} over {HORIZON} days (stored in {db})")
+    assert "backtest_metrics" not in run.result_tables
+    # 30 days earlier its holdout ends after as_of (it measured orders after as_of): a backtest at as_of - 90
+    # runs on Spark instead, and the choice is the one the DuckDB engine makes from the store at that as_of
+    as_of = SYNTH_AS_OF - dt.timedelta(days=30)
+    early = analyze_spark(str(parquet), out=str(tmp_path / "b"), session=spark, as_of=as_of, steps=[], db=db)
+    cutoff = as_of - dt.timedelta(days=HORIZON)
+    assert early.report.chosen_by.endswith(f"in the backtest at {cutoff} over {HORIZON} days")
+    assert "backtest_metrics" in early.result_tables
+    store = open_store(db, read_only=True)
+    assert chosen_model(store, as_of) == (early.report.model, early.report.chosen_by)
+    store.close()

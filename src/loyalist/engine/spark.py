@@ -38,8 +38,9 @@ customer x product are Spark DataFrames written by the executors; small ones are
 both go under `OUT/<table>/` and, with `--db`, into the store (events, event_runs and the backtest tables are
 appended, as the DuckDB engine does). A step registered without `spark=True` is named before any work starts
 as not available on Spark, and asking for it (`--step NAME`) fails at once. `--model auto` takes the latest
-backtest stored in `--db`, else runs the customer-base backtest on Spark (`loyalist.backtest.backtest_on_spark`:
-classic models on distinct patterns, metrics from per-batch sums).
+backtest stored in `--db` whose holdout ended by the as-of date (`analysis.chosen_model`, as the DuckDB engine),
+else runs the customer-base backtest on Spark (`loyalist.backtest.backtest_on_spark`: classic models on distinct
+patterns, metrics from per-batch sums).
 
 Refused before Spark starts, because the answers would differ silently: a `--db` store whose products carry
 costs, margins or categories without `--products`; one holding invoices without `--invoices` (when `payment`
@@ -470,15 +471,6 @@ def analyze_spark(source: str | list[str], *, out: str, session: SparkSession | 
 
     store = None
     chosen_by = "set by the user"
-    if model == "auto" and db is not None:
-        from loyalist.analysis import chosen_model
-        from loyalist.store import open_store
-
-        store = open_store(db)
-        choice = chosen_model(store)
-        if choice is not None:  # as the DuckDB engine: the latest stored backtest's choice
-            model, chosen_by = choice[0], f"{choice[1]} (stored in {db})"
-    # still "auto": the backtest runs on Spark once the data is read (as analysis.analyze runs one on DuckDB)
     if model not in TRANSACTION_MODELS and model != "auto":
         raise LoyalistError(f"unknown model {model!r}; choose one of {', '.join(TRANSACTION_MODELS)}")
     if db is not None:
@@ -519,6 +511,13 @@ def analyze_spark(source: str | list[str], *, out: str, session: SparkSession | 
     if invoices is not None:
         tables["invoices"] = read_invoices(con, invoices)
     as_of = as_of or _data_end(t)
+    if model == "auto" and store is not None:
+        from loyalist.analysis import chosen_model
+
+        choice = chosen_model(store, as_of)  # as the DuckDB engine: the latest stored backtest by as_of
+        if choice is not None:
+            model, chosen_by = choice[0], f"{choice[1]} (stored in {db})"
+    # still "auto": the backtest runs on Spark (as analysis.analyze runs one on DuckDB)
     notes: list[str] = []
     summary_expr = rfm_summary(t, as_of)
     summary = session.sql(con.compile(summary_expr)).persist(StorageLevel.MEMORY_AND_DISK)
