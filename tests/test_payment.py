@@ -22,6 +22,7 @@ from loyalist.customer_base import Settings
 from loyalist.features import rfm_summary
 from loyalist.features.payment import payment_stats
 from loyalist.insights import Context
+from loyalist.insights.events import state_events
 from loyalist.insights.payment import payment_step
 from loyalist.models.payment import risk_score
 from loyalist.store import has_table, open_store, write_frame
@@ -106,6 +107,26 @@ def test_a_later_run_without_invoices_before_its_as_of_drops_the_earlier_table(t
     assert res.exit_code == 1 and "no payment behaviour yet" in res.output
     assert Reader(db).customer("a")["payment_behaviour"] is None
     assert Reader(db, preload=True).customer("a")["payment_behaviour"] is None
+
+
+def test_payment_slowdown_events_do_not_come_from_an_earlier_runs_table(tmp_path):
+    as_of = dt.date(2011, 12, 10)
+    store = open_store(tmp_path / "shop.duckdb")
+    sim = simulate_invoices(customer_ids=[f"c{i}" for i in range(40)], as_of=as_of, months=12, seed=3)
+    store.con.register("sim", sim.invoices)
+    store.con.execute("INSERT INTO invoices BY NAME SELECT * FROM sim")
+    ctx = Context(store, as_of, Settings(), None, pd.DataFrame({"customer_id": sim.truth["customer_id"]}), {}, [])
+    def slowdowns() -> int:
+        return sum((part["type"] == "payment_slowdown").sum() for part in state_events(ctx, as_of, {}))
+
+    payment_step(ctx)
+    assert slowdowns() > 0
+    # the invoices re-loaded with corrected dates, all after as_of: the same as-of date now has none before it
+    store.con.execute("UPDATE invoices SET invoice_date = invoice_date + 400, due_date = due_date + 400, "
+                      "paid_date = paid_date + 400")
+    assert payment_step(ctx) is None
+    assert slowdowns() == 0
+    store.close()
 
 
 def test_invoices_end_to_end_through_ingest_and_analyze(tmp_path):
