@@ -95,10 +95,10 @@ def test_a_later_run_without_invoices_before_its_as_of_drops_the_earlier_table(t
     later = Context(store, before_invoices, Settings(), None, customers, {}, [])
     assert payment_step(later) is None
     assert not has_table(store, "payment_behaviour")
-    assert later.notes == [
+    assert later.notes == [(
         "payment: the store holds no invoices before the as-of date, so payment behaviour and payment risk are "
         "skipped (load them with `loyalist ingest FILE --kind invoices`); the payment_behaviour table of an earlier "
-        "run (as of 2011-12-10) was removed"]
+        "run (as of 2011-12-10) was removed")]
     again = Context(store, before_invoices, Settings(), None, customers, {}, [])
     assert payment_step(again) is None and "removed" not in again.notes[0]
     store.close()
