@@ -43,3 +43,5 @@ def test_p_alive_matrix_cells_hold_the_model_value_at_their_centres(monkeypatch,
     np.testing.assert_allclose(np.asarray(heat.z, dtype=float)[1:].ravel(), expected, rtol=1e-12)
     # frequency 0: only recency 0 is possible, where the BG/NBD's P(alive) is 1
     assert z[0, 0] == 1.0 and np.isnan(z[0, 1:]).all()
+    ticks = [t for t in fig.axes[0].get_yticks() if y0 <= t <= y1]
+    assert ticks and all(t == int(t) for t in ticks)  # whole repeat orders

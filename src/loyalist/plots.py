@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import plotly.graph_objects as go  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
 def _save(fig_mpl, fig_html: go.Figure, out: Path, name: str) -> list[Path]:
@@ -81,6 +82,7 @@ def p_alive_matrix(model, max_frequency: int, max_T: float, out: Path) -> list[P
     fig.colorbar(im, ax=ax, label="P(alive)")
     ax.set_xlabel("recency (days from first to last order)")
     ax.set_ylabel("repeat orders")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # whole orders: no tick at 2.5 orders
     ax.set_title(f"P(alive) for a customer observed {max_T:.0f} days")
     html = go.Figure(go.Heatmap(z=P, x=rec, y=freqs, zmin=0, zmax=1, colorbar={"title": "P(alive)"}))
     html.update_layout(title="P(alive) by frequency and recency", xaxis_title="recency (days)",
