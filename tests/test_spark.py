@@ -378,3 +378,28 @@ def test_synthetic_lifecycle_on_spark_equals_duckdb(spark, synth, bgnbd_run, tmp
     f2 = conv[conv["kind"] == "first_to_second"].set_index("period_start")["base"]
     assert len(f2) > 3
     assert (first_month.value_counts().reindex(f2.index).to_numpy() == f2.to_numpy()).all()
+
+
+def test_payment_without_invoices_before_as_of_drops_the_stored_table(spark, synth, tmp_path):
+    """--invoices all dated after --as-of: the payment step is skipped, and the payment_behaviour table an earlier
+    run left in --db is dropped (as the DuckDB engine drops it), so no reader shows that run's figures."""
+    from loyalist.store import has_table, open_store, write_frame
+
+    _, parquet, _ = synth
+    db = tmp_path / "spark.duckdb"
+    store = open_store(db)
+    write_frame(store, "payment_behaviour", pd.DataFrame({"customer_id": ["C1"], "payment_risk": [0.9],
+                                                          "as_of": [pd.Timestamp("2030-01-01")]}), replace=True)
+    store.close()
+    later = SYNTH_AS_OF + dt.timedelta(days=5)
+    pd.DataFrame({"invoice_id": ["I1"], "customer_id": ["C1"], "invoice_date": [later], "due_date": [later],
+                  "amount": [100.0], "paid_date": [later], "disputed": [False]}).to_parquet(tmp_path / "inv.parquet")
+    run = analyze_spark(str(parquet), out=str(tmp_path / "out"), session=spark, model="bgnbd", as_of=SYNTH_AS_OF,
+                        steps=["payment"], invoices=str(tmp_path / "inv.parquet"), db=db)
+    assert [n for n in run.report.notes if n.startswith("payment:")] == [(
+        "payment: the store holds no invoices before the as-of date, so payment behaviour and payment risk are "
+        "skipped; the payment_behaviour table of an earlier run (as of 2030-01-01) was removed")]  # --invoices given
+    assert "payment_behaviour" not in run.result_tables and "payment_risk" not in pd.read_parquet(run.out).columns
+    store = open_store(db, read_only=True)
+    assert not has_table(store, "payment_behaviour")
+    store.close()

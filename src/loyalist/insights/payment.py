@@ -121,8 +121,9 @@ def payment_step(ctx: Context) -> pd.DataFrame | None:
     if write is not None:
         table = payment_on_spark(ctx.store, ctx.as_of, terms)
         if table is None:
-            ctx.notes.append(NO_INVOICES + " (give them to the Spark engine with --invoices PATH|TABLE; "
-                             "`loyalist dump invoices --out DIR` writes them from a store)"
+            given = "invoices" in ctx.store.tables  # --invoices given, but all dated on or after as_of
+            ctx.notes.append(NO_INVOICES + ("" if given else " (give them to the Spark engine with --invoices "
+                                            "PATH|TABLE; `loyalist dump invoices --out DIR` writes them from a store)")
                              + drop_stale_table(ctx.store.stored))
             return None
         write("payment_behaviour", table)
