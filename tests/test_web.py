@@ -141,6 +141,9 @@ def test_pages_without_the_other_capabilities_say_what_to_run(client):
         assert "ot computed yet: run loyalist analyze" in _text(r.text), path
     assert client.get("/lists/overdue/export").status_code == 404
     assert client.get("/quality").status_code == 200
+    # a page size of 0 on a list not computed yet is clamped like on a computed one (was a ZeroDivisionError)
+    r = client.get("/lists/overdue", params={"per_page": 0})
+    assert r.status_code == 200 and "ot computed yet: run loyalist analyze" in _text(r.text)
 
 
 def test_contract_tables_reach_every_page(full_client, full):

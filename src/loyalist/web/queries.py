@@ -481,7 +481,8 @@ class Reader:
     def page(self, spec: ListSpec, query: Query) -> Page:
         why = self.missing(spec)
         if why:
-            return Page(spec, pd.DataFrame(), 0, 1, query.per_page, query.sort or "", bool(query.descending), [], why)
+            return Page(spec, pd.DataFrame(), 0, 1, min(max(1, int(query.per_page)), MAX_PER_PAGE), query.sort or "",
+                        bool(query.descending), [], why)
         query = self.clean(spec, query)
         if self.memory is not None:
             got = self.memory.page(spec, query, query.page, query.per_page)
