@@ -193,6 +193,17 @@ def test_quality_report_and_quarantine_export(tmp_path, suffix):
     assert json.loads(row["record"])["SKU"] == "POST"
 
 
+def test_quarantine_export_to_an_impossible_folder_is_one_line(tmp_path):
+    db = str(tmp_path / "s.duckdb")
+    store = open_store(db)
+    ingest(store, [_write("csv", tmp_path)], Options(guests="quarantine"))
+    store.close()
+    (tmp_path / "afile").write_text("")
+    res = CliRunner().invoke(app, ["quality", "--db", db, "--export", str(tmp_path / "afile" / "q.csv")])
+    assert res.exit_code == 1 and isinstance(res.exception, SystemExit), res.exception  # not a traceback
+    assert "cannot write" in res.output and "afile" in res.output
+
+
 def test_shopify_orders_export(tmp_path):
     """A Shopify orders export: one row per line item, order-level Total on the first row only, UTC offsets."""
     p = tmp_path / "orders_export.csv"

@@ -26,8 +26,8 @@ def write_frame(df: pd.DataFrame, path: str | Path, fmt: str | None = None) -> P
     """Write `df` to `path` in `fmt` (or the format its suffix names)."""
     path = Path(path)
     fmt = infer_format(path, fmt)
-    path.parent.mkdir(parents=True, exist_ok=True)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         if fmt == "csv":
             df.to_csv(path, index=False)
         elif fmt == "json":
