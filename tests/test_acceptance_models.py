@@ -137,7 +137,7 @@ def test_customers_top_and_format_errors(tmp_path):
                                         ).stdout)) == 1
     for n in ("0", "-3"):  # before: 0 printed every row, -3 a DuckDB traceback
         res = runner.invoke(app, ["customers", "--db", str(db), "--top", n])
-        assert res.exit_code == 1 and "--top" in res.output, res.output
+        assert res.exit_code == 2 and "--top" in res.output, res.output  # a usage error, as for `direction`
     res = runner.invoke(app, ["customers", "--db", str(db), "--format", "xml"])
     assert res.exit_code == 1 and "unknown format 'xml'" in res.output  # before: "needs --out FILE"
 

@@ -130,6 +130,26 @@ def test_cli_backtest_analyze_customers(tmp_path):
     assert res.exit_code == 1 and "YYYY-MM-DD" in res.output
 
 
+def test_customers_format_wins_over_the_out_suffix(tmp_path):
+    # `customers --format csv --out x.txt` was refused ("cannot tell the format from the name")
+    from loyalist.store import write_frame
+
+    store = open_store(tmp_path / "t.duckdb")
+    write_frame(store, "customer_insights", pd.DataFrame({"customer_id": ["a", "b"], "clv_12m": [1.0, 2.0]}),
+                replace=True)
+    store.close()
+    db, runner = str(tmp_path / "t.duckdb"), CliRunner()
+    res = runner.invoke(app, ["customers", "--db", db, "--format", "csv", "--out", str(tmp_path / "x.txt")])
+    assert res.exit_code == 0, res.output
+    assert pd.read_csv(tmp_path / "x.txt")["customer_id"].tolist() == ["b", "a"]
+    res = runner.invoke(app, ["customers", "--db", db, "--format", "json", "--out", str(tmp_path / "y.csv")])
+    assert res.exit_code == 0 and [r["customer_id"] for r in json.loads((tmp_path / "y.csv").read_text())] == ["b", "a"]
+    res = runner.invoke(app, ["customers", "--db", db, "--out", str(tmp_path / "z.json")])  # no --format: the suffix
+    assert res.exit_code == 0 and len(json.loads((tmp_path / "z.json").read_text())) == 2
+    res = runner.invoke(app, ["customers", "--db", db, "--out", str(tmp_path / "z.txt")])
+    assert res.exit_code == 1 and "cannot tell the format" in res.output and not (tmp_path / "z.txt").exists()
+
+
 def test_customers_before_analyze_is_a_clear_error(tmp_path):
     db = str(tmp_path / "e.duckdb")
     runner = CliRunner()

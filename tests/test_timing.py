@@ -284,6 +284,23 @@ def test_cli_next_overdue_reorders(analysed, demo_store, tmp_path):
     assert res.exit_code == 0 and [x["rank"] for x in json.loads(res.stdout)] == list(range(1, 6))
     res = runner.invoke(app, ["next", "--db", db, "--customer", "no-such-customer"])
     assert res.exit_code == 1 and "no such customer" in res.output
+    # --format wins over the --out suffix (was refused: "cannot tell the format from the name")
+    res = runner.invoke(app, ["overdue", "--db", db, "--format", "csv", "--out", str(tmp_path / "o.txt")])
+    assert res.exit_code == 0, res.output
+    txt = pd.read_csv(tmp_path / "o.txt")
+    assert len(txt) == (t["overdue_score"] > 0).sum() and txt["overdue_score"].is_monotonic_decreasing
+    res = runner.invoke(app, ["next", "--db", db, "--top", "3", "--out", str(tmp_path / "n.json")])
+    assert res.exit_code == 0 and len(json.loads((tmp_path / "n.json").read_text())) == 3
+
+
+def test_cli_top_out_of_range_is_a_usage_error(tmp_path):
+    # `next/overdue/reorders --top -3` ended in a DuckDB traceback and --top 0 listed every row
+    db = str(tmp_path / "none.duckdb")
+    for command in ("next", "overdue", "reorders"):
+        for n in ("0", "-3"):
+            res = CliRunner().invoke(app, [command, "--top", n, "--db", db])
+            assert res.exit_code == 2 and "--top" in res.output and "greater than or equal to 1" in res.output, res.output
+            assert "Traceback" not in res.output
 
 
 def test_cli_before_analyze_says_what_to_run(tmp_path):

@@ -38,8 +38,10 @@ DbOption = Annotated[Optional[Path], typer.Option("--db", help="Store file (defa
                                                                "else ./loyalist.duckdb).")]
 ConfigOption = Annotated[Optional[Path], typer.Option("--config", help="Settings file (default ./loyalist.toml).")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the figures as one JSON object.")]
-FormatOption = Annotated[str, typer.Option("--format", help="csv, json, parquet or xlsx (parquet/xlsx need --out).")]
+FormatOption = Annotated[Optional[str], typer.Option("--format", help="csv, json, parquet or xlsx (default: the --out "
+                                                                     "file's suffix, else csv; parquet/xlsx need --out).")]
 OutOption = Annotated[Optional[Path], typer.Option("--out", help="Write to this file instead of printing.")]
+TopOption = Annotated[Optional[int], typer.Option("--top", min=1, help="Only the first N rows.")]
 
 
 def _fail(message: str) -> typer.Exit:
@@ -434,10 +436,10 @@ def analyze(
 @app.command()
 def customers(
     db: DbOption = None,
-    fmt: FormatOption = "csv",
+    fmt: FormatOption = None,
     out_file: OutOption = None,
     sort: Annotated[str, typer.Option("--sort", help="Column to sort by, descending.")] = "clv_12m",
-    top: Annotated[Optional[int], typer.Option("--top", help="Only the first N rows.")] = None,
+    top: TopOption = None,
     config_path: ConfigOption = None,
 ) -> None:
     """Print or export the per-customer table written by `loyalist analyze`."""
@@ -445,8 +447,6 @@ def customers(
     from loyalist.store import has_table, open_store
 
     with _errors():
-        if top is not None and top < 1:
-            raise LoyalistError(f"--top {top}: give a number of rows of at least 1")
         cfg = config.load(config_path)
         store = open_store(_db(db, cfg), read_only=True)
         if not has_table(store, CUSTOMER_TABLE):
@@ -462,15 +462,16 @@ def customers(
         emit(frame, fmt, out_file, "customers")
 
 
-def emit(frame, fmt: str, out_file: Path | None, what: str) -> None:
-    """Write a result table to `out_file` (format from --format, else the suffix) or print it to stdout."""
+def emit(frame, fmt: str | None, out_file: Path | None, what: str) -> None:
+    """Write a result table to `out_file` (in --format when given, else the format its suffix names) or print it
+    to stdout (--format, default csv)."""
     from loyalist.export import frame_to_text, write_frame
 
     if out_file is not None:
-        write_frame(frame, out_file, fmt if fmt != "csv" or out_file.suffix in ("", ".csv") else None)
+        write_frame(frame, out_file, fmt)
         err.print(f"{len(frame):,} {what} written to {out_file}")
     else:
-        sys.stdout.write(frame_to_text(frame, fmt))
+        sys.stdout.write(frame_to_text(frame, fmt or "csv"))
 
 
 import loyalist.commands  # noqa: E402,F401  (registers each capability's commands on `app`)

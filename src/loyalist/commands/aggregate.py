@@ -81,7 +81,7 @@ def forecast(
                                                             "(largest forecast first); 0 for none.")] = 12,
     as_of: AsOfOption = None,
     db: DbOption = None,
-    fmt: FormatOption = "csv",
+    fmt: FormatOption = None,
     out_file: OutOption = None,
     config_path: ConfigOption = None,
 ) -> None:
@@ -153,7 +153,7 @@ def peaks(
     plots: PlotsOption = None,
     as_of: AsOfOption = None,
     db: DbOption = None,
-    fmt: FormatOption = "csv",
+    fmt: FormatOption = None,
     out_file: OutOption = None,
     json_: JsonOption = False,
     config_path: ConfigOption = None,
@@ -188,7 +188,7 @@ def peaks(
         files = charts.heatmap_plot(hw, folder) + charts.weeks_plot(wk, folder)
         store.close()
     frames = {"staffing": staff, "hours": hw, "weeks": wk}
-    if out_file is not None or fmt != "csv":
+    if out_file is not None or fmt is not None:
         emit(frames[table], fmt, out_file, f"{table} rows")
         if out_file is None:
             return
@@ -222,7 +222,7 @@ def cohorts(
     plots: PlotsOption = None,
     as_of: AsOfOption = None,
     db: DbOption = None,
-    fmt: FormatOption = "csv",
+    fmt: FormatOption = None,
     out_file: OutOption = None,
     config_path: ConfigOption = None,
 ) -> None:
@@ -245,7 +245,7 @@ def cohorts(
         folder = plots or _reports(path) / f"cohorts_{when}"
         files = charts.cohort_plot(co, folder)
         store.close()
-    if out_file is not None or fmt != "csv":
+    if out_file is not None or fmt is not None:
         emit(co, fmt, out_file, "cohort rows")
         err.print(f"charts: {files[0].parent}", highlight=False)
         return
@@ -272,7 +272,7 @@ def lifecycle(
                                                        "conversion (stage-to-stage and first-to-second rates).")] = "customers",
     as_of: AsOfOption = None,
     db: DbOption = None,
-    fmt: FormatOption = "csv",
+    fmt: FormatOption = None,
     out_file: OutOption = None,
     config_path: ConfigOption = None,
 ) -> None:
@@ -290,7 +290,7 @@ def lifecycle(
             raise LoyalistError(f"no customer purchases before {when}")
     per = now[["customer_id", "stage", "orders", "last_order", "since_last_days", "typical_gap_days",
                "lifecycle_reason"]].rename(columns={"stage": "lifecycle_stage"})
-    if out_file is not None or fmt != "csv":
+    if out_file is not None or fmt is not None:
         emit(per if table == "customers" else conv, fmt, out_file, f"{table} rows")
         return
     counts = per["lifecycle_stage"].value_counts()

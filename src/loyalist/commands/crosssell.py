@@ -29,12 +29,12 @@ from loyalist.errors import LoyalistError
 @app.command()
 def gaps(
     customer: Annotated[str | None, typer.Option("--customer", help="Only this customer's gaps.")] = None,
-    top: Annotated[int, typer.Option("--top", help="Gaps per customer (at most the number stored: "
+    top: Annotated[int, typer.Option("--top", min=1, help="Gaps per customer (at most the number stored: "
                                                    "top in the crosssell section of loyalist.toml, 10).")] = 10,
     db: DbOption = None,
     as_of: Annotated[str | None, typer.Option("--as-of", help="Compute from orders before this date instead of "
                                                                  "reading the stored table (YYYY-MM-DD).")] = None,
-    fmt: FormatOption = "csv",
+    fmt: FormatOption = None,
     out_file: OutOption = None,
     config_path: ConfigOption = None,
 ) -> None:
@@ -48,8 +48,6 @@ def gaps(
 
     with _errors():
         cfg = config.load(config_path)
-        if top < 1:
-            raise LoyalistError("--top must be at least 1")
         try:
             opts = settings(cfg.sections)
         except ValueError as exc:
@@ -57,7 +55,7 @@ def gaps(
         store = open_store(_db(db, cfg), read_only=as_of is None, create=False)
         with err.status("finding each customer's look-alikes and the products they buy"):
             if as_of is not None:
-                frame = compute_gaps(store, _as_date(as_of, "--as-of"), {"crosssell": {**opts, "top": max(top, 1)}})
+                frame = compute_gaps(store, _as_date(as_of, "--as-of"), {"crosssell": {**opts, "top": top}})
             else:
                 frame = stored_or_computed(store, None, cfg.sections)
         accuracy = _held_out(store)
@@ -70,7 +68,7 @@ def gaps(
                 raise LoyalistError(f"--customer {customer!r}: no gaps for this customer (unknown customer, "
                                     "or nothing their look-alikes buy that they lack)")
         frame = frame[frame["rank"] <= top].sort_values(["customer_id", "rank"]).reset_index(drop=True)
-        if customer is not None and out_file is None and fmt == "csv":
+        if customer is not None and out_file is None and fmt is None:
             _print_customer(frame, customer)
             return
         emit(frame, fmt, out_file, "gaps")

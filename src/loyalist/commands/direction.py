@@ -18,6 +18,7 @@ from loyalist.cli import (
     DbOption,
     FormatOption,
     OutOption,
+    TopOption,
     _as_date,
     _db,
     _errors,
@@ -27,8 +28,6 @@ from loyalist.cli import (
     out,
 )
 from loyalist.errors import LoyalistError
-
-TopOption = Annotated[int | None, typer.Option("--top", min=1, help="Only the first N rows.")]
 
 
 def _stored(db, config_path, table: str, what: str, hint: str = ""):
@@ -49,7 +48,7 @@ def direction(
                                                                  "lapsed.")] = None,
     flagged: Annotated[bool, typer.Option("--flagged", help="Only customers with a mix shift, a dissatisfaction "
                                                             "flag or a volume-pricing flag.")] = False,
-    fmt: FormatOption = "csv",
+    fmt: FormatOption = None,
     out_file: OutOption = None,
     top: TopOption = None,
     config_path: ConfigOption = None,
@@ -77,7 +76,7 @@ def direction(
 
 
 @app.command("direction-backtest")
-def direction_backtest(db: DbOption = None, fmt: FormatOption = "csv", out_file: OutOption = None,
+def direction_backtest(db: DbOption = None, fmt: FormatOption = None, out_file: OutOption = None,
                        config_path: ConfigOption = None) -> None:
     """The held-out check of the direction labels written by `loyalist analyze`: customers labelled at
     as_of - 6 months, their next 6 months' revenue vs the 6 before (lift against all customers), precision
@@ -94,7 +93,7 @@ def direction_backtest(db: DbOption = None, fmt: FormatOption = "csv", out_file:
 @app.command()
 def payments(
     db: DbOption = None,
-    fmt: FormatOption = "csv",
+    fmt: FormatOption = None,
     out_file: OutOption = None,
     top: TopOption = None,
     min_risk: Annotated[float, typer.Option("--min-risk", min=0.0, max=1.0,
@@ -128,7 +127,7 @@ def alerts(
     attempts: Annotated[int, typer.Option("--attempts", min=1, help="Tries per event for the webhook.")] = 5,
     backoff: Annotated[float, typer.Option("--backoff", min=0.0,
                                            help="First retry delay in seconds (doubles each try).")] = 0.5,
-    fmt: FormatOption = "csv",
+    fmt: FormatOption = None,
     out_file: OutOption = None,
     json_: Annotated[bool, typer.Option("--json", help="Print the events as JSON (as --format json); with "
                                                        "--webhook, the delivery report as one JSON object.")] = False,

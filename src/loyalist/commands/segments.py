@@ -18,6 +18,7 @@ from loyalist.cli import (
     ConfigOption,
     DbOption,
     OutOption,
+    TopOption,
     _db,
     _errors,
     app,
@@ -114,12 +115,12 @@ def segments(
                 _print(frame, title, {"orders": ",", "revenue": ",.0f", "days_since_last": ",", "p_alive": ".2f",
                                       "clv_12m": ",.0f", "value_score": ",.0f"})
             return
-        emit(frame, fmt or "csv", out_file, "rows")
+        emit(frame, fmt, out_file, "rows")
 
 
 @app.command()
 def value(
-    top: Annotated[int | None, typer.Option("--top", help="Only the first N customers.")] = None,
+    top: TopOption = None,
     grade: Annotated[str | None, typer.Option("--grade", help="Only customers of this grade (A, B or C).")] = None,
     db: DbOption = None,
     fmt: FmtOption = None,
@@ -136,8 +137,6 @@ def value(
     with _errors():
         if grade is not None and grade.upper() not in ("A", "B", "C"):
             raise LoyalistError(f"--grade {grade!r}: choose A, B or C")
-        if top is not None and top < 1:
-            raise LoyalistError("--top must be at least 1")
         store = _open(db, config_path, CUSTOMER_TABLE)
         try:
             t = store.table(CUSTOMER_TABLE)
@@ -149,7 +148,7 @@ def value(
             if grade is not None:
                 expr = expr.filter(expr.value_grade == grade.upper())
             expr = expr.order_by([expr.value_score.desc(), expr.customer_id])
-            if top:
+            if top is not None:
                 expr = expr.limit(top)
             frame = expr.execute()
             check = None
@@ -163,7 +162,7 @@ def value(
                    {"value_percentile": ".1f", "value_score": ",.0f", "value_clv": ",.0f", "value_margin": ".0%",
                     "value_growth": ".2f", "value_risk": ".2f", "revenue": ",.0f", "orders": ","})
         else:
-            emit(frame, fmt or "csv", out_file, "customers")
+            emit(frame, fmt, out_file, "customers")
         if check is not None and len(check):
             r = check.set_index("ranking")
             v, p = r.loc["value_score"], r.loc["past_revenue"]

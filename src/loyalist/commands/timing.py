@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from loyalist.cli import ConfigOption, DbOption, FormatOption, OutOption, _db, _errors, app, config, emit
+from loyalist.cli import ConfigOption, DbOption, FormatOption, OutOption, TopOption, _db, _errors, app, config, emit
 from loyalist.errors import LoyalistError
 
 NEXT_COLUMNS = ["customer_id", "last_order", "orders", "cycle_days", "cycle_regularity", "cycle_class",
@@ -38,8 +38,8 @@ def _customers(store, columns: list[str]):
 def next_order(
     db: DbOption = None,
     customer: Annotated[Optional[str], typer.Option("--customer", help="Only this customer.")] = None,
-    top: Annotated[Optional[int], typer.Option("--top", help="Only the first N rows (soonest first).")] = None,
-    fmt: FormatOption = "csv",
+    top: TopOption = None,
+    fmt: FormatOption = None,
     out_file: OutOption = None,
     config_path: ConfigOption = None,
 ) -> None:
@@ -53,7 +53,7 @@ def next_order(
         if customer is not None:
             t = t.filter(t.customer_id == customer)
         expr = t.order_by([t.next_order_date.asc(nulls_first=False), t.prob_order_30d.desc(), t.customer_id])
-        frame = (expr.limit(top) if top else expr).execute()
+        frame = (expr if top is None else expr.limit(top)).execute()
         store.close()
         if customer is not None and frame.empty:
             raise LoyalistError(f"--customer {customer!r}: no such customer in the analysis")
@@ -65,8 +65,8 @@ def overdue(
     db: DbOption = None,
     min_value: Annotated[float, typer.Option("--min-value", help="Only customers with at least this value at "
                                                                 "stake (expected order value x P(alive)).")] = 0.0,
-    top: Annotated[Optional[int], typer.Option("--top", help="Only the first N rows (most value at stake first).")] = None,
-    fmt: FormatOption = "csv",
+    top: TopOption = None,
+    fmt: FormatOption = None,
     out_file: OutOption = None,
     config_path: ConfigOption = None,
 ) -> None:
@@ -77,7 +77,7 @@ def overdue(
         t = _customers(store, OVERDUE_COLUMNS)
         t = t.filter((t.overdue_score > 0) & (t.overdue_score >= min_value))
         expr = t.order_by([t.overdue_score.desc(), t.customer_id])
-        frame = (expr.limit(top) if top else expr).execute()
+        frame = (expr if top is None else expr.limit(top)).execute()
         store.close()
         emit(frame, fmt, out_file, "overdue customers")
 
@@ -92,8 +92,8 @@ def reorders(
     by_category: Annotated[bool, typer.Option("--by-category", help="Instead: the purchase rhythm per customer x "
                                                                    "product category (needs categories: `loyalist "
                                                                    "ingest --kind products`).")] = False,
-    top: Annotated[Optional[int], typer.Option("--top", help="Only the first N rows.")] = None,
-    fmt: FormatOption = "csv",
+    top: TopOption = None,
+    fmt: FormatOption = None,
     out_file: OutOption = None,
     config_path: ConfigOption = None,
 ) -> None:
@@ -125,7 +125,7 @@ def reorders(
             if overdue_only:
                 t = t.filter(t.overdue_days > 0)
             expr = t.order_by([t.overdue_days.desc(), t.customer_id, t.product_id])
-        frame = (expr.limit(top) if top else expr).execute()
+        frame = (expr if top is None else expr.limit(top)).execute()
         store.close()
         if customer is not None and frame.empty:
             raise LoyalistError(f"--customer {customer!r}: no {name.replace('_', ' ')} for this customer")
