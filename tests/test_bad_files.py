@@ -202,6 +202,46 @@ def test_latin1_with_encoding_option_loads_everything(store):
         (2, "CAFÉ CRÈME MUG", 6.95), (3, "TEA TOWEL", 2.55), (4, "DOOR MAT", 5.95)]
 
 
+def test_utf16_file_keeps_its_column_names(store, tmp_path):
+    path = tmp_path / "utf16.csv"
+    path.write_bytes((BAD / "latin1_encoding.csv").read_bytes().decode("latin-1").encode("utf-16"))
+    report = ingest(store, [path], Options(encoding="utf-16"))
+    assert totals(report) == (3, 3, 0, 0)
+    assert report.files[0].mapping["customer_id"] == "Customer ID"  # was '\x00C\x00u...' (header read as UTF-8)
+    assert stored(store, "description") == [("CAFÉ CRÈME MUG",), ("TEA TOWEL",), ("DOOR MAT",)]
+
+
+def test_utf8_file_read_as_utf16_is_refused_not_read_as_no_rows(seeded):
+    """It was read as one line of garbage: 0 rows read, 0 loaded, exit code 0."""
+    assert_error(seeded, "semicolon.csv", "not readable as utf-16", "--encoding utf-8", encoding="utf-16")
+    assert_error(seeded, "semicolon.csv", "unknown encoding 'klingon'", encoding="klingon")
+
+
+@pytest.mark.parametrize("options, fragment", [
+    ({"date_format": "%Q"}, "--date-format '%Q': .*%Q"),
+    ({"date_format": "%d/%m/%"}, "--date-format '%d/%m/%'"),
+    ({"date_format": "dd/mm/yyyy"}, "--date-format 'dd/mm/yyyy': give strptime codes"),
+    ({"delimiter": ";;"}, "--delimiter ';;': give one character"),
+    ({"delimiter": ""}, "--delimiter '': give one character"),
+])
+def test_unusable_date_format_or_delimiter_is_a_one_line_error(seeded, options, fragment):
+    """A bad strptime code and a two-character delimiter were tracebacks from DuckDB and the csv module."""
+    before = snapshot(seeded)
+    with pytest.raises(LoyalistError) as info:
+        ingest(seeded, [BAD / "semicolon.csv"], Options(**options))
+    assert "\n" not in str(info.value) and re.search(fragment, str(info.value)), str(info.value)
+    assert snapshot(seeded) == before
+
+
+def test_tab_delimiter_spelled_backslash_t(store, tmp_path):
+    path = tmp_path / "tabs.txt"
+    path.write_text((BAD / "tab_delimited.tsv").read_text())
+    for spelling in ("\\t", "tab"):
+        report = ingest(store, [path], Options(delimiter=spelling))
+        assert report.files[0].mapping["customer_id"] == "Customer ID"
+    assert totals(report) == (2, 0, 2, 0)
+
+
 def test_header_only_file_loads_nothing(store):
     report = run(store, "header_only.csv")
     assert totals(report) == (0, 0, 0, 0)

@@ -29,7 +29,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import duckdb
@@ -116,9 +116,9 @@ ProgressFn = Callable[..., None]
 def ingest(store: Store, paths: Sequence[str | Path], options: Options | None = None,
            progress: ProgressFn | None = None) -> IngestReport:
     """Load every source in `paths` into the store in one transaction; return the row accounting."""
-    options = options or Options()
-    progress = progress or (lambda stage, frac, rows_done=None: None)
     con = store.con
+    options = _checked(con, options or Options())
+    progress = progress or (lambda stage, frac, rows_done=None: None)
     started = time.perf_counter()
     ingest_id = con.execute("SELECT coalesce(max(ingest_id), 0) + 1 FROM ingests").fetchall()[0][0]
     reports: list[FileReport] = []
@@ -152,6 +152,28 @@ def ingest(store: Store, paths: Sequence[str | Path], options: Options | None = 
         con.execute("ROLLBACK")
         raise
     return IngestReport(ingest_id, reports, time.perf_counter() - started)
+
+
+def _checked(con: duckdb.DuckDBPyConnection, options: Options) -> Options:
+    """The options with the delimiter spelled as one character; a clear error for a delimiter or date format
+    the readers cannot use (both would otherwise fail deep inside the read)."""
+    delimiter = options.delimiter
+    if delimiter is not None:
+        delimiter = "\t" if delimiter.lower() in ("\\t", "tab") else delimiter
+        if len(delimiter) != 1 or delimiter in ('"', "\n", "\r"):
+            raise LoyalistError(f"--delimiter {options.delimiter!r}: give one character, e.g. ';' or '|' "
+                                "(tab: '\\t')")
+    fmt = options.date_format
+    if fmt is not None and fmt != ISO:
+        if "%" not in fmt:
+            raise LoyalistError(f"--date-format {fmt!r}: give strptime codes, e.g. '%d/%m/%Y %H:%M'")
+        try:
+            con.execute("SELECT try_strptime('', ?)", [fmt])
+        except duckdb.Error as exc:
+            detail = str(exc).splitlines()[0].split(": ", 1)[-1]
+            raise LoyalistError(f"--date-format {fmt!r}: {detail}; give strptime codes, e.g. "
+                                "'%d/%m/%Y %H:%M'") from None
+    return replace(options, delimiter=delimiter)
 
 
 def _read(con: duckdb.DuckDBPyConnection, source: str, options: Options, table: str,

@@ -122,9 +122,9 @@ def count_lines(path: Path, encoding: str = "utf-8") -> int | None:
     return n + (not tail.endswith(b"\n")) - max(0, ending.count(b"\n") - 1)
 
 
-def _sample_lines(path: Path, n: int = 50) -> list[str]:
+def _sample_lines(path: Path, encoding: str, n: int = 50) -> list[str]:
     try:
-        with _open_text(path) as fh:
+        with _open_text(path, encoding) as fh:
             lines = []
             for line in fh:
                 if line.strip():
@@ -134,6 +134,12 @@ def _sample_lines(path: Path, n: int = 50) -> list[str]:
             return lines
     except (OSError, EOFError, gzip.BadGzipFile) as exc:
         raise SourceError(f"{path}: cannot read the file ({exc})") from None
+    except LookupError:
+        raise SourceError(f"{path}: unknown encoding {encoding!r}; give utf-8, utf-16 or latin-1") from None
+    except UnicodeError as exc:  # utf-16 without a byte-order mark: the reader would see no rows at all
+        raise SourceError(f"{path}: not readable as {encoding} ({exc}); a UTF-16 file starts with its "
+                          "byte-order mark, so this one is probably in another encoding: try --encoding utf-8 or "
+                          "latin-1") from None
 
 
 def _check_utf8(path: Path, size: int = 1 << 20) -> None:
@@ -177,7 +183,7 @@ def read_delimited(con: duckdb.DuckDBPyConnection, path: Path, table: str, *, de
         raise SourceError(f"{path}: no such file")
     if path.stat().st_size == 0:
         raise SourceError(f"{path}: the file is empty")
-    lines = _sample_lines(path)
+    lines = _sample_lines(path, encoding)
     if not lines:
         raise SourceError(f"{path}: the file has no rows (only blank lines)")
     if encoding.lower().replace("-", "").replace("_", "") in ("utf8", "utf8sig"):
