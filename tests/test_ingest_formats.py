@@ -193,6 +193,19 @@ def test_quality_report_and_quarantine_export(tmp_path, suffix):
     assert json.loads(row["record"])["SKU"] == "POST"
 
 
+def test_quarantine_shares_are_of_all_rows_read(tmp_path):
+    p = tmp_path / "mixed.csv"
+    p.write_text("order,customer,date,product,qty,price\nO1,C1,2023-01-05,P1,2,1.5\nO2,C2,2023-01-06,P2,two,2\n"
+                 "O3,C1,2023-01-07,P1,1,abc\nO4,C3,2023-01-08,P3,3.5,4\nO5,C4,2023-01-09,P3,1,\n")
+    store = open_store(tmp_path / "s.duckdb")
+    assert ingest(store, [p]).totals()["quarantined"] == 2
+    from loyalist import quality
+
+    shares = {f.check: f.share_of_lines for f in quality.quality(store) if f.check.startswith("quarantined")}
+    # one row of five read for each rule (was 1 / (3 stored + 1) = 25%)
+    assert shares == {"quarantined: not a number (quantity)": 0.2, "quarantined: not a number (unit_price)": 0.2}
+
+
 def test_quarantine_export_to_an_impossible_folder_is_one_line(tmp_path):
     db = str(tmp_path / "s.duckdb")
     store = open_store(db)

@@ -113,7 +113,12 @@ def test_cdnow_sample_headerless_with_map(tmp_path):
                             "amount": "column4"})
     report = ingest(store, [path], opts)
     assert report.totals()["rows_read"] == 6_919
-    assert quality.status(store).customers == 2_357
+    s = quality.status(store)
+    assert s.customers == 2_357
+    # No order ids: an order is a customer's purchase at one time (was 0 orders)
+    with gzip.open(path, "rt") as fh:
+        purchases = {tuple(line.split()[i] for i in (0, 2)) for line in fh if line.strip()}
+    assert s.orders == len(purchases) and 0 < s.orders <= 6_919
 
 
 def test_cli_ingest_and_status_json(tmp_path):

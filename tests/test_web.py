@@ -140,7 +140,10 @@ def test_pages_without_the_other_capabilities_say_what_to_run(client):
         assert r.status_code == 200, path
         assert "ot computed yet: run loyalist analyze" in _text(r.text), path
     assert client.get("/lists/overdue/export").status_code == 404
-    assert client.get("/quality").status_code == 200
+    r = client.get("/quality")
+    assert r.status_code == 200
+    odd = read_frame(base_store(), "SELECT count(*) AS n FROM transactions WHERE price_issue IS NOT NULL")["n"].iloc[0]
+    assert f"Zero or negative prices {odd:,}" in _text(r.text)  # was labelled 'zero, negative, outlier'
     # a page size of 0 on a list not computed yet is clamped like on a computed one (was a ZeroDivisionError)
     r = client.get("/lists/overdue", params={"per_page": 0})
     assert r.status_code == 200 and "ot computed yet: run loyalist analyze" in _text(r.text)
