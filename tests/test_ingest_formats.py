@@ -217,6 +217,28 @@ def test_quarantine_export_to_an_impossible_folder_is_one_line(tmp_path):
     assert "cannot write" in res.output and "afile" in res.output
 
 
+def test_cli_shows_names_with_brackets_and_the_notes(tmp_path):
+    """Sheet names, paths and texts in [brackets] were read as rich markup and vanished from the output
+    ('data.xlsx[sales]' printed as 'data.xlsx'), and the per-file notes were only in --json."""
+    book = tmp_path / "[2024] book.xlsx"
+    with pd.ExcelWriter(book) as w:
+        _frame().to_excel(w, sheet_name="sales", index=False)
+    shop = tmp_path / "orders.csv"
+    shop.write_text("Name,Email,Created at,Lineitem quantity,Lineitem price,Lineitem sku,Total\n"
+                    "#1,a@x.com,2023-01-05,2,4.50,T,14.00\n#1,a@x.com,2023-01-05,1,5.00,M,\n"
+                    "#2,b@x.com,2023-01-06,3,4.50,T,13.50\n#3,c@x.com,2023-01-07,1,5.00,M,9.50\n"
+                    "#3,c@x.com,2023-01-07,1,4.50,T,\n#4,d@x.com,2023-01-08,1,5.00,M,9.50\n#4,d@x.com,2023-01-08,1,4.50,T,\n")
+    db = str(tmp_path / "s.duckdb")
+    res = CliRunner().invoke(app, ["ingest", str(book), str(shop), "--db", db])
+    assert res.exit_code == 0, res.output
+    assert f"{book}[sales]" in res.stdout.replace("\n", "")
+    assert "note: column 'Total' holds order totals" in res.stdout
+    res = CliRunner().invoke(app, ["quality", "--db", db])
+    assert "loyalist.toml [ingest]" in res.stdout
+    res = CliRunner().invoke(app, ["ingest", str(tmp_path / "[old]" / "x.csv"), "--db", db])
+    assert res.exit_code == 1 and f"error: {tmp_path / '[old]' / 'x.csv'}: no such file" in res.output
+
+
 def test_shopify_orders_export(tmp_path):
     """A Shopify orders export: one row per line item, order-level Total on the first row only, UTC offsets."""
     p = tmp_path / "orders_export.csv"

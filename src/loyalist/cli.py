@@ -16,6 +16,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, ProgressColumn, Task, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
@@ -45,7 +46,7 @@ TopOption = Annotated[Optional[int], typer.Option("--top", min=1, help="Only the
 
 
 def _fail(message: str) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(1)
 
 
@@ -117,7 +118,8 @@ def ingest(
     guests: Annotated[Optional[str], typer.Option("--guests", help="Lines with a blank customer: 'keep' (stored, "
                                                                   "flagged, used for demand only) or 'quarantine'.")] = None,
     sheet: Annotated[Optional[str], typer.Option("--sheet", help="Excel: read only this sheet (default: all).")] = None,
-    delimiter: Annotated[Optional[str], typer.Option("--delimiter", help="Field delimiter (default: detected).")] = None,
+    delimiter: Annotated[Optional[str], typer.Option("--delimiter", help="Field delimiter, one character; '\\t' or "
+                                                                      "'tab' for tab (default: detected).")] = None,
     encoding: Annotated[str, typer.Option("--encoding", help="Text encoding: utf-8, utf-16 or latin-1.")] = "utf-8",
     query: Annotated[Optional[str], typer.Option("--query", help="PostgreSQL: a table name or a SELECT query.")] = None,
     json_: JsonOption = False,
@@ -150,7 +152,7 @@ def ingest(
             task = bar.add_task("starting", total=100.0, rows=0)
 
             def report(stage: str, frac: float, rows_done: int | None = None) -> None:
-                bar.update(task, description=stage[:60], **({"rows": rows_done} if rows_done is not None else {}))
+                bar.update(task, description=escape(stage[:60]), **({"rows": rows_done} if rows_done is not None else {}))
 
             with _QueryWatcher(store.con, bar, task):
                 result = run_ingest(store, paths, opts, progress=report)
@@ -159,11 +161,11 @@ def ingest(
     if json_:
         out.print_json(json.dumps(result.to_dict()))
         return
-    table = Table(title=f"ingest #{result.ingest_id} into {_db(db, cfg)}", title_justify="left")
+    table = Table(title=escape(f"ingest #{result.ingest_id} into {_db(db, cfg)}"), title_justify="left")
     for c in ("source", "rows read", "loaded", "duplicates", "quarantined"):
         table.add_column(c, justify="left" if c == "source" else "right")
     for f in result.files:
-        table.add_row(f.source, f"{f.rows_read:,}", f"{f.loaded:,}", f"{f.duplicates:,}", f"{f.quarantined:,}")
+        table.add_row(escape(f.source), f"{f.rows_read:,}", f"{f.loaded:,}", f"{f.duplicates:,}", f"{f.quarantined:,}")
     t = result.totals()
     table.add_row("[bold]total", f"[bold]{t['rows_read']:,}", f"[bold]{t['loaded']:,}", f"[bold]{t['duplicates']:,}",
                   f"[bold]{t['quarantined']:,}")
@@ -172,8 +174,10 @@ def ingest(
     out.print(f"{t['rows_read']:,} rows in {result.seconds:.1f} s ({rate:,.0f} rows/s); "
               f"loaded + duplicates + quarantined = {t['loaded'] + t['duplicates'] + t['quarantined']:,}")
     for f in result.files:
-        out.print(f"  {f.source}: columns {', '.join(f'{k}<-{v!r}' for k, v in f.mapping.items())}; "
-                  f"dates {f.date_format}", highlight=False)
+        out.print(escape(f"  {f.source}: columns {', '.join(f'{k}<-{v!r}' for k, v in f.mapping.items())}; "
+                         f"dates {f.date_format}"), highlight=False)
+        for note in f.notes:
+            out.print(escape(f"  {f.source}: note: {note}"), highlight=False)
     if t["quarantined"]:
         out.print(f"[yellow]{t['quarantined']:,} rows quarantined:[/] see `loyalist quality` "
                   f"or `loyalist quality --export quarantine.csv`")
@@ -219,7 +223,7 @@ def status(db: DbOption = None, json_: JsonOption = False, config_path: ConfigOp
     if json_:
         out.print_json(json.dumps(s.to_dict()))
         return
-    table = Table(title=f"store {s.db}", title_justify="left", show_header=False)
+    table = Table(title=escape(f"store {s.db}"), title_justify="left", show_header=False)
     table.add_column("what")
     table.add_column("value", justify="right")
     for label, value in [
@@ -267,12 +271,12 @@ def quality(
     for c in ("check", "lines", "share", "amount", "how it is handled / your decision"):
         table.add_column(c, justify="right" if c in ("lines", "share", "amount") else "left")
     for f in findings:
-        table.add_row(f.check, f"{f.lines:,}", f"{f.share_of_lines:.2%}",
+        table.add_row(escape(f.check), f"{f.lines:,}", f"{f.share_of_lines:.2%}",
                       "–" if f.amount is None else f"{f.amount:,.2f}",
-                      f.handling + (f"\n[dim]{f.decision}[/]" if f.decision else ""))
+                      escape(f.handling) + (f"\n[dim]{escape(f.decision)}[/]" if f.decision else ""))
     out.print(table)
     if export is not None:
-        out.print(f"quarantined rows written to {export}")
+        out.print(escape(f"quarantined rows written to {export}"), highlight=False)
 
 
 def _as_date(value: str | None, option: str) -> dt.date | None:
