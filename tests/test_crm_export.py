@@ -6,7 +6,7 @@ import duckdb
 import pandas as pd
 import psycopg
 import pytest
-from test_web_support import full_store
+from test_web_support import base_store, full_store
 from typer.testing import CliRunner
 
 from loyalist.cli import app
@@ -50,3 +50,17 @@ def test_export_cli_and_bad_urls(pg_url):
     assert "crm_cli.customer_insights" in result.output
     bad = CliRunner().invoke(app, ["export", "--db", str(full_store()), "--to", "mysql://x"])
     assert bad.exit_code == 1 and "postgresql://" in bad.output
+
+
+def test_export_says_why_a_list_is_not_written(pg_url):
+    """A store analysed without invoices: payment risk needs them (the CLI said 'run loyalist analyze')."""
+    result = CliRunner().invoke(app, ["export", "--db", str(base_store()), "--to", pg_url, "--schema", "crm_base"])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.stdout.split())
+    assert ("crm_base.list_payment_risk: not computed: the store holds no invoices; load them with "
+            "`loyalist ingest FILE --kind invoices`, then run `loyalist analyze`") in text
+    assert "crm_base.list_overdue: not computed yet: run `loyalist analyze`" in text
+    with psycopg.connect(pg_url) as conn:
+        tables = {r[0] for r in conn.execute("SELECT table_name FROM information_schema.tables "
+                                              "WHERE table_schema = 'crm_base'").fetchall()}
+    assert "list_payment_risk" not in tables and {"customer_insights", "list_at_risk"} <= tables

@@ -140,6 +140,9 @@ def test_pages_without_the_other_capabilities_say_what_to_run(client):
         assert r.status_code == 200, path
         assert "ot computed yet: run loyalist analyze" in _text(r.text), path
     assert client.get("/lists/overdue/export").status_code == 404
+    # payment risk needs invoices: running analyze again (what the page said) cannot compute it
+    text = _text(client.get("/lists/payment-risk").text)
+    assert "the store holds no invoices; load them with loyalist ingest FILE --kind invoices" in text
     r = client.get("/quality")
     assert r.status_code == 200
     odd = read_frame(base_store(), "SELECT count(*) AS n FROM transactions WHERE price_issue IS NOT NULL")["n"].iloc[0]

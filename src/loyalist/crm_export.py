@@ -78,8 +78,9 @@ def _write(cur, schema: str, table: str, frame: pd.DataFrame, key: str | None = 
     return len(frame)
 
 
-def export_postgres(db: str | Path, url: str, schema: str = "loyalist") -> dict[str, int | None]:
-    """Write customer_insights and the lists into `schema` at `url`; returns rows per table (None: not computed)."""
+def export_postgres(db: str | Path, url: str, schema: str = "loyalist") -> dict[str, int | str]:
+    """Write customer_insights and the lists into `schema` at `url`; returns rows per table, or for a list not
+    computed, why (what to run or load)."""
     import psycopg
     from psycopg import sql
 
@@ -91,25 +92,25 @@ def export_postgres(db: str | Path, url: str, schema: str = "loyalist") -> dict[
     try:
         if CUSTOMERS not in reader.schema:
             raise LoyalistError(f"{reader.path}: no per-customer table yet; run `loyalist analyze` first")
-        frames: dict[str, pd.DataFrame | None] = {CUSTOMERS: reader.run(reader.table(CUSTOMERS).order_by("customer_id"))}
+        frames: dict[str, pd.DataFrame | str] = {CUSTOMERS: reader.run(reader.table(CUSTOMERS).order_by("customer_id"))}
         for spec in LISTS.values():
             if spec.name == "customers":
                 continue
             name = "list_" + spec.name.replace("-", "_")
-            frames[name] = None if reader.missing(spec) else reader.export(spec, Query())
+            frames[name] = reader.missing(spec) or reader.export(spec, Query())
         as_of = reader.as_of()
         store = str(reader.path)
     finally:
         reader.close()
-    written: dict[str, int | None] = {}
+    written: dict[str, int | str] = {}
     try:
         with psycopg.connect(url, connect_timeout=15) as conn:
             with conn.transaction(), conn.cursor() as cur:
                 cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
                 for table, frame in frames.items():
-                    if frame is None:
+                    if isinstance(frame, str):
                         cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(schema, table)))
-                        written[table] = None
+                        written[table] = frame
                     else:
                         written[table] = _write(cur, schema, table, frame,
                                                 key="customer_id" if table == CUSTOMERS else None)

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from loyalist import config
@@ -229,5 +230,8 @@ def export_(
     table.add_column("table")
     table.add_column("rows", justify="right")
     for name, n in written.items():
-        table.add_row(f"{schema}.{name}", f"{n:,}" if n is not None else "not computed yet (run loyalist analyze)")
+        table.add_row(escape(f"{schema}.{name}"), f"{n:,}" if isinstance(n, int) else "not written")
     out.print(table)
+    for name, n in written.items():
+        if not isinstance(n, int):
+            out.print(escape(f"  {schema}.{name}: {n}"), highlight=False)

@@ -68,6 +68,8 @@ class ListSpec:
     from_customers: tuple[str, ...] = ()
     """For lists of another table: customer_insights columns joined in for context."""
     capability: str = ""
+    inputs: tuple[tuple[str, str], ...] = ()
+    """(store table, how to load it) the capability needs rows in: without them `loyalist analyze` skips it."""
 
 
 def _at_risk(t: ir.Table, cols: set[str]):
@@ -125,7 +127,7 @@ LISTS: dict[str, ListSpec] = {s.name: s for s in [
              CUSTOMERS, ("payment_risk",),
              ("customer_id", "payment_risk", "payment_risk_reason", "dbt_days_6m", "revenue", "orders", "segment"),
              "payment_risk", where=_payment, choices=("segment",), ranges=("dbt_days_6m", "revenue"),
-             capability="direction and payment"),
+             capability="direction and payment", inputs=(("invoices", "`loyalist ingest FILE --kind invoices`"),)),
     ListSpec("contact-due", "Contact due", "Who to contact when, and why.",
              "contact_schedule", ("customer_id", "contact_date"),
              ("contact_date", "customer_id", "reason", "revenue", "p_alive", "segment"),
@@ -349,12 +351,16 @@ class Reader:
         return [c for c in spec.columns if c in have or c == "reason" and spec.name == "at-risk"]
 
     def missing(self, spec: ListSpec) -> str | None:
+        absent = [c for c in spec.needs if c not in self.schema.get(spec.table, [])]
+        if not absent:
+            return None
+        for table, load in spec.inputs:  # without these rows analyze skips it, however often it runs
+            if not self.cached(f"rows:{table}", lambda t=table: t in self.schema and
+                               self._con.cursor().execute(f"SELECT count(*) > 0 FROM {t}").fetchone()[0]):
+                return f"not computed: the store holds no {table}; load them with {load}, then run `loyalist analyze`"
         if spec.table not in self.schema:
             return f"{RUN_ANALYZE} ({spec.capability} writes the table `{spec.table}`)"
-        absent = [c for c in spec.needs if c not in self.schema[spec.table]]
-        if absent:
-            return f"{RUN_ANALYZE} ({spec.capability} adds {', '.join(f'`{c}`' for c in absent)})"
-        return None
+        return f"{RUN_ANALYZE} ({spec.capability} adds {', '.join(f'`{c}`' for c in absent)})"
 
     def _base(self, spec: ListSpec) -> ir.Table:
         """The list's rows from its own table (context columns from customer_insights are joined to a page's
