@@ -361,6 +361,19 @@ def test_demo_backtest_counts_targets_independently_and_beats_popularity(demo):
     assert r.loc["lookalikes", "recall_at_k"] > 1.5 * r.loc["popularity", "recall_at_k"]
 
 
+def test_held_out_note_when_the_window_runs_past_the_data(demo):
+    # analyze --as-of 2012-03-01: the 90 held-out days from 2011-12-02 had 7 days of data, yet the note said
+    # "held out at 2011-12-02 (90 days, ...)" with its recall
+    from loyalist.insights.crosssell import held_out_note, settings
+
+    store, _ = demo
+    rows = store.table("crosssell_backtest").count().execute() if has_table(store, "crosssell_backtest") else 0
+    note = held_out_note(store, dt.date(2012, 3, 1), settings({}))
+    assert note == ("cross-sell gaps: no held-out check possible (it needs the 90 days from 2011-12-02 to "
+                    "2012-03-01, and the data ends 2011-12-09)")
+    assert (store.table("crosssell_backtest").count().execute() if has_table(store, "crosssell_backtest") else 0) == rows
+
+
 def test_als_baseline_is_deterministic(demo):
     store, _ = demo
     runs = [evaluate_cutoff(store.table("transactions"), dt.date(2011, 9, 1), 90, 10, None, ("als_default",))

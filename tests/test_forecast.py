@@ -87,6 +87,16 @@ def test_hour_weekday_counts_match_pandas(store, raw):
     assert weeks["orders"].sum() == len(first)
 
 
+def test_peak_sentences_count_in_words():
+    # a store with few orders: "(1 orders over the history)", "1 weeks had ...", "had 1 orders"
+    hw = pd.DataFrame({"day": ["Monday", "Tuesday"], "hour": [9, 10], "orders": [1, 1]})
+    wk = pd.DataFrame({"week": pd.to_datetime(["2011-01-03", "2011-01-10", "2011-01-17"]), "orders": [1, 0, 0],
+                       "peak": [True, False, False], "week_of_year": [1, 2, 3], "index": [3.0, 0.0, 0.0]})
+    text = " ".join(agg.describe_peaks(hw, wk))
+    assert "(1 order over the history)" in text
+    assert "1 week had >= " in text and "had 1 order (3.00 x)" in text
+
+
 def test_dense_weekly_pads_short_series():
     w = pd.DataFrame({"series_id": ["a", "a", "b"], "week": pd.to_datetime(["2011-01-03", "2011-01-17", "2011-01-10"]),
                       "units": [3.0, 5.0, 2.0]})

@@ -20,7 +20,7 @@ from loyalist.features import rfm_summary
 from loyalist.features.behaviour import behaviour
 from loyalist.ingest import ingest
 from loyalist.insights import Context
-from loyalist.insights.segments import micro_segments, segments_step
+from loyalist.insights.segments import describe, micro_segments, segments_step
 from loyalist.insights.value import value_step
 from loyalist.models.segments import (
     RFM_SEGMENTS,
@@ -295,3 +295,17 @@ def test_cli_segments(demo, tmp_path):
     assert res.exit_code == 1 and "no such segment" in res.output
     res = runner.invoke(app, ["segments", "--db", db, "--out", str(tmp_path / "seg.xlsx")])
     assert res.exit_code == 0 and (tmp_path / "seg.xlsx").stat().st_size > 1000
+
+
+def test_describe_counts_in_words():
+    # a median of 1.4 orders read "1 orders"; 1 day, 1 product were "1 days", "1 distinct products"
+    row = pd.Series({"customers": 1, "med_revenue": 120.0, "med_orders": 1.4, "med_cycle": 1.2, "med_cv": 0.5,
+                     "med_products": 1.0, "spend_previous": 0.0, "spend_recent": 120.0, "returned_value": 0.0,
+                     "revenue": 120.0, "med_days": 0.8})
+    text = describe(row)
+    assert text.startswith("1 customer; median revenue 120 over 1 order; orders every ~1 day; ")
+    assert "; 1 distinct product; " in text and text.endswith("; last order a median 1 day ago")
+    more = describe(pd.Series({**row, "customers": 3, "med_orders": 2.6, "med_cycle": 30.2, "med_products": 4,
+                               "med_days": 45.0}))
+    assert more.startswith("3 customers; median revenue 120 over 3 orders; orders every ~30 days; ")
+    assert "; 4 distinct products; " in more and more.endswith("; last order a median 45 days ago")

@@ -4,7 +4,9 @@ the raw demo files; the analysis step, the CLI and the held-out evaluation on th
 from __future__ import annotations
 
 import datetime as dt
+import io
 import json
+import re
 import shutil
 
 import numpy as np
@@ -21,6 +23,7 @@ from loyalist.features import rfm_summary
 from loyalist.features.timing import customer_gaps, product_cycles
 from loyalist.insights import Context
 from loyalist.insights.timing import (
+    LEVEL_GRID,
     MEDIAN_WEIGHTS,
     MIX_GRID,
     base_prob_order,
@@ -258,6 +261,35 @@ def test_reorders_and_next_products(analysed, demo_store):
     assert {"loyalist", "bgnbd", "mean_interval", "last_gap"} <= set(bt["method"])
 
 
+def test_reasons_count_one_day_one_order_one_time():
+    # the reasons said "every ~1 days", "1 days since the last", "(1 times since ...)"
+    from loyalist.insights.timing import (
+        ColumnGlobals,
+        customer_block,
+        reorder_tables_from,
+    )
+
+    as_of = dt.date(2011, 3, 1)
+    c = pd.DataFrame({"customer_id": ["a"], "days_p50": [1.0], "days_p10": [0.0], "days_p90": [3.0],
+                      "prob_order_30d": [0.9], "prob_order_60d": [0.95], "n_gaps": [1], "elapsed": [0.6],
+                      "cycle_days": [1.2], "tail_prob": [0.05], "p_alive_timing": [0.9], "spend": [100.0],
+                      "occasions": [2], "first_day": [pd.Timestamp("2011-01-05")], "cycle_regularity": [np.nan],
+                      "last_day": [pd.Timestamp("2011-02-27")]})
+    cols, schedule = customer_block(c, as_of, {}, "£", ColumnGlobals(long_days=0.5, vcol=None, v_min=0.0))
+    assert cols["overdue_reason"][0].startswith("Orders every ~1 day (2 orders since Jan 2011); 1 day since the "
+                                                "last; usual basket £50; ")
+    assert schedule["reason"].tolist() == [("Long-cycle customer: orders every ~1 day; 1 day since the last, two "
+                                            "thirds of the cycle passed: a non-sales contact now")]
+    p = pd.DataFrame({"customer_id": ["a", "a"], "product_id": ["X", "Y"], "description": ["x", "y"],
+                      "occasions": [2, 3], "cycle_days": [1.2, 20.0], "last_day": [pd.Timestamp("2011-02-27")] * 2,
+                      "first_day": [pd.Timestamp("2011-01-05")] * 2, "days_p50": [1.0, 5.0], "quantity": [1.0, 4.0],
+                      "elapsed": [1.0, 16.0], "probability": [0.5, 0.4]})
+    reorders, _ = reorder_tables_from(p, as_of, 5)
+    assert reorders.set_index("product_id")["reason"].to_dict() == {
+        "X": "Usually re-orders X every ~1 day (2 times since Jan 2011); 1 day since the last; usual quantity 1",
+        "Y": "Usually re-orders Y every ~20 days (3 times since Jan 2011); 16 days since the last; usual quantity 4"}
+
+
 def test_cli_next_overdue_reorders(analysed, demo_store, tmp_path):
     runner = CliRunner()
     demo_store.con.execute("CHECKPOINT")  # the CLI opens its own connection: give it a copy of the store
@@ -390,6 +422,47 @@ def test_category_rhythm_on_a_store_with_categories(analysed, demo_store, tmp_pa
 
 
 # ------------------------------------------------------------------------ interval and inner split
+def test_interval_note_survives_the_console(analysed):
+    # `analyze` prints the notes through rich, whose markup took "[q(0.10), q(0.90)]" for a tag: the note read
+    # "80% interval = , calibrated on ..."
+    from rich.console import Console
+
+    _, ctx = analysed
+    console = Console(file=io.StringIO(), width=10_000)
+    console.print(f"note: {next(n for n in ctx.notes if '80% interval' in n)}", highlight=False)
+    m = re.search(r"80% interval = quantiles (0\.\d\d) to (0\.\d\d) of the next-order law \(calibrated on the "
+                  r"orders of 2011-06-03 to 2011-09-01\)", console.file.getvalue())
+    assert m, console.file.getvalue()
+    assert float(m[1]) + float(m[2]) == pytest.approx(1.0) and float(m[1]) in LEVEL_GRID
+
+
+def test_interval_note_says_when_the_level_is_not_calibrated(demo_store, monkeypatch):
+    # no customer's interval decidable on the calibration window: the default level, said as such (the note
+    # claimed "calibrated on the orders of ...")
+    import loyalist.insights.timing as timing_module
+
+    monkeypatch.setattr(timing_module, "INNER_ORIGINS", 1)
+    monkeypatch.setattr(timing_module, "coverage_80", lambda *args: (np.nan, 0))
+    stack = fit_stack(demo_store.table("transactions"), dt.date(2011, 6, 1), "bgnbd", with_products=False,
+                      horizons=(30,))
+    assert stack.level == 0.1
+    assert ("80% interval = quantiles 0.10 to 0.90 of the next-order law (not calibrated: no customer's interval "
+            "could be checked on the orders of 2011-05-02 to 2011-06-01)") in stack.how
+
+
+def test_step_backtest_needs_the_data_up_to_the_as_of_date(demo_store):
+    # analyze --as-of 2012-03-01: the held-out 90 days from 2011-12-02 had 7 days of data and were scored as 90
+    from loyalist.insights.timing import check_backtest_window
+
+    t = demo_store.table("transactions")
+    first = pd.Timestamp("2009-12-01")
+    with pytest.raises(ValueError, match=r"^it needs the 90 days to 2012-03-01, and the data ends 2011-12-09$"):
+        check_backtest_window(t, first, dt.date(2011, 12, 2), dt.date(2012, 3, 1))
+    check_backtest_window(t, first, dt.date(2011, 9, 11), dt.date(2011, 12, 10))  # the day after the last order
+    with pytest.raises(ValueError, match="less than 90 days of history"):
+        check_backtest_window(t, first, dt.date(2010, 1, 1), dt.date(2010, 4, 1))
+
+
 def test_coverage_counts_only_intervals_decidable_from_the_prediction():
     p10 = np.array([0, 5, 10, 0, 2, 50.0])
     p90 = np.array([20, 30, 40, np.inf, 200, 90.0])

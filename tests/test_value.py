@@ -120,6 +120,29 @@ def test_value_backtest_matches_pandas_on_demo(demo):
     assert any(n.startswith("value: held out at") for n in ctx.notes)
 
 
+def test_held_out_check_is_skipped_when_the_year_runs_past_the_data(demo):
+    # --as-of after the data: the held-out year ran past it and the note said "brought nan% of the next year's
+    # revenue" (or a share of a partial year)
+    store, ctx = demo
+    rows = store.table("value_backtest").count().execute()
+    for as_of in (dt.date(2012, 3, 1), dt.date(2013, 3, 1)):
+        c2 = Context(store, as_of, Settings(), ctx.fitted, ctx.customers.drop(columns=[
+            c for c in ctx.customers.columns if c.startswith("value_")]), {}, [])
+        value_step(c2)
+        cutoff = as_of - dt.timedelta(days=365)
+        assert (f"value: no held-out check of the grades: it needs the whole year after {cutoff} (to {as_of}), "
+                f"and the data ends 2011-12-09") in c2.notes, c2.notes
+        assert not any("nan" in n for n in c2.notes)
+    assert store.table("value_backtest").count().execute() == rows
+    # the same as-of again: the stored check is reported, not recomputed and not silently dropped
+    c3 = Context(store, AS_OF, Settings(), ctx.fitted, ctx.customers.drop(columns=[
+        c for c in ctx.customers.columns if c.startswith("value_")]), {}, [])
+    value_step(c3)
+    assert [n for n in c3.notes if n.startswith("value: held out")] == [
+        n for n in ctx.notes if n.startswith("value: held out")]
+    assert store.table("value_backtest").count().execute() == rows
+
+
 def test_value_step_skips_without_clv(demo):
     store, ctx = demo
     base = ctx.customers[["customer_id", "p_alive", "first_order"]].assign(clv_12m=np.nan)

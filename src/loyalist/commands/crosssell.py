@@ -86,8 +86,9 @@ def _held_out(store) -> str | None:
     if "lookalikes" not in b.index:
         return None
     la = b.loc["lookalikes"]
-    parts = [(f"held out at {la['cutoff']:%Y-%m-%d} ({int(la['horizon_days'])} days, {int(la['customers']):,} "
-             f"customers): recall@{int(la['k'])} {la['recall_at_k']:.3f}")]
+    n = int(la["customers"])
+    parts = [(f"held out at {la['cutoff']:%Y-%m-%d} ({int(la['horizon_days'])} days, {n:,} "
+              f"customer{'' if n == 1 else 's'}): recall@{int(la['k'])} {la['recall_at_k']:.3f}")]
     for method, name in (("popularity", "popularity"), ("als_default", "implicit ALS")):
         if method in b.index:
             parts.append(f"{name} {b.loc[method, 'recall_at_k']:.3f}")

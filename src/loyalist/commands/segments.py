@@ -163,8 +163,8 @@ def value(
                     "value_growth": ".2f", "value_risk": ".2f", "revenue": ",.0f", "orders": ","})
         else:
             emit(frame, fmt, out_file, "customers")
-        if check is not None and len(check):
-            r = check.set_index("ranking")
+        r = None if check is None or check.empty else check.set_index("ranking")
+        if r is not None and pd.notna(r.loc["value_score", "a_revenue_share"]):
             v, p = r.loc["value_score"], r.loc["past_revenue"]
             err.print(f"held-out check at {pd.Timestamp(v['cutoff']).date()}: the {int(v['graded_a']):,} customers "
                       f"graded A brought {v['a_revenue_share']:.1%} of the next {int(v['horizon_days'])} days' "

@@ -225,7 +225,7 @@ def describe_peaks(hw: pd.DataFrame, wk: pd.DataFrame) -> list[str]:
         out.append(f"Peak hours: {_hours(top)} ({hour[top].sum() / total:.0%} of orders).")
         cell = hw.sort_values("orders", ascending=False).iloc[0]
         out.append(f"Single busiest slot: {cell['day']} {int(cell['hour']):02d}:00-{int(cell['hour']) + 1:02d}:00 "
-                   f"({int(cell['orders']):,} orders over the history).")
+                   f"({int(cell['orders']):,} order{'' if int(cell['orders']) == 1 else 's'} over the history).")
     if len(wk):
         w = wk.assign(month=pd.to_datetime(wk["week"]).dt.month)
         by_month = w.groupby("month")["orders"].mean() / w["orders"].mean()
@@ -238,9 +238,10 @@ def describe_peaks(hw: pd.DataFrame, wk: pd.DataFrame) -> list[str]:
         out.append(f"Quietest month: {names[low]} ({by_month[low]:.2f} x an average week).")
         if wk["peak"].any():
             top = wk.loc[wk["orders"].idxmax()]
-            out.append(f"{int(wk['peak'].sum())} weeks had >= {PEAK_INDEX:.2f} x the weekly mean of orders; the "
-                       f"busiest, week of {pd.Timestamp(top['week']).date()} (ISO week {int(top['week_of_year'])}), "
-                       f"had {int(top['orders']):,} orders ({top['index']:.2f} x).")
+            weeks, most = int(wk["peak"].sum()), int(top["orders"])
+            out.append(f"{weeks} week{'' if weeks == 1 else 's'} had >= {PEAK_INDEX:.2f} x the weekly mean of orders; "
+                       f"the busiest, week of {pd.Timestamp(top['week']).date()} (ISO week {int(top['week_of_year'])}), "
+                       f"had {most:,} order{'' if most == 1 else 's'} ({top['index']:.2f} x).")
     return out
 
 

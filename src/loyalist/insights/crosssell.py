@@ -370,7 +370,11 @@ def held_out_note(store: Store, as_of: dt.date, opts: dict[str, Any]) -> str:
         return f"cross-sell gaps: no held-out check possible (no purchases before {cutoff})"
     if baskets.purchase_lines(t, as_of, since=cutoff).count().execute() == 0:
         return f"cross-sell gaps: no held-out check possible (no purchases from {cutoff} to {as_of})"
-    m = evaluate_cutoff(store.table("transactions"), cutoff, horizon, 10, opts, ("lookalikes", "popularity"))
+    last = pd.Timestamp(t.order_date.max().execute()).date()
+    if last < as_of - dt.timedelta(days=1):
+        return (f"cross-sell gaps: no held-out check possible (it needs the {horizon} days from {cutoff} to {as_of}, "
+                f"and the data ends {last})")
+    m = evaluate_cutoff(t, cutoff, horizon, 10, opts, ("lookalikes", "popularity"))
     if m.empty or m["customers"].iloc[0] == 0:
         return f"cross-sell gaps: no held-out check possible (nobody bought a new product after {cutoff})"
     write_frame(store, "crosssell_backtest", m.assign(run_at=pd.Timestamp.now(tz="UTC").tz_localize(None)),
@@ -380,8 +384,8 @@ def held_out_note(store: Store, as_of: dt.date, opts: dict[str, Any]) -> str:
 
 def _note(m: pd.DataFrame, cutoff: dt.date, horizon: int) -> str:
     r = m.set_index("method")
-    return (f"cross-sell gaps held out at {cutoff} ({horizon} days, {int(r.loc['lookalikes', 'customers']):,} "
-            f"customers): recall@10 {r.loc['lookalikes', 'recall_at_k']:.3f} vs {r.loc['popularity', 'recall_at_k']:.3f} "
+    n = int(r.loc["lookalikes", "customers"])
+    return (f"cross-sell gaps held out at {cutoff} ({horizon} days, {n:,} customer{'' if n == 1 else 's'}): recall@10 {r.loc['lookalikes', 'recall_at_k']:.3f} vs {r.loc['popularity', 'recall_at_k']:.3f} "
             f"for popularity, NDCG@10 {r.loc['lookalikes', 'ndcg_at_k']:.3f} vs {r.loc['popularity', 'ndcg_at_k']:.3f}")
 
 

@@ -115,21 +115,22 @@ def segment_table(stats: pd.DataFrame, rev_total: float, clv_total: float, descr
 
 def describe(s: pd.Series) -> str:
     """Plain words with the medians of one group of customers (one row of `group_stats`)."""
-    n = int(s["customers"])
-    orders = s["med_orders"]
+    n, orders, products = int(s["customers"]), round(s["med_orders"]), round(s["med_products"])
     parts = [(f"{n:,} customer{'s' if n != 1 else ''}; median revenue {_num(s['med_revenue'])} over "
-              f"{orders:.0f} order{'s' if orders != 1 else ''}")]
+              f"{orders:,} order{'s' if orders != 1 else ''}")]
     if pd.notna(s["med_cycle"]):
-        parts.append(f"orders every ~{s['med_cycle']:.0f} days")
+        cycle = round(s["med_cycle"])
+        parts.append(f"orders every ~{cycle:,} day{'s' if cycle != 1 else ''}")
     if pd.notna(s["med_cv"]):
         parts.append(f"gap variation {s['med_cv']:.2f} (0 = like clockwork)")
-    parts.append(f"{s['med_products']:.0f} distinct products")
+    parts.append(f"{products:,} distinct product{'s' if products != 1 else ''}")
     prev, rec = s["spend_previous"], s["spend_recent"]
     parts.append(f"spend last 6 months {_num(rec)} vs {_num(prev)} the 6 before" if prev or rec
                  else "nothing bought in the last 12 months")
     ret = s["returned_value"] / max(s["revenue"] + s["returned_value"], 1e-9)
     parts.append(f"returns {ret:.1%} of value")
-    parts.append(f"last order a median {s['med_days']:.0f} days ago")
+    days = round(s["med_days"])
+    parts.append(f"last order a median {days:,} day{'s' if days != 1 else ''} ago")
     return "; ".join(parts)
 
 

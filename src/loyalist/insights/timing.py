@@ -593,8 +593,14 @@ def fit_stack(transactions: ir.Table, as_of: dt.date, base_name: str = "bgnbd", 
         hi = np.maximum(cm.residual_quantile(1 - lv, n, S, e, p_alive=pa) - HALF_DAY, 0.0)
         cov.append(coverage_80(lo, hi, tn, float(h_cal))[0])
     cov = np.asarray(cov, dtype=float)
-    level = float(LEVEL_GRID[int(np.nanargmin(np.abs(cov - 0.8)))]) if np.isfinite(cov).any() else 0.1
-    how.append(f"80% interval = [q({level:.2f}), q({1 - level:.2f})], calibrated on the orders of {o} to {as_of}")
+    if np.isfinite(cov).any():
+        level = float(LEVEL_GRID[int(np.nanargmin(np.abs(cov - 0.8)))])
+        calibrated = f"calibrated on the orders of {o} to {as_of}"
+    else:
+        level = 0.1
+        calibrated = f"not calibrated: no customer's interval could be checked on the orders of {o} to {as_of}"
+    # no square brackets: the command line prints notes as rich markup, where "[q(0.1), ...]" is a tag and vanished
+    how.append(f"80% interval = quantiles {level:.2f} to {1 - level:.2f} of the next-order law ({calibrated})")
     pair = None
     if with_products:
         Xs, ys = [], []
@@ -648,8 +654,10 @@ def _currency(transactions: ir.Table) -> str:
     return CURRENCY_SYMBOLS.get(code, code + " ")
 
 
-def _fmt_int(x: pd.Series) -> pd.Series:
-    return x.round().astype("Int64").astype(str)
+def _count(x: pd.Series, word: str) -> pd.Series:
+    """'1 day', '35 days': x rounded to a whole number of `word`s."""
+    n = x.round().astype("Int64")
+    return n.astype(str) + " " + word + np.where((n == 1).fillna(False).to_numpy(bool), "", "s")
 
 
 def _money(x: pd.Series, sym: str) -> pd.Series:
@@ -714,8 +722,8 @@ def customer_block(c: pd.DataFrame, as_of: dt.date, cfg: dict, sym: str, g: Colu
     out["overdue_days"] = np.where(n > 0, np.maximum(np.round(el - cycle), 0), 0).astype(int)
     out["overdue_score"] = np.where(flagged, value.to_numpy(float) * c["p_alive_timing"].to_numpy(float), 0.0)
     first = pd.to_datetime(c["first_day"])
-    reason = ("Orders every ~" + _fmt_int(c["cycle_days"]) + " days (" + c["occasions"].astype(str) + " orders since "
-              + first.dt.strftime("%b %Y") + "); " + _fmt_int(c["elapsed"]) + " days since the last; usual basket "
+    reason = ("Orders every ~" + _count(c["cycle_days"], "day") + " (" + _count(c["occasions"], "order") + " since "
+              + first.dt.strftime("%b %Y") + "); " + _count(c["elapsed"], "day") + " since the last; usual basket "
               + _money(basket, sym) + "; a gap this long happens " + (100 * c["tail_prob"]).map("{:.1f}".format)
               + "% of the time for an active customer; P(still active) "
               + (100 * c["p_alive_timing"]).map("{:.0f}".format) + "%")
@@ -736,7 +744,7 @@ def customer_block(c: pd.DataFrame, as_of: dt.date, cfg: dict, sym: str, g: Colu
         keep = pick & (when >= now).to_numpy()
         sched.append(pd.DataFrame({
             "customer_id": c["customer_id"][keep], "contact_date": when[keep],
-            "reason": ("Long-cycle customer: orders every ~" + _fmt_int(c["cycle_days"][keep]) + " days, last on "
+            "reason": ("Long-cycle customer: orders every ~" + _count(c["cycle_days"][keep], "day") + ", last on "
                        + last[keep].dt.strftime("%d %b %Y") + "; " + ("12-month value " if vcol else "usual basket ")
                        + _money(pd.Series(v[keep], index=c.index[keep]), sym) + "; a non-sales contact at " + label
                        + " of the cycle")}))
@@ -745,8 +753,8 @@ def customer_block(c: pd.DataFrame, as_of: dt.date, cfg: dict, sym: str, g: Colu
     late = pick & (two < now).to_numpy() & (el < cycle)
     sched.append(pd.DataFrame({
         "customer_id": c["customer_id"][late], "contact_date": now,
-        "reason": ("Long-cycle customer: orders every ~" + _fmt_int(c["cycle_days"][late]) + " days; "
-                   + _fmt_int(c["elapsed"][late]) + " days since the last, two thirds of the cycle passed: "
+        "reason": ("Long-cycle customer: orders every ~" + _count(c["cycle_days"][late], "day") + "; "
+                   + _count(c["elapsed"][late], "day") + " since the last, two thirds of the cycle passed: "
                    "a non-sales contact now")}))
     schedule = pd.concat(sched, ignore_index=True).sort_values(["customer_id", "contact_date"], kind="stable")
     schedule["contact_date"] = pd.to_datetime(schedule["contact_date"])
@@ -774,9 +782,9 @@ def reorder_tables_from(p: pd.DataFrame, as_of: dt.date, k: int) -> tuple[pd.Dat
         "expected_quantity": rep["quantity"].round(1),
         "overdue_days": np.maximum(np.round(rep["elapsed"] - rep["cycle_days"]), 0).astype(int)})
     reorders["reason"] = ("Usually re-orders " + rep["product_id"].astype(str) + " every ~"
-                          + _fmt_int(rep["cycle_days"]) + " days (" + rep["occasions"].astype(str) + " times since "
+                          + _count(rep["cycle_days"], "day") + " (" + _count(rep["occasions"], "time") + " since "
                           + pd.to_datetime(rep["first_day"]).dt.strftime("%b %Y") + "); "
-                          + _fmt_int(rep["elapsed"]) + " days since the last; usual quantity "
+                          + _count(rep["elapsed"], "day") + " since the last; usual quantity "
                           + rep["quantity"].map("{:,.0f}".format))
     reorders = reorders.sort_values(["customer_id", "overdue_days"], ascending=[True, False], kind="stable")
     top = top_k(p[["customer_id", "product_id", "description", "probability"]], k)
@@ -800,6 +808,16 @@ def write_category_rhythm(ctx: Context) -> None:
         ctx.notes.append("timing: no purchase of a product with a category, so no rhythm per category")
         return
     write_frame(ctx.store, "category_rhythm", category_rhythm(cc, ctx.as_of), replace=True)
+
+
+def check_backtest_window(transactions: ir.Table, first_day, cutoff: dt.date, as_of: dt.date) -> None:
+    """The step's held-out check at `cutoff` needs 90 days of history before it and the data up to `as_of`
+    (ValueError: why not)."""
+    if pd.Timestamp(first_day).date() > cutoff - dt.timedelta(days=90):
+        raise ValueError("less than 90 days of history before the cutoff")
+    last = pd.Timestamp(transactions.order_date.max().execute()).date()
+    if last < as_of - dt.timedelta(days=1):
+        raise ValueError(f"it needs the {(as_of - cutoff).days} days to {as_of}, and the data ends {last}")
 
 
 @step("timing", 20, spark=True)
@@ -843,8 +861,7 @@ def timing(ctx: Context) -> pd.DataFrame | ir.Table | None:
     if cfg.get("backtest", True):
         cutoff = ctx.as_of - dt.timedelta(days=90)
         try:
-            if pd.Timestamp(ts.customers["first_day"].min()).date() > cutoff - dt.timedelta(days=90):
-                raise ValueError("less than 90 days of history before the cutoff")
+            check_backtest_window(t, ts.customers["first_day"].min(), cutoff, ctx.as_of)
             metrics = evaluate(t, cutoff, (30, 90), end=ctx.as_of, base_name=ctx.fitted.name,
                                product_horizon=horizon, products=has_products,
                                mix=float(cfg["mix"]) if "mix" in cfg else None)
@@ -1221,8 +1238,7 @@ def _finish_on_spark(ctx: Context, cfg: dict, stack: Stack | None, mix: float, h
         cutoff = ctx.as_of - dt.timedelta(days=90)
         try:
             first = _sdf(source, customer_gaps(t, ctx.as_of)).agg(F.min("first_day")).collect()[0][0]
-            if pd.Timestamp(first).date() > cutoff - dt.timedelta(days=90):
-                raise ValueError("less than 90 days of history before the cutoff")
+            check_backtest_window(t, first, cutoff, ctx.as_of)
             metrics = evaluate(t, cutoff, (30, 90), end=ctx.as_of, base_name=ctx.fitted.name,
                                product_horizon=horizon, products=has_products,
                                mix=float(cfg["mix"]) if "mix" in cfg else None, spark=source)

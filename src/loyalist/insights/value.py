@@ -63,10 +63,18 @@ def _backtest(ctx: Context, cfg: dict) -> None:
     cutoff = ctx.as_of - dt.timedelta(days=365)
     model = ctx.fitted.name
     spark = hasattr(ctx.store, "write_result")
+    tx = ctx.store.table("transactions")
+    last = pd.Timestamp(tx.order_date.max().execute()).date()
+    if last < ctx.as_of - dt.timedelta(days=1):
+        ctx.notes.append(f"value: no held-out check of the grades: it needs the whole year after {cutoff} (to "
+                         f"{ctx.as_of}), and the data ends {last}")
+        return
     if not spark and has_table(ctx.store, BACKTEST_TABLE):
         t = ctx.store.table(BACKTEST_TABLE)
-        done = t.filter((t.cutoff == pd.Timestamp(cutoff)) & (t.model == model)).count().execute()
-        if done:
+        done = t.filter((t.cutoff == pd.Timestamp(cutoff)) & (t.model == model))
+        done = done.filter(done.run_at == done.run_at.max()).execute()
+        if len(done) and np.isfinite(done.set_index("ranking").loc["value_score", "a_revenue_share"]):
+            ctx.notes.append(_held_out_note(done))
             return
     first = ctx.customers.first_order.min().execute() if spark else ctx.customers["first_order"].min()
     if pd.isna(first) or (cutoff - pd.Timestamp(first).date()).days < 180:
@@ -74,20 +82,27 @@ def _backtest(ctx: Context, cfg: dict) -> None:
                          "and a year after it)")
         return
     try:
-        bt = value_backtest(ctx.store.table("transactions"), cutoff, model, 365, ctx.settings,
-                            float(cfg.get("a_share", 0.2)))
+        bt = value_backtest(tx, cutoff, model, 365, ctx.settings, float(cfg.get("a_share", 0.2)))
     except ValueError as exc:
         ctx.notes.append(f"value: no held-out check of the grades ({exc})")
+        return
+    if not np.isfinite(bt.set_index("ranking").loc["value_score", "a_revenue_share"]):
+        ctx.notes.append(f"value: no held-out check of the grades: the customers who bought before {cutoff} spent "
+                         f"nothing in the year after it")
         return
     if spark:
         ctx.store.write_result(BACKTEST_TABLE, bt)
     else:
         write_frame(ctx.store, BACKTEST_TABLE, bt, replace=False)
+    ctx.notes.append(_held_out_note(bt))
+
+
+def _held_out_note(bt: pd.DataFrame) -> str:
     r = bt.set_index("ranking")
-    ctx.notes.append(
-        f"value: held out at {cutoff}, the {r.loc['value_score', 'graded_a']:,} customers graded A brought "
-        f"{r.loc['value_score', 'a_revenue_share']:.1%} of the next year's revenue vs "
-        f"{r.loc['past_revenue', 'a_revenue_share']:.1%} for the same number chosen by past revenue")
+    return (f"value: held out at {pd.Timestamp(r.loc['value_score', 'cutoff']).date()}, the "
+            f"{int(r.loc['value_score', 'graded_a']):,} customers graded A brought "
+            f"{r.loc['value_score', 'a_revenue_share']:.1%} of the next year's revenue vs "
+            f"{r.loc['past_revenue', 'a_revenue_share']:.1%} for the same number chosen by past revenue")
 
 
 def reasons(frame: pd.DataFrame, growth_source: str) -> list[str]:

@@ -72,13 +72,22 @@ def assign_stages(snap: pd.DataFrame, at_risk: float = AT_RISK_MULT, lapsed: flo
     return s
 
 
+def _count(n: pd.Series, word: str) -> pd.Series:
+    """'1 day', '3 days' (n whole numbers)."""
+    return n.astype(str) + " " + word + np.where(n.to_numpy() == 1, "", "s")
+
+
 def stage_reason(s: pd.DataFrame) -> pd.Series:
-    """One line per customer with the numbers behind the stage."""
-    g = s["typical_gap_days"].round().astype(int).astype(str)
-    d = s["since_last_days"].astype(int).astype(str)
-    n = s["orders"].astype(int).astype(str)
-    return ("orders every ~" + g + " days (" + n + " orders, shrunk toward the population's "
-            + s["population_gap_days"].round().astype(int).astype(str) + "); " + d + " days since the last")
+    """One line per customer with the numbers behind the stage (from `assign_stages`)."""
+    g = s["typical_gap_days"].round().astype(int)
+    pop = _count(s["population_gap_days"].round().astype(int), "day")
+    d = _count(s["since_last_days"].astype(int), "day")
+    n = s["orders"].astype(int)
+    repeat = ("orders every ~" + _count(g, "day") + " (" + _count(n, "order") + ", shrunk toward the population's ~"
+              + pop + "); " + d + " since the last")
+    back = "; came back after " + _count(s["last_gap_days"].fillna(0).round().astype(int), "day") + " away"
+    repeat = repeat + back.where(s["stage"] == "reactivated", "")
+    return repeat.where(n > 1, "1 order, " + d + " ago; the population orders every ~" + pop)
 
 
 def conversion(stages: pd.DataFrame) -> pd.DataFrame:
