@@ -39,10 +39,10 @@ DbOption = Annotated[Optional[Path], typer.Option("--db", help="Store file (defa
                                                                "else ./loyalist.duckdb).")]
 ConfigOption = Annotated[Optional[Path], typer.Option("--config", help="Settings file (default ./loyalist.toml).")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the figures as one JSON object.")]
-FormatOption = Annotated[Optional[str], typer.Option("--format", help="csv, json, parquet or xlsx (default: the --out "
-                                                                     "file's suffix, else csv; parquet/xlsx need --out).")]
+FormatOption = Annotated[str | None, typer.Option("--format", help="csv, json, parquet or xlsx (default: the --out "
+                                                                  "file's suffix, else csv; parquet/xlsx need --out).")]
 OutOption = Annotated[Optional[Path], typer.Option("--out", help="Write to this file instead of printing.")]
-TopOption = Annotated[Optional[int], typer.Option("--top", min=1, help="Only the first N rows.")]
+TopOption = Annotated[int | None, typer.Option("--top", min=1, help="Only the first N rows.")]
 
 
 def _fail(message: str) -> typer.Exit:
