@@ -169,6 +169,18 @@ def test_unparseable_dates_are_quarantined_with_line_and_column(store):
         (2, D(2009, 12, 1, 7, 45)), (4, D(2009, 12, 1, 7, 46)), (6, D(2009, 12, 1, 9, 6))]
 
 
+def test_reingesting_a_file_keeps_one_copy_of_its_quarantined_rows(store):
+    from loyalist import quality
+
+    first = run(store, "bad_numbers.csv")
+    rows = quarantined(store)
+    second = run(store, "bad_numbers.csv")
+    assert totals(second) == (6, 0, 2, 4) and totals(first)[3] == 4  # each run accounts for every row
+    assert quarantined(store) == rows  # was each bad row twice: status said 8 quarantined rows for 4
+    assert quality.status(store).quarantined == 4
+    assert store.con.execute("SELECT DISTINCT ingest_id FROM quarantine").fetchall() == [(second.ingest_id,)]
+
+
 def test_unparseable_dates_rule_says_unparseable(store):
     run(store, "bad_dates.csv")
     assert {rule for *_, rule in quarantined(store)} == {"unparseable date (order_date; expected ISO 8601)"}

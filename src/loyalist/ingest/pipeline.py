@@ -146,6 +146,14 @@ def ingest(store: Store, paths: Sequence[str | Path], options: Options | None = 
                     for t in (src.table, src.sample):
                         if t:
                             con.execute(f"DROP TABLE IF EXISTS {t}")
+        # A source read again quarantines its bad rows again: the store keeps the latest copy of each, so the
+        # quarantine (status, quality) counts them once; the ingests table keeps every run's counts.
+        con.execute("""DELETE FROM quarantine q WHERE q.ingest_id < $id AND EXISTS (
+                           SELECT 1 FROM quarantine n WHERE n.ingest_id = $id AND n.kind = q.kind
+                               AND n.source = q.source AND n."row" = q."row" AND n.rule = q.rule
+                               AND n."column" IS NOT DISTINCT FROM q."column"
+                               AND n.value IS NOT DISTINCT FROM q.value AND n.record IS NOT DISTINCT FROM q.record)""",
+                    {"id": ingest_id})
         progress("committing", 1.0)
         con.execute("COMMIT")
     except BaseException:
