@@ -101,6 +101,22 @@ def test_search_and_hostile_input_are_values_not_sql(client, base):
     assert read_frame(base, "SELECT count(*) AS n FROM customer_insights")["n"].iloc[0] == len(ci)
 
 
+@pytest.mark.parametrize("preload", [True, False])
+def test_dates_outside_what_pandas_holds_are_open_ended_filters(full, preload):
+    """Year 1 or 9999 in a date filter was a 500 (pandas' nanosecond range; DuckDB's for event dates)."""
+    ci = read_frame(full, "SELECT count(*) AS n FROM customer_insights")["n"].iloc[0]
+    events = read_frame(full, "SELECT count(*) AS n FROM events")["n"].iloc[0]
+    app = create_app(full, preload=preload)
+    with TestClient(app) as c:
+        for path, params, n in [("/lists/customers", {"min_last_order": "0001-01-01"}, ci),
+                                ("/lists/customers", {"max_last_order": "9999-12-31"}, ci),
+                                ("/lists/customers", {"min_last_order": "9999-12-31"}, 0),
+                                ("/lists/alerts", {"min_event_date": "1000-01-01"}, events)]:
+            r = c.get(path, params=params)
+            assert r.status_code == 200 and re.search(rf"(?<![\d,]){n:,} rows", _text(r.text)), (path, params)
+    app.state.reader.close()
+
+
 def test_exports_hold_the_whole_filtered_list(client, base):
     ci = read_frame(base, "SELECT * FROM customer_insights")
     expect = ci[(ci["frequency"] > 0) & (ci["p_alive"] < 0.5) & (ci["revenue"] >= 500)].sort_values(

@@ -422,8 +422,9 @@ class Reader:
             elif key.startswith(("min:", "max:")) and key[4:] in spec.ranges and key[4:] in have:
                 kind = self.column_kind(spec, key[4:])
                 try:
-                    if kind == "date":
-                        dt.date.fromisoformat(value)
+                    if kind == "date":  # the store holds 1900-2200 (ingest's rule); pandas cannot hold year 1 or 9999
+                        day = dt.date.fromisoformat(value)
+                        value = min(max(day, dt.date(1900, 1, 1)), dt.date(2200, 1, 1)).isoformat()
                     elif not math.isfinite(float(value)):
                         continue
                 except ValueError:
