@@ -8,6 +8,7 @@ loaded + duplicates + quarantined. Tests marked xfail(strict) pin down product b
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
 import subprocess
 import sys
@@ -327,6 +328,24 @@ def test_guest_lines_quarantined_when_asked(store):
         (5, "Customer ID", None, "blank customer id (guest order)"),
     ]
     assert stored(store) == [(2,), (6,)]
+
+
+def test_quarantined_rows_keep_the_source_text(store, tmp_path):
+    """Columns the CSV reader types itself were kept as it typed them: '2.0' for '2', '2009-12-05 00:00:00' for
+    '05/12/2009' in the record, and '2250-01-01 00:00:00' as the value of a date out of range."""
+    path = tmp_path / "day_first.csv"
+    path.write_text("Invoice,Customer ID,InvoiceDate,StockCode,Quantity,Price\n"
+                    "1,C1,05/12/2009,P1,2,1.50\n2,,06/12/2009,P2,3,2\n3,C3,01/01/2250,P3,1,0.5\n")
+    report = ingest(store, [path], Options(guests="quarantine"))
+    assert totals(report) == (3, 1, 0, 2) and report.files[0].date_format == "%d/%m/%Y"
+    rows = store.con.execute('SELECT "row", "column", value, rule, record FROM quarantine ORDER BY "row"').fetchall()
+    assert [r[:4] for r in rows] == [(3, "Customer ID", None, "blank customer id (guest order)"),
+                                     (4, "InvoiceDate", "01/01/2250", "date out of range (order_date)")]
+    assert [json.loads(r[4]) for r in rows] == [
+        {"Invoice": "2", "Customer ID": None, "InvoiceDate": "06/12/2009", "StockCode": "P2", "Quantity": "3",
+         "Price": "2"},
+        {"Invoice": "3", "Customer ID": "C3", "InvoiceDate": "01/01/2250", "StockCode": "P3", "Quantity": "1",
+         "Price": "0.5"}]
 
 
 def test_future_dates_are_loaded_and_flagged(store):

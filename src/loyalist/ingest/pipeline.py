@@ -55,6 +55,8 @@ ISO = "iso"
 ID_FIELDS = {"customer_id", "order_id", "product_id", "invoice_id"}
 TRUE_TEXT = ("1", "true", "t", "yes", "y", "x")
 FALSE_TEXT = ("0", "false", "f", "no", "n", "", "nan", "none", "null")
+BY_RECORD = "rows are numbered by record, not by file line: the file's records could not be matched to its lines"
+"""A file's note when its line numbers could not be mapped (its quarantined records then stay as typed)."""
 
 
 @dataclass
@@ -517,6 +519,9 @@ def _load_csv_transactions(con, src: Source, plan: _Plan, types: dict[str, str],
         raise LoyalistError(f"{src.label}: {records} records read from {lines} lines; nothing stored")
     rejects = _file_lines(con, src, rejects, records, where, exc, report, lines)
     _quarantine(con, src, exc, plan, rejects, ingest_id, file_id, Kind.transactions)
+    if violators and any(t != "VARCHAR" for t in types.values()) and BY_RECORD not in report.notes:
+        progress(f"quarantining {src.label}", 0.8)
+        _source_text(con, src, types, ingest_id, file_id, exc)
     extra = 0
     if known:
         progress(f"de-duplicating {src.label}", 0.9)
@@ -558,12 +563,53 @@ def _file_lines(con, src: Source, rejects: list[tuple[int, str, str, str]], reco
         return rejects
     mapped = _map_physical_lines(con, src, rejected_lines, records, where, exc)
     if mapped is None:
-        report.notes.append("rows are numbered by record, not by file line: the file's records could not be "
-                            "matched to its lines")
+        report.notes.append(BY_RECORD)
         if rejected_lines:
             _shift_past_rejects(con, src, rejected_lines, where, exc)
         return rejects
     return [(mapped.get(r[0], r[0]), *r[1:]) for r in rejects]
+
+
+def _source_text(con, src: Source, types: dict[str, str], ingest_id: int, file_id: int, exc: str) -> None:
+    """Give this file's quarantined rule breakers their record (and a typed column's value) as the file writes them.
+
+    The columns the CSV reader typed itself come back as numbers and timestamps ('2.0', '2023-01-05
+    00:00:00' for '2' and '05/01/2023'): Python's csv module (same dialect) reads those rows' lines again."""
+    import csv
+
+    import pyarrow as pa
+
+    assert src.csv is not None
+    d = src.csv
+    wanted = {r for (r,) in con.execute(f"SELECT DISTINCT _row FROM {exc} WHERE _rule IS NOT NULL").fetchall()}
+    last = max(wanted)
+    rows, records, texts = [], [], []
+    try:
+        with readers.open_text(d.path, d.encoding) as fh:
+            reader = csv.reader(fh, delimiter=d.delimiter, quotechar='"', doublequote=True, strict=False)
+            line = 0
+            for rec in reader:
+                start, line = line + 1, reader.line_num
+                if start in wanted and len(rec) == len(src.columns):
+                    values = [v if v != "" else None for v in rec]
+                    rows.append(start)
+                    records.append(json.dumps(dict(zip(src.columns, values)), ensure_ascii=False, separators=(",", ":")))
+                    texts.append(json.dumps(values, ensure_ascii=False))
+                if line >= last:
+                    break
+    except (OSError, csv.Error, UnicodeError):  # e.g. a field beyond the csv module's size limit: keep the typed text
+        return
+    con.register("_source_text_arrow", pa.table({"r": pa.array(rows, pa.int64()), "record": records,
+                                                 "texts": texts}))
+    try:
+        typed = [(i, c) for i, c in enumerate(src.columns) if types.get(c, "VARCHAR") != "VARCHAR"]
+        value = ("CASE q.\"column\" " + " ".join(f"WHEN {duckdb_str(c)} THEN json_extract_string(t.texts, {i})"
+                                                for i, c in typed) + " ELSE q.value END")
+        con.execute(f"""UPDATE quarantine q SET record = t.record, value = {value}
+                        FROM _source_text_arrow t
+                        WHERE q.ingest_id = {ingest_id} AND q.file_id = {file_id} AND q."row" = t.r""")
+    finally:
+        con.unregister("_source_text_arrow")
 
 
 def _reader_rejects(con, rejects_table: str, plan: _Plan) -> list[tuple[int, str, str, str]]:
