@@ -374,6 +374,19 @@ def test_held_out_note_when_the_window_runs_past_the_data(demo):
     assert (store.table("crosssell_backtest").count().execute() if has_table(store, "crosssell_backtest") else 0) == rows
 
 
+def test_gaps_without_products_is_a_clear_error(tmp_path):
+    # CDNOW-like data: `gaps` printed "held-out accuracy: not measured yet (run `loyalist analyze` ...)" and an
+    # empty table
+    path = tmp_path / "np.csv"
+    path.write_text("customer_id,order_date,amount\na,2011-01-03,10\nb,2011-02-03,12\na,2011-03-03,9\n")
+    store = open_store(tmp_path / "np.duckdb")
+    ingest(store, [path])
+    store.close()
+    res = CliRunner().invoke(app, ["gaps", "--db", str(tmp_path / "np.duckdb")])
+    assert res.exit_code == 1 and "the transactions carry no product codes, so there are no cross-sell gaps" in (
+        res.output), res.output
+
+
 def test_als_baseline_is_deterministic(demo):
     store, _ = demo
     runs = [evaluate_cutoff(store.table("transactions"), dt.date(2011, 9, 1), 90, 10, None, ("als_default",))

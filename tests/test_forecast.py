@@ -97,6 +97,29 @@ def test_peak_sentences_count_in_words():
     assert "1 week had >= " in text and "had 1 order (3.00 x)" in text
 
 
+def _store_without_products(folder):
+    path = folder / "no_products.csv"
+    path.write_text("customer_id,order_date,quantity,amount\n" + "".join(
+        f"c{i % 7},2011-{1 + i % 12:02d}-{1 + i % 27:02d},1,{10 + i}\n" for i in range(80)))
+    store = open_store(folder / "np.duckdb")
+    ingest(store, [path])
+    return store
+
+
+def test_store_without_products_says_why_there_is_no_demand(tmp_path):
+    # CDNOW-like data (no product codes): `forecast` ended in a traceback (an empty forecasts table without types),
+    # `peaks` said "no orders before ...", and analyze noted "only order peaks are computed" (none were)
+    store = _store_without_products(tmp_path)
+    notes: list[str] = []
+    assert agg.run_all(store, dt.date(2012, 1, 1), None, {}, notes) == {}
+    assert notes == [("forecast, peaks and staffing skipped: the transactions carry no product codes, and demand "
+                      "(forecasts, peaks, staffing) counts the product lines sold")]
+    store.close()
+    for args in (["forecast"], ["forecast", "--level", "orders"], ["peaks"]):
+        r = CliRunner().invoke(app, [*args, "--db", str(tmp_path / "np.duckdb")])
+        assert r.exit_code == 1 and "the transactions carry no product codes" in r.output, r.output
+
+
 def test_dense_weekly_pads_short_series():
     w = pd.DataFrame({"series_id": ["a", "a", "b"], "week": pd.to_datetime(["2011-01-03", "2011-01-17", "2011-01-10"]),
                       "units": [3.0, 5.0, 2.0]})

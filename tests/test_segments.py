@@ -309,3 +309,5 @@ def test_describe_counts_in_words():
                                "med_days": 45.0}))
     assert more.startswith("3 customers; median revenue 120 over 3 orders; orders every ~30 days; ")
     assert "; 4 distinct products; " in more and more.endswith("; last order a median 45 days ago")
+    # no product codes (CDNOW): no "0 distinct products"
+    assert "product" not in describe(pd.Series({**row, "med_products": 0.0}))

@@ -12,7 +12,7 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import demo_purchases
+from conftest import demo_purchases, shared_file
 from typer.testing import CliRunner
 
 from loyalist.analysis import CUSTOMER_TABLE
@@ -21,6 +21,7 @@ from loyalist.customer_base import Settings, fit_base, score
 from loyalist.evaluation.timing import evaluate, versus_baselines
 from loyalist.features import rfm_summary
 from loyalist.features.timing import customer_gaps, product_cycles
+from loyalist.ingest import Options, ingest
 from loyalist.insights import Context
 from loyalist.insights.timing import (
     LEVEL_GRID,
@@ -333,6 +334,29 @@ def test_cli_top_out_of_range_is_a_usage_error(tmp_path):
             res = CliRunner().invoke(app, [command, "--top", n, "--db", db])
             assert res.exit_code == 2 and "--top" in res.output and "greater than or equal to 1" in res.output, res.output
             assert "Traceback" not in res.output
+
+
+def test_store_without_products(tmp_path):
+    # CDNOW has no product codes: the step also said "no product categories in the data (load them with `loyalist
+    # ingest --kind products`)", and `reorders` told to run `loyalist analyze` (already run)
+    store = open_store(tmp_path / "c.duckdb")
+    ingest(store, [shared_file("cdnow", "CDNOW_sample.txt.gz")],
+           Options(mapping={"customer_id": "column0", "order_date": "column2", "quantity": "column3",
+                            "amount": "column4"}))
+    as_of = dt.date(1998, 7, 1)
+    summary = rfm_summary(store.table("transactions"), as_of).execute()
+    fitted = fit_base(summary, "bgnbd")
+    ctx = Context(store, as_of, Settings(), fitted, score(fitted, summary, Settings()), {"timing": {"backtest": False}},
+                  [])
+    cols = timing(ctx)
+    assert len(cols) == len(summary) and cols["next_order_date"].notna().any()
+    assert ctx.notes[0] == "timing: the data has no products, so no re-order cycles or next products"
+    assert not any("categor" in n for n in ctx.notes), ctx.notes
+    store.close()
+    for args in (["reorders"], ["reorders", "--next-products"]):
+        res = CliRunner().invoke(app, [*args, "--db", str(tmp_path / "c.duckdb")])
+        assert res.exit_code == 1 and "the transactions carry no product codes, so there are no re-order cycles" in (
+            res.output), res.output
 
 
 def test_cli_before_analyze_says_what_to_run(tmp_path):

@@ -98,6 +98,8 @@ def forecast(
         if level not in ("product", "category", "total", "orders"):
             raise LoyalistError(f"--level {level!r}: choose product, category, total or orders")
         cfg, path, store, when = _open(db, config_path, as_of)
+        if not agg.has_products(store):
+            raise LoyalistError(f"no demand to forecast: {agg.NO_PRODUCTS}")
         h_default = int((cfg.sections.get("forecast") or {}).get("horizon", 13))
         h = horizon or h_default
         if h < 1 or h > 104:
@@ -167,6 +169,8 @@ def peaks(
         if table not in ("staffing", "hours", "weeks"):
             raise LoyalistError(f"--table {table!r}: choose staffing, hours or weeks")
         cfg, path, store, when = _open(db, config_path, as_of)
+        if not agg.has_products(store):
+            raise LoyalistError(f"no peaks: {agg.NO_PRODUCTS}")
         st = cfg.sections.get("staffing") or {}
         tp = throughput if throughput is not None else st.get("orders_per_person_hour")
         if tp is not None and float(tp) <= 0:

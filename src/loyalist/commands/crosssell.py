@@ -43,6 +43,7 @@ def gaps(
     Reads the table `crosssell_gaps` written by `loyalist analyze`; computes it when it is missing (or for
     --as-of). Products the customer bought or returned, and non-product lines (postage, fees), are never
     suggested. Export with --format csv|json|parquet|xlsx --out FILE."""
+    from loyalist.insights.aggregate import has_products
     from loyalist.insights.crosssell import compute_gaps, settings, stored_or_computed
     from loyalist.store import open_store
 
@@ -53,6 +54,10 @@ def gaps(
         except ValueError as exc:
             raise LoyalistError(str(exc)) from None
         store = open_store(_db(db, cfg), read_only=as_of is None, create=False)
+        if not has_products(store):
+            store.close()
+            raise LoyalistError(f"{store.path}: the transactions carry no product codes, so there are no "
+                                "cross-sell gaps")
         with err.status("finding each customer's look-alikes and the products they buy"):
             if as_of is not None:
                 frame = compute_gaps(store, _as_date(as_of, "--as-of"), {"crosssell": {**opts, "top": top}})

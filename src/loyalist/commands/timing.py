@@ -110,8 +110,12 @@ def reorders(
             raise LoyalistError(f"{store.path}: no category_rhythm table: the products need categories (`loyalist "
                                 f"ingest --kind products FILE`), then run `loyalist analyze --db {store.path}`")
         if not has_table(store, name):
-            raise LoyalistError(f"{store.path}: no {name} table yet; run `loyalist analyze --db {store.path}` "
-                                "(it needs product codes in the data)")
+            from loyalist.insights.aggregate import has_products
+
+            if not has_products(store):
+                raise LoyalistError(f"{store.path}: the transactions carry no product codes, so there are no "
+                                    "re-order cycles or next products")
+            raise LoyalistError(f"{store.path}: no {name} table yet; run `loyalist analyze --db {store.path}`")
         t = store.table(name)
         if customer is not None:
             t = t.filter(t.customer_id == customer)

@@ -46,6 +46,15 @@ PEAK_INDEX = 1.25
 PEAK_MONTH_INDEX = 1.15
 
 
+NO_PRODUCTS = ("the transactions carry no product codes, and demand (forecasts, peaks, staffing) counts the product "
+               "lines sold")
+
+
+def has_products(store: Store) -> bool:
+    t = store.table("transactions")
+    return int(t.filter(t.product_id.notnull()).count().execute()) > 0
+
+
 def has_category(store: Store) -> bool:
     p = store.table("products")
     return int(p.filter(p.category.notnull()).count().execute()) > 0
@@ -491,12 +500,10 @@ def run_all(store: Store, as_of: dt.date, customers: pd.DataFrame | ir.Table | N
     store) and returns them. `store` may be the Spark engine's source (`loyalist.engine.spark.SparkSource`): the
     same Ibis expressions then aggregate on Spark, and the weekly series (small) are forecast here."""
     horizon, bt_products, throughput, hours = _config(config)
-    if store.table("transactions").filter(store.table("transactions").product_id.notnull()).count().execute() == 0:
-        notes.append("forecast: the transactions carry no products; only order peaks are computed")
-        levels: tuple[str, ...] = ("total", "orders")
-    else:
-        levels = ("total", "orders", "category", "product")
-    fc = compute_forecasts(store, as_of, customers, horizon, levels, notes)
+    if not has_products(store):
+        notes.append(f"forecast, peaks and staffing skipped: {NO_PRODUCTS}")
+        return {}
+    fc = compute_forecasts(store, as_of, customers, horizon, notes=notes)
     hw, wk, _ = compute_peaks(store, as_of)
     orders_fc = fc[fc["level"] == "orders"]
     staff = staffing_table(orders_fc, hw, throughput, hours)
@@ -505,7 +512,7 @@ def run_all(store: Store, as_of: dt.date, customers: pd.DataFrame | ir.Table | N
                      "--throughput N`) to turn the order forecast into person-hours")
     tables = {"forecasts": fc, "peak_hours": hw, "peak_weeks": wk, "staffing": staff}
     if backtest:
-        tables["forecast_backtest"] = compute_backtest(store, as_of, bt_products, levels=levels)
+        tables["forecast_backtest"] = compute_backtest(store, as_of, bt_products)
     for name, frame in tables.items():
         if write is None:
             write_frame(store, name, frame, replace=True)

@@ -115,7 +115,7 @@ def segment_table(stats: pd.DataFrame, rev_total: float, clv_total: float, descr
 
 def describe(s: pd.Series) -> str:
     """Plain words with the medians of one group of customers (one row of `group_stats`)."""
-    n, orders, products = int(s["customers"]), round(s["med_orders"]), round(s["med_products"])
+    n, orders, products = int(s["customers"]), round(s["med_orders"]), round(np.nan_to_num(s["med_products"]))
     parts = [(f"{n:,} customer{'s' if n != 1 else ''}; median revenue {_num(s['med_revenue'])} over "
               f"{orders:,} order{'s' if orders != 1 else ''}")]
     if pd.notna(s["med_cycle"]):
@@ -123,7 +123,8 @@ def describe(s: pd.Series) -> str:
         parts.append(f"orders every ~{cycle:,} day{'s' if cycle != 1 else ''}")
     if pd.notna(s["med_cv"]):
         parts.append(f"gap variation {s['med_cv']:.2f} (0 = like clockwork)")
-    parts.append(f"{products:,} distinct product{'s' if products != 1 else ''}")
+    if products:  # 0: the data has no product codes
+        parts.append(f"{products:,} distinct product{'s' if products != 1 else ''}")
     prev, rec = s["spend_previous"], s["spend_recent"]
     parts.append(f"spend last 6 months {_num(rec)} vs {_num(prev)} the 6 before" if prev or rec
                  else "nothing bought in the last 12 months")

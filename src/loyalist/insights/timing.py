@@ -792,6 +792,10 @@ def reorder_tables_from(p: pd.DataFrame, as_of: dt.date, k: int) -> tuple[pd.Dat
     return reorders.reset_index(drop=True), nxt
 
 
+NO_CATEGORIES = ("timing: no product categories in the data (load them with `loyalist ingest --kind products`), "
+                 "so no rhythm per category")
+
+
 def write_category_rhythm(ctx: Context) -> None:
     """Table `category_rhythm` when the products table has categories; a note otherwise."""
     from loyalist.features.timing import category_cycles
@@ -799,8 +803,7 @@ def write_category_rhythm(ctx: Context) -> None:
 
     if not has_table(ctx.store, "products") or ctx.store.table("products").filter(
             ctx.store.table("products").category.notnull()).count().execute() == 0:
-        ctx.notes.append("timing: no product categories in the data (load them with `loyalist ingest --kind "
-                         "products`), so no rhythm per category")
+        ctx.notes.append(NO_CATEGORIES)
         return
     cc = canonical(category_cycles(ctx.store.table("transactions"), ctx.store.table("products"), ctx.as_of).execute(),
                    ["customer_id", "category"])
@@ -857,7 +860,8 @@ def timing(ctx: Context) -> pd.DataFrame | ir.Table | None:
         reorders, nxt = reorder_tables(ts, ctx.as_of, int(cfg.get("top_products", 5)))
         write_frame(ctx.store, "reorders", reorders, replace=True)
         write_frame(ctx.store, "next_products", nxt, replace=True)
-    write_category_rhythm(ctx)
+    if has_products:
+        write_category_rhythm(ctx)
     if cfg.get("backtest", True):
         cutoff = ctx.as_of - dt.timedelta(days=90)
         try:
@@ -1233,7 +1237,8 @@ def _finish_on_spark(ctx: Context, cfg: dict, stack: Stack | None, mix: float, h
     added = timing_on_spark(ctx, cfg, stack, mix, horizon, has_products)
     if added is None:
         return None
-    category_rhythm_on_spark(ctx)
+    if has_products:
+        category_rhythm_on_spark(ctx)
     if cfg.get("backtest", True):
         cutoff = ctx.as_of - dt.timedelta(days=90)
         try:
@@ -1246,10 +1251,6 @@ def _finish_on_spark(ctx: Context, cfg: dict, stack: Stack | None, mix: float, h
         except ValueError as exc:
             ctx.notes.append(f"timing backtest skipped at {cutoff}: {exc}")
     return added
-
-
-NO_CATEGORIES = ("timing: no product categories in the data (load them with `loyalist ingest --kind products`), "
-                 "so no rhythm per category")
 
 
 def category_rhythm_on_spark(ctx: Context) -> None:
