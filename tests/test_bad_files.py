@@ -348,6 +348,22 @@ def test_quarantined_rows_keep_the_source_text(store, tmp_path):
          "Price": "0.5"}]
 
 
+@pytest.mark.parametrize("suffix", ["parquet", "xlsx"])
+def test_unreadable_date_in_parquet_or_excel_is_unparseable_not_missing(store, tmp_path, suffix):
+    import pandas as pd
+
+    frame = pd.DataFrame({"Invoice": ["1", "2", "3"], "Customer ID": ["C1", "C2", "C3"],
+                          "InvoiceDate": ["2023-01-05", "yesterday", None], "Quantity": [1, 2, 3]})
+    path = tmp_path / f"orders.{suffix}"
+    frame.to_parquet(path) if suffix == "parquet" else frame.to_excel(path, index=False)
+    report = ingest(store, [path])
+    assert totals(report) == (3, 1, 0, 2)
+    first = 1 if suffix == "parquet" else 2  # Parquet rows from 1; spreadsheet rows (header on row 1)
+    assert quarantined(store) == [  # 'yesterday' was quarantined as 'missing order_date'
+        (first + 1, "InvoiceDate", "yesterday", "unparseable date (order_date; expected ISO 8601)"),
+        (first + 2, "InvoiceDate", None, "missing order_date")]
+
+
 def test_future_dates_are_loaded_and_flagged(store):
     report = run(store, "future_dates.csv")
     assert totals(report) == (2, 2, 0, 0)

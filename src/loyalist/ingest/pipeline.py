@@ -348,10 +348,6 @@ def _plan(kind: Kind, fields: list[schema.Field], mapping: dict[str, str], forma
         typed.append(f"{_typed(f, src, sql_type, formats.get(f.name), f.name in float_ids, scanned)} AS c__{f.name}")
         raw_v = f"nullif(trim(CAST({duckdb_ident(src)} AS VARCHAR)), '')" if sql_type == "VARCHAR" else None
         c = f"c__{f.name}"
-        if f.required and not (kind is Kind.transactions and f.name == "customer_id" and options.guests == "keep"):
-            guest = kind is Kind.transactions and f.name == "customer_id"
-            what = "blank customer id (guest order)" if guest else f"missing {f.name}"
-            rules.append((f"{c} IS NULL", src, what))
         if f.type is FieldType.number:
             rule_text[src] = f"not a number ({f.name})"
             if raw_v:
@@ -363,6 +359,11 @@ def _plan(kind: Kind, fields: list[schema.Field], mapping: dict[str, str], forma
             if raw_v:
                 rules.append((f"{raw_v} IS NOT NULL AND {c} IS NULL", src, rule_text[src]))
             rules.append((f"year({c}) < 1900 OR year({c}) > 2200", src, f"date out of range ({f.name})"))
+        # After the value rules: a value that is there but unreadable is not 'missing'.
+        if f.required and not (kind is Kind.transactions and f.name == "customer_id" and options.guests == "keep"):
+            guest = kind is Kind.transactions and f.name == "customer_id"
+            what = "blank customer id (guest order)" if guest else f"missing {f.name}"
+            rules.append((f"{c} IS NULL", src, what))
     if kind is Kind.invoices:
         if "due_date" in mapping:
             rules.append(("c__due_date < c__invoice_date", mapping["due_date"], "due date before invoice date"))
