@@ -59,6 +59,16 @@ def test_cohort_retention_and_revenue_match_pandas(store):
                                np.cumsum(first["revenue"].to_numpy()) / size.iloc[0])
 
 
+def test_no_month_without_an_observed_day(store):
+    # as of the 1st of a month, that month was shown as 0% retention for every cohort (CDNOW as of 1998-07-01:
+    # "M18 0%" for the January 1997 cohort); nothing of it was observed
+    co = agg.compute_cohorts(store, dt.date(2011, 12, 1))
+    months = pd.to_datetime(co["cohort_month"]).dt.to_period("M") + co["months_since"]
+    assert months.max() == pd.Period("2011-11", "M")
+    first = co[co["cohort_month"] == co["cohort_month"].min()]
+    assert first["months_since"].max() == (2011 - 2009) * 12 + 11 - 12  # December 2009 to November 2011
+
+
 def test_cohorts_command(store, tmp_path):
     db = tmp_path / "c.duckdb"
     s = open_store(db)

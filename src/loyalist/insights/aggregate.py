@@ -287,8 +287,9 @@ def compute_cohorts(store: Store, as_of: dt.date) -> pd.DataFrame:
                                      "revenue_per_customer", "cumulative_revenue_per_customer"])
     act["cohort_month"] = pd.to_datetime(act["cohort_month"])
     size = act[act["months_since"] == 0].set_index("cohort_month")["active"]
-    last = pd.Timestamp(as_of).to_period("M").to_timestamp()
-    # dense: every month from the cohort's month to the as-of month, zero when nobody bought
+    last = (pd.Timestamp(as_of) - pd.Timedelta(days=1)).to_period("M").to_timestamp()
+    # dense: every month from the cohort's month to the month of the last day before as_of, zero when nobody bought
+    # (not the as-of month itself when as_of is its first day: none of it was observed)
     rows = [(c, m) for c in size.index for m in range(0, (last.year - c.year) * 12 + last.month - c.month + 1)]
     grid = pd.DataFrame(rows, columns=["cohort_month", "months_since"])
     out = grid.merge(act, on=["cohort_month", "months_since"], how="left").fillna({"active": 0, "revenue": 0.0})
