@@ -206,6 +206,13 @@ def test_quarantine_shares_are_of_all_rows_read(tmp_path):
     assert shares == {"quarantined: not a number (quantity)": 0.2, "quarantined: not a number (unit_price)": 0.2}
 
 
+def test_quality_format_without_export_is_refused(tmp_path):
+    db = str(tmp_path / "s.duckdb")
+    open_store(db).close()
+    res = CliRunner().invoke(app, ["quality", "--db", db, "--format", "xlsx"])  # was ignored: the table printed
+    assert res.exit_code == 1 and "--format xlsx: give the file to write with --export FILE" in res.output
+
+
 def test_quarantine_export_to_an_impossible_folder_is_one_line(tmp_path):
     db = str(tmp_path / "s.duckdb")
     store = open_store(db)

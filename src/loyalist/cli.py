@@ -256,6 +256,8 @@ def quality(
     from loyalist.store import open_store
 
     with _errors():
+        if fmt is not None and export is None:
+            raise LoyalistError(f"--format {fmt}: give the file to write with --export FILE")
         cfg = config.load(config_path)
         store = open_store(_db(db, cfg), read_only=True)
         findings = q.quality(store)
