@@ -70,3 +70,22 @@ def test_api_answers_match_the_store(app):
         bt = c.get("/api/v1/backtest").json()
         assert bt["customer_base"]["computed"] and {m["model"] for m in bt["customer_base"]["items"]} >= {"bgnbd"}
         assert bt["others"]["timing_backtest"]["computed"] and not bt["others"]["crosssell_backtest"]["computed"]
+
+
+def test_api_pages_end_with_an_empty_page(app):
+    """Paging until an empty page must end: a page past the last one repeated the last page (clamped)."""
+    con = duckdb.connect(str(full_store()), read_only=True)
+    n = con.execute("SELECT count(*) FROM customer_insights").fetchone()[0]
+    con.close()
+    with TestClient(app) as c:
+        seen, page = [], 1
+        while page < 1000:
+            r = c.get("/api/v1/customers", params={"per_page": 7, "page": page}).json()
+            if not r["items"]:
+                break
+            assert r["page"] == page
+            seen += [x["customer_id"] for x in r["items"]]
+            page += 1
+        assert page == -(-n // 7) + 1 and len(seen) == len(set(seen)) == n
+        r = c.get("/api/v1/customers", params={"per_page": 7, "page": 10_000}).json()
+        assert (r["page"], r["items"], r["total"]) == (10_000, [], n)

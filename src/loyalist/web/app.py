@@ -470,8 +470,11 @@ def create_app(db: str | Path, require_key: bool = False, preload: bool = True) 
         full = dataclasses.replace(spec, name="api-customers", columns=sort_columns)
         result = reader.page(full, Query(q=q, filters=filters, sort=sort or "clv_12m", descending=order == "desc",
                                          page=page, per_page=per_page))
-        return CustomerList(computed=True, total=result.total, page=result.page, per_page=result.per_page,
-                            sort=result.sort or None, order=order, items=fmt.records(result.rows))
+        # Past the last page: no items (the dashboard shows its last page instead; a client paging until an
+        # empty page would get that last page again and again).
+        return CustomerList(computed=True, total=result.total, page=page, per_page=result.per_page,
+                            sort=result.sort or None, order=order,
+                            items=fmt.records(result.rows) if page <= result.pages else [])
 
     @app.get("/api/v1/customers/{customer_id}", response_model=CustomerDetail, tags=["customers"],
              responses={404: {"model": Problem}}, summary="One customer: every insight with its reason")
