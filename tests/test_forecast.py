@@ -236,6 +236,19 @@ def test_forecast_and_peaks_commands(store, tmp_path):
     assert r.exit_code == 0, r.output
     data = json.loads(r.stdout)
     assert len(data["staffing"]) == 13
+    # odd option values: --horizon 0 and --hours-per-person 0 were taken as "the default", --plot-top -3 plotted all
+    # series but 3, and rich markup swallowed "[staffing]" in the hint and the help
+    for args, say in ((["forecast", "--horizon", "0"], "--horizon must be between 1 and 104 weeks"),
+                      (["peaks", "--throughput", "3", "--hours-per-person", "0"], "per person and week must be positive"),
+                      (["peaks", "--throughput", "3", "--hours-per-person", "-5"], "must be positive")):
+        r = runner.invoke(app, [*args, "--db", str(db)])
+        assert r.exit_code == 1 and say in r.output, (args, r.output)
+    r = runner.invoke(app, ["forecast", "--plot-top", "-3", "--db", str(db)])
+    assert r.exit_code == 2 and "--plot-top" in r.output
+    r = runner.invoke(app, ["peaks", "--db", str(db)])
+    assert r.exit_code == 0 and "[staffing] orders_per_person_hour in loyalist.toml" in r.stdout
+    assert "[staffing]" in runner.invoke(app, ["peaks", "--help"]).output
+    assert "[forecast]" in runner.invoke(app, ["forecast", "--help"]).output
     row = data["staffing"][0]
     assert row["person_hours"] == pytest.approx(row["orders"] / 4)
     assert row["people"] == int(np.ceil(row["person_hours"] / 37.5))

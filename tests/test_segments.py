@@ -293,6 +293,8 @@ def test_cli_segments(demo, tmp_path):
     assert (members["days_since_last"].to_numpy() == b.loc[members["customer_id"], "days_since_last"].to_numpy()).all()
     res = runner.invoke(app, ["segments", "--customers", "no such thing", "--db", db])
     assert res.exit_code == 1 and "no such segment" in res.output
+    names = store.table("segments").execute()["segment"]
+    assert "; ".join(sorted(names)) in " ".join(res.output.split())  # the names hold commas: "; " between them
     res = runner.invoke(app, ["segments", "--db", db, "--out", str(tmp_path / "seg.xlsx")])
     assert res.exit_code == 0 and (tmp_path / "seg.xlsx").stat().st_size > 1000
 

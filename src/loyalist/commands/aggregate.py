@@ -72,12 +72,12 @@ def _stored_ok(store, table: str, as_of, explicit_as_of: bool) -> bool:
 def forecast(
     level: Annotated[str, typer.Option("--level", help="product, category (needs product categories), total, "
                                                        "or orders (orders per week, used for staffing).")] = "total",
-    horizon: Annotated[Optional[int], typer.Option("--horizon", help="Weeks ahead (default: [forecast] horizon, "
+    horizon: Annotated[Optional[int], typer.Option("--horizon", help="Weeks ahead (default: \\[forecast] horizon, "
                                                                      "else 13).")] = None,
     series: Annotated[Optional[str], typer.Option("--series", help="Only this series (a product id, a category, "
                                                                    "or 'all' for the total).")] = None,
     plots: PlotsOption = None,
-    plot_top: Annotated[int, typer.Option("--plot-top", help="Without --series, plot this many series of the level "
+    plot_top: Annotated[int, typer.Option("--plot-top", min=0, help="Without --series, plot this many series of the level "
                                                             "(largest forecast first); 0 for none.")] = 12,
     as_of: AsOfOption = None,
     db: DbOption = None,
@@ -101,7 +101,7 @@ def forecast(
         if not agg.has_products(store):
             raise LoyalistError(f"no demand to forecast: {agg.NO_PRODUCTS}")
         h_default = int((cfg.sections.get("forecast") or {}).get("horizon", 13))
-        h = horizon or h_default
+        h = h_default if horizon is None else horizon
         if h < 1 or h > 104:
             raise LoyalistError("--horizon must be between 1 and 104 weeks")
         notes: list[str] = []
@@ -148,7 +148,7 @@ def forecast(
 @app.command()
 def peaks(
     throughput: Annotated[Optional[float], typer.Option("--throughput", help="Orders one person handles per hour "
-                                                                             "(default: [staffing] orders_per_person_hour).")] = None,
+                                                                             "(default: \\[staffing] orders_per_person_hour).")] = None,
     hours_per_person: Annotated[Optional[float], typer.Option("--hours-per-person", help="Working hours per person "
                                                                                         "and week (default 37.5).")] = None,
     table: Annotated[str, typer.Option("--table", help="What to export: staffing, hours or weeks.")] = "staffing",
@@ -175,7 +175,9 @@ def peaks(
         tp = throughput if throughput is not None else st.get("orders_per_person_hour")
         if tp is not None and float(tp) <= 0:
             raise LoyalistError("the throughput (orders per person-hour) must be positive")
-        hpp = hours_per_person or float(st.get("hours_per_person", 37.5))
+        hpp = float(st.get("hours_per_person", 37.5)) if hours_per_person is None else hours_per_person
+        if hpp <= 0:
+            raise LoyalistError("the working hours per person and week must be positive")
         hw, wk, sentences = agg.compute_peaks(store, when)
         if hw.empty:
             raise LoyalistError(f"no orders before {when}")
@@ -217,7 +219,7 @@ def peaks(
     out.print(tbl)
     if not tp:
         out.print("Set a throughput (--throughput N or [staffing] orders_per_person_hour in loyalist.toml) to turn "
-                  "orders into person-hours and people.", highlight=False)
+                  "orders into person-hours and people.", highlight=False, markup=False)
     out.print(f"Charts: {folder}", highlight=False)
 
 

@@ -95,7 +95,7 @@ def segments(
                 match = [n for n in names if n.lower() == customers.strip().lower()]
                 if not match:
                     raise LoyalistError(f"--customers {customers!r}: no such {'RFM ' if rfm else ''}segment "
-                                        f"(segments: {', '.join(sorted(names))})")
+                                        f"(segments: {'; '.join(sorted(names))})")
                 t = t.mutate(days_since_last=t.tenure_days - t.recency_days)  # as_of - last order
                 cols = [c for c in MEMBER_COLUMNS if c in t.columns]
                 expr = t.filter(t[col] == match[0]).select(cols)

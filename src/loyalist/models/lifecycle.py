@@ -85,7 +85,7 @@ def stage_reason(s: pd.DataFrame) -> pd.Series:
     n = s["orders"].astype(int)
     repeat = ("orders every ~" + _count(g, "day") + " (" + _count(n, "order") + ", shrunk toward the population's ~"
               + pop + "); " + d + " since the last")
-    back = "; came back after " + _count(s["last_gap_days"].fillna(0).round().astype(int), "day") + " away"
+    back = "; came back after " + _count(s["last_gap_days"].astype(float).fillna(0).round().astype(int), "day") + " away"
     repeat = repeat + back.where(s["stage"] == "reactivated", "")
     return repeat.where(n > 1, "1 order, " + d + " ago; the population orders every ~" + pop)
 
