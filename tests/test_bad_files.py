@@ -115,6 +115,22 @@ def test_corrupt_xlsx_is_an_error(seeded):
     assert_error(seeded, "corrupt.xlsx", "cannot read as a spreadsheet", r"(?i)zip")
 
 
+def test_excel_header_naming_a_column_twice_is_an_error(seeded, tmp_path):
+    """Was a pyarrow traceback ('Column 4 named Price expected length 2 but got length 4')."""
+    import openpyxl
+
+    wb = openpyxl.Workbook()
+    wb.active.title = "data"
+    wb.active.append(["Invoice", "Customer ID", "InvoiceDate", "Price", "Price"])
+    wb.active.append(["1", "C1", "2023-01-05", 1.5, 9])
+    path = tmp_path / "twice.xlsx"
+    wb.save(path)
+    before = snapshot(seeded)
+    with pytest.raises(SourceError, match=r"twice.xlsx\[data\]: the header \(row 1\) names column 'Price' more than once"):
+        ingest(seeded, [path])
+    assert snapshot(seeded) == before
+
+
 def test_not_parquet_is_an_error(seeded):
     assert_error(seeded, "not_parquet.parquet", "cannot read as Parquet")
 

@@ -299,6 +299,9 @@ def read_excel(con: duckdb.DuckDBPyConnection, path: Path, table: str, sheet: st
         if start is None:
             continue
         header = [str(v).strip() or f"column{j}" for j, v in enumerate(rows[start])]
+        dup = next((h for h in header if header.count(h) > 1), None)
+        if dup is not None:
+            raise SourceError(f"{path}[{name}]: the header (row {start + 1}) names column {dup!r} more than once")
         cols: dict[str, list] = {"_row": [], **{h: [] for h in header}}
         for k, r in enumerate(rows[start + 1:]):
             if not any(str(v).strip() for v in r):
