@@ -126,7 +126,7 @@ def test_excel_header_naming_a_column_twice_is_an_error(seeded, tmp_path):
     path = tmp_path / "twice.xlsx"
     wb.save(path)
     before = snapshot(seeded)
-    with pytest.raises(SourceError, match=r"twice.xlsx\[data\]: the header \(row 1\) names column 'Price' more than once"):
+    with pytest.raises(SourceError, match=r"twice.xlsx\[data\]: the header \(row 1\) names column 'Price' more"):
         ingest(seeded, [path])
     assert snapshot(seeded) == before
 

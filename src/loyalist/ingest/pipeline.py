@@ -594,7 +594,8 @@ def _source_text(con, src: Source, types: dict[str, str], ingest_id: int, file_i
                 if start in wanted and len(rec) == len(src.columns):
                     values = [v if v != "" else None for v in rec]
                     rows.append(start)
-                    records.append(json.dumps(dict(zip(src.columns, values)), ensure_ascii=False, separators=(",", ":")))
+                    records.append(json.dumps(dict(zip(src.columns, values)), ensure_ascii=False,
+                                              separators=(",", ":")))
                     texts.append(json.dumps(values, ensure_ascii=False))
                 if line >= last:
                     break
