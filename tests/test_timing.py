@@ -359,6 +359,28 @@ def test_store_without_products(tmp_path):
             res.output), res.output
 
 
+def test_cli_after_an_analysis_without_timing_says_so(tmp_path):
+    # one customer: analyze skipped the timing step, and next/overdue/reorders said "run `loyalist analyze`" again
+    path = tmp_path / "one.csv"
+    path.write_text("customer_id,order_date,product_id,quantity,amount\na,2011-01-03,X,1,10\na,2011-02-03,X,2,20\n")
+    store = open_store(tmp_path / "one.duckdb")
+    ingest(store, [path])
+    write_frame(store, CUSTOMER_TABLE, pd.DataFrame({"customer_id": ["a"], "clv_12m": [1.0]}), replace=True)
+    store.close()
+    for command in ("next", "overdue", "reorders"):
+        res = CliRunner().invoke(app, [command, "--db", str(tmp_path / "one.duckdb")])
+        assert res.exit_code == 1 and "the last analysis skipped its timing step" in res.output, res.output
+
+
+def test_mix_default_says_what_choosing_it_needs(demo_store):
+    # "only 500 customers before ... to choose it on" when the customers were enough and the repeat ones too few
+    mix, how = select_mix(demo_store.table("transactions"), dt.date(2010, 4, 1), "bgnbd")
+    days = demo_purchases().query("day < '2010-01-01'").groupby("customer_id")["day"].nunique()
+    assert (len(days), (days > 1).sum()) == (141, 25)
+    assert mix == 0.5 and how == ("mix 0.5 (default: choosing it needs 100 customers before 2010-01-01, 30 of them "
+                                  "with a repeat order; there are 141, 25 with a repeat order)")
+
+
 def test_cli_before_analyze_says_what_to_run(tmp_path):
     db = str(tmp_path / "e.duckdb")
     open_store(db).close()

@@ -28,8 +28,11 @@ def _customers(store, columns: list[str]):
     from loyalist.analysis import CUSTOMER_TABLE
     from loyalist.store import has_table
 
-    if not has_table(store, CUSTOMER_TABLE) or "next_order_date" not in store.table(CUSTOMER_TABLE).columns:
+    if not has_table(store, CUSTOMER_TABLE):
         raise LoyalistError(f"{store.path}: no timing results yet; run `loyalist analyze --db {store.path}` first")
+    if "next_order_date" not in store.table(CUSTOMER_TABLE).columns:
+        raise LoyalistError(f"{store.path}: no timing results: the last analysis skipped its timing step (its notes "
+                            "say why, e.g. too few repeat customers)")
     t = store.table(CUSTOMER_TABLE)
     return t.select(*[c for c in columns if c in t.columns])
 
@@ -115,6 +118,7 @@ def reorders(
             if not has_products(store):
                 raise LoyalistError(f"{store.path}: the transactions carry no product codes, so there are no "
                                     "re-order cycles or next products")
+            _customers(store, [])  # no analysis, or one whose timing step was skipped: say so
             raise LoyalistError(f"{store.path}: no {name} table yet; run `loyalist analyze --db {store.path}`")
         t = store.table(name)
         if customer is not None:

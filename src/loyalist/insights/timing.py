@@ -149,8 +149,10 @@ def select_mix(transactions: ir.Table, as_of: dt.date, base_name: str = "bgnbd")
 
     c0 = as_of - dt.timedelta(days=SELECT_DAYS)
     cg0 = gaps_frame(transactions, c0)
-    if len(cg0) < 100 or (cg0["n_gaps"] > 0).sum() < 30:
-        return DEFAULT_MIX, f"mix {DEFAULT_MIX} (default: only {len(cg0)} customers before {c0} to choose it on)"
+    n0, repeat0 = len(cg0), int((cg0["n_gaps"] > 0).sum())
+    if n0 < 100 or repeat0 < 30:
+        return DEFAULT_MIX, (f"mix {DEFAULT_MIX} (default: choosing it needs 100 customers before {c0}, 30 of them "
+                             f"with a repeat order; there are {n0:,}, {repeat0:,} with a repeat order)")
     cm0 = fit_customer_model(cg0)
     base0 = fit_base(base_summary(cg0), base_name).transaction
     nx = cg0[["customer_id"]].merge(next_occasion(transactions, c0, as_of).execute(), on="customer_id", how="left")
