@@ -206,6 +206,15 @@ def test_quarantine_shares_are_of_all_rows_read(tmp_path):
     assert shares == {"quarantined: not a number (quantity)": 0.2, "quarantined: not a number (unit_price)": 0.2}
 
 
+def test_cli_counts_one_quarantined_row_in_the_singular(tmp_path):
+    p = tmp_path / "x.csv"
+    p.write_text("Customer,Date,Amount\na,2023-01-05,1\nb,notadate,2\n")
+    res = CliRunner().invoke(app, ["ingest", str(p), "--db", str(tmp_path / "s.duckdb")])
+    assert res.exit_code == 0 and "1 row quarantined: see `loyalist quality`" in res.stdout, res.output
+    help_text = " ".join(CliRunner().invoke(app, ["status", "--help"]).stdout.split())
+    assert "quarantined rows, last ingest" in help_text and "quality counts" not in help_text
+
+
 def test_quality_format_without_export_is_refused(tmp_path):
     db = str(tmp_path / "s.duckdb")
     open_store(db).close()

@@ -179,7 +179,8 @@ def ingest(
         for note in f.notes:
             out.print(escape(f"  {f.source}: note: {note}"), highlight=False)
     if t["quarantined"]:
-        out.print(f"[yellow]{t['quarantined']:,} rows quarantined:[/] see `loyalist quality` "
+        out.print(f"[yellow]{t['quarantined']:,} row{'s' if t['quarantined'] != 1 else ''} quarantined:[/] "
+                  f"see `loyalist quality` "
                   f"or `loyalist quality --export quarantine.csv`")
 
 
@@ -211,7 +212,8 @@ class _QueryWatcher:
 
 @app.command()
 def status(db: DbOption = None, json_: JsonOption = False, config_path: ConfigOption = None) -> None:
-    """What the store holds: customers, products, orders, lines, date range, last ingest, quality counts."""
+    """What the store holds: customers, products, orders, lines, date range, invoices and attribute rows,
+    quarantined rows, last ingest."""
     from loyalist import quality
     from loyalist.store import open_store
 
