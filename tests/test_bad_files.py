@@ -131,6 +131,23 @@ def test_excel_header_naming_a_column_twice_is_an_error(seeded, tmp_path):
     assert snapshot(seeded) == before
 
 
+def test_workbook_with_a_sheet_without_orders_points_to_sheet(seeded, tmp_path):
+    import pandas as pd
+
+    path = tmp_path / "book.xlsx"
+    with pd.ExcelWriter(path) as w:
+        pd.DataFrame({"Invoice": ["1"], "Customer ID": ["C1"], "InvoiceDate": ["2023-01-05"]}).to_excel(
+            w, sheet_name="orders", index=False)
+        pd.DataFrame({"Note": ["exported by the ERP"]}).to_excel(w, sheet_name="About", index=False)
+    before = snapshot(seeded)
+    with pytest.raises(SourceError) as info:  # the hint was only --map, for a sheet that holds no orders at all
+        ingest(seeded, [path])
+    assert str(info.value).endswith("set it with --map customer_id=COLUMN, or, if this sheet holds no transactions, "
+                                    "ingest the sheets that do one at a time with --sheet NAME (sheets: orders, About)")
+    assert snapshot(seeded) == before
+    assert totals(ingest(seeded, [path], Options(sheet="orders"))) == (1, 1, 0, 0)
+
+
 def test_not_parquet_is_an_error(seeded):
     assert_error(seeded, "not_parquet.parquet", "cannot read as Parquet")
 

@@ -385,7 +385,9 @@ def _load(con: duckdb.DuckDBPyConnection, src: Source, options: Options, ingest_
         f = schema.field(kind, missing[0])
         raise SourceError(
             f"{src.label}: no column for required field {f.name!r} (columns: {', '.join(src.columns)}; "
-            f"recognised names include {', '.join(f.synonyms[:5])}); set it with --map {f.name}=COLUMN")
+            f"recognised names include {', '.join(f.synonyms[:5])}); set it with --map {f.name}=COLUMN"
+            + (f", or, if this sheet holds no {kind.value}, ingest the sheets that do one at a time with --sheet "
+               f"NAME (sheets: {', '.join(src.sheets)})" if src.sheets else ""))
     if kind is Kind.transactions and {"amount", "quantity", "unit_price", "order_id"} <= set(mapping) \
             and _order_level_amount(con, src, mapping):
         report.notes.append(f"column {mapping.pop('amount')!r} holds order totals (on each order's first line "

@@ -55,6 +55,8 @@ class Source:
     csv: CsvDialect | None = None
     rejects: list[tuple[int, str, str, str]] = field(default_factory=list)
     """Rows the reader could not split into fields, known before the scan: (row, column, value, rule)."""
+    sheets: list[str] = field(default_factory=list)
+    """Excel read whole: the workbook's sheets (a sheet without orders can then be left out with --sheet)."""
 
     def relation(self, types: dict[str, str], timestamp_format: str | None, rejects_table: str | None,
                  max_line_size: int = 10_000_000) -> str:
@@ -315,6 +317,8 @@ def read_excel(con: duckdb.DuckDBPyConnection, path: Path, table: str, sheet: st
         con.execute(f"CREATE TEMP TABLE {name_t} AS SELECT * FROM {name_t}_arrow")
         con.unregister(f"{name_t}_arrow")
         sources.append(_materialised(con, f"{path}[{name}]", name_t, header))
+        if sheet is None and len(names) > 1:
+            sources[-1].sheets = names
     if not sources:
         raise SourceError(f"{path}: the workbook has no rows")
     return sources
