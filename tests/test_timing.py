@@ -227,6 +227,8 @@ def test_step_columns_are_consistent(analysed, demo_store):
     since = (now - pd.Timestamp(row["last_order"])).days
     assert f"{since} days since the last" in row["overdue_reason"]
     assert f"({row['orders']} orders since" in row["overdue_reason"]
+    assert (f"value at stake {row['overdue_score']:,.0f} (expected order {row['expected_order_value']:,.0f} x "
+            "P(still active))") in row["overdue_reason"]
     assert t.loc[t["overdue_score"] == 0, "overdue_reason"].isna().all()
     assert ((t["cycle_regularity"] > 0) & (t["cycle_regularity"] <= 1)).sum() == t["cycle_regularity"].notna().sum()
     # Contact schedule: future dates for high-value long-cycle customers only.
@@ -279,6 +281,10 @@ def test_reasons_count_one_day_one_order_one_time():
     cols, schedule = customer_block(c, as_of, {}, "£", ColumnGlobals(long_days=0.5, vcol=None, v_min=0.0))
     assert cols["overdue_reason"][0].startswith("Orders every ~1 day (2 orders since Jan 2011); 1 day since the "
                                                 "last; usual basket £50; ")
+    # the score in the reason: the usual basket (no expected order value here) x P(still active) 0.9
+    assert cols["overdue_score"][0] == pytest.approx(45.0)
+    assert cols["overdue_reason"][0].endswith("P(still active) 90%; value at stake £45 (expected order £50 x P(still "
+                                              "active))")
     assert schedule["reason"].tolist() == [("Long-cycle customer: orders every ~1 day; 1 day since the last, two "
                                             "thirds of the cycle passed: a non-sales contact now")]
     p = pd.DataFrame({"customer_id": ["a", "a"], "product_id": ["X", "Y"], "description": ["x", "y"],

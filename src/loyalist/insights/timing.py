@@ -14,7 +14,8 @@ Analysis step `timing` (order 20). Per-customer columns added to `customer_insig
   Flagged: at least 2 orders, P(a gap this long | active) < `overdue_threshold` (default 10%) and
   P(still active) >= `overdue_min_p_alive` (default 0.5: "given they are still active").
 - overdue_reason: plain words with the numbers, for flagged customers ("Orders every ~24 days (9 orders since
-  Mar 2010); 71 days since the last; usual basket £412").
+  Mar 2010); 71 days since the last; usual basket £412; ...; value at stake £380 (expected order £400 x P(still
+  active))").
 - cycle_days: posterior expected days between orders (own gaps shrunk toward the population).
 - cycle_regularity: 1 / (1 + CV) of the customer's own gaps (1 = clockwork; empty with fewer than 3 orders).
 - cycle_class: 'short' or 'long' (cycle shorter / longer than `long_cycle_days`, default the median cycle
@@ -728,7 +729,9 @@ def customer_block(c: pd.DataFrame, as_of: dt.date, cfg: dict, sym: str, g: Colu
               + first.dt.strftime("%b %Y") + "); " + _count(c["elapsed"], "day") + " since the last; usual basket "
               + _money(basket, sym) + "; a gap this long happens " + (100 * c["tail_prob"]).map("{:.1f}".format)
               + "% of the time for an active customer; P(still active) "
-              + (100 * c["p_alive_timing"]).map("{:.0f}".format) + "%")
+              + (100 * c["p_alive_timing"]).map("{:.0f}".format) + "%; value at stake "
+              + _money(pd.Series(out["overdue_score"].to_numpy(), index=c.index), sym) + " (expected order "
+              + _money(value, sym) + " x P(still active))")
     out["overdue_reason"] = reason.where(flagged, None).to_numpy()
     out["cycle_days"] = np.where(n > 0, cycle, np.nan)
     out["cycle_regularity"] = c["cycle_regularity"].to_numpy(float)
