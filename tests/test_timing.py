@@ -515,6 +515,19 @@ def test_step_backtest_needs_the_data_up_to_the_as_of_date(demo_store):
         check_backtest_window(t, first, dt.date(2010, 1, 1), dt.date(2010, 4, 1))
 
 
+def test_stack_after_the_data_without_warnings(demo_store):
+    # analyze --as-of 2012-03-01 printed numpy's "Mean of empty slice" warnings: nobody ordered in the window
+    # that weighs the days-to-next-order point
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:  # recorded: the step's own `except` would catch errors
+        warnings.simplefilter("always")
+        stack = fit_stack(demo_store.table("transactions"), dt.date(2012, 3, 1), "bgnbd", with_products=False,
+                          horizons=(30,))
+    assert stack is not None and stack.median_weight == {30: 1.0}
+    assert not [w for w in caught if issubclass(w.category, RuntimeWarning)], [str(w.message) for w in caught]
+
+
 def test_coverage_counts_only_intervals_decidable_from_the_prediction():
     p10 = np.array([0, 5, 10, 0, 2, 50.0])
     p90 = np.array([20, 30, 40, np.inf, 200, 90.0])

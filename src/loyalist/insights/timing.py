@@ -576,11 +576,14 @@ def fit_stack(transactions: ir.Table, as_of: dt.date, base_name: str = "bgnbd", 
     for h in classifiers:
         cg, cm, _, tn = at(as_of - dt.timedelta(days=h))
         pos = np.nan_to_num(tn, nan=np.inf) < h
+        if not pos.any():  # no one ordered in the latest window (as_of after the data): the renewal median alone
+            weights[h] = 1.0
+            continue
         try:
             pareto = fit_base(base_summary(cg), "paretonbd").transaction
             err = [np.mean(np.abs(point_days(cm, pareto, cg, h, w) - tn)[pos]) for w in MEDIAN_WEIGHTS]
             weights[h] = float(MEDIAN_WEIGHTS[int(np.nanargmin(err))])
-        except Exception:  # Pareto/NBD did not fit (or no one ordered): the renewal median alone
+        except Exception:  # Pareto/NBD did not fit: the renewal median alone
             weights[h] = 1.0
     # Interval level, on the origin of the longest horizon (90 days).
     h_cal = max(classifiers)
