@@ -385,6 +385,11 @@ def test_gaps_without_products_is_a_clear_error(tmp_path):
     res = CliRunner().invoke(app, ["gaps", "--db", str(tmp_path / "np.duckdb")])
     assert res.exit_code == 1 and "the transactions carry no product codes, so there are no cross-sell gaps" in (
         res.output), res.output
+    res = CliRunner().invoke(app, ["gaps-backtest", "--db", str(tmp_path / "np.duckdb")])  # was a traceback
+    assert res.exit_code == 1 and "no product codes, so there are no cross-sell gaps to backtest" in res.output, (
+        res.output)
+    res = CliRunner().invoke(app, ["gaps-backtest", "--db", str(tmp_path / "typo.duckdb")])  # was created, empty
+    assert res.exit_code == 1 and not (tmp_path / "typo.duckdb").exists(), res.output
 
 
 def test_als_baseline_is_deterministic(demo):

@@ -129,6 +129,7 @@ def gaps_backtest(
     settings), in the same run. Stored in table `crosssell_backtest`."""
     from loyalist.analysis import data_end
     from loyalist.evaluation.crosssell import METHODS, evaluate
+    from loyalist.insights.aggregate import has_products
     from loyalist.insights.crosssell import settings
     from loyalist.store import open_store, write_frame
 
@@ -140,7 +141,11 @@ def gaps_backtest(
             opts = settings(cfg.sections)
         except ValueError as exc:
             raise LoyalistError(str(exc)) from None
-        store = open_store(_db(db, cfg))
+        store = open_store(_db(db, cfg), create=False)  # a mistyped --db: say so, do not create an empty store
+        if not has_products(store):
+            store.close()
+            raise LoyalistError(f"{store.path}: the transactions carry no product codes, so there are no "
+                                "cross-sell gaps to backtest")
         try:
             end = data_end(store)
         except ValueError as exc:
