@@ -190,3 +190,15 @@ def test_backtest_and_analyze_do_not_create_a_store_at_a_mistyped_path(tmp_path)
     for args in (["backtest", "--cutoff", "2011-06-01"], ["analyze"]):
         res = runner.invoke(app, [*args, "--db", str(empty)])
         assert res.exit_code == 1 and "holds no transactions yet" in res.output, res.output
+
+
+def test_backtest_with_runs_a_candidate_beside_the_classic_models_and_refuses_unknown_names(db):
+    """`--with` adds an on-request candidate to the table; the choice stays among the classic models."""
+    res = CliRunner().invoke(app, ["backtest", "--db", str(db), "--cutoff", "2011-06-01", "--horizon", "90",
+                                   "--with", "paretonbd_seasonal", "--json"])
+    assert res.exit_code == 0, res.output
+    metrics = pd.DataFrame(json.loads(res.output[res.output.index("{"):])["metrics"])
+    assert set(metrics["model"]) == {*bt.DEFAULT_MODELS, "paretonbd_seasonal"}
+    assert json.loads(res.output[res.output.index("{"):])["chosen"] in bt.TRANSACTION_MODELS
+    res = CliRunner().invoke(app, ["backtest", "--db", str(db), "--cutoff", "2011-06-01", "--with", "foo"])
+    assert res.exit_code == 1 and "--with 'foo'" in res.output, res.output

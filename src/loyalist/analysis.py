@@ -16,7 +16,7 @@ import ibis
 import numpy as np
 import pandas as pd
 
-from loyalist.backtest import BacktestResult, backtest, choose
+from loyalist.backtest import DEFAULT_MODELS, BacktestResult, backtest, choose
 from loyalist.customer_base import TRANSACTION_MODELS, Settings, fit_base, score
 from loyalist.features import rfm_summary
 from loyalist.insights import Context, Step, run_steps
@@ -49,8 +49,9 @@ def data_end(store: Store) -> dt.date:
     return pd.Timestamp(last).date() + dt.timedelta(days=1)
 
 
-def run_backtest(store: Store, cutoff: dt.date, horizon_days: int) -> BacktestResult:
-    result = backtest(store.table("transactions"), cutoff, horizon_days)
+def run_backtest(store: Store, cutoff: dt.date, horizon_days: int,
+                 models: tuple[str, ...] = DEFAULT_MODELS) -> BacktestResult:
+    result = backtest(store.table("transactions"), cutoff, horizon_days, models)
     metrics, tracking = backtest_tables(result)
     write_frame(store, "backtest_metrics", metrics, replace=False)
     write_frame(store, "backtest_tracking", tracking, replace=False)

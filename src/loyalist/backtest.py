@@ -45,6 +45,10 @@ SEASONAL = "bgnbd_seasonal"  # loyalist.backtest_seasonal: the seasonal BG/NBD, 
 SEASONAL_PARETO = "paretonbd_seasonal"  # the seasonal Pareto/NBD, on request too
 STACK = "btyd_stack"
 STACK_UNGUARDED = "btyd_stack_unguarded"  # the blend without its guard: reported by bench/predictor.py
+DEFAULT_MODELS = (*TRANSACTION_MODELS, GBM)
+ON_REQUEST = (SEASONAL, SEASONAL_PARETO, STACK, STACK_UNGUARDED)
+"""Candidates a backtest runs only when asked (`loyalist backtest --with`, `models=`): shown beside the
+classic models, never `analyze`'s choice (it scores customers with a classic model)."""
 
 
 @dataclass
@@ -257,7 +261,7 @@ def fit_predict_stack(transactions: ir.Table, calib: pd.DataFrame, cutoff: dt.da
     pred = pd.DataFrame({"customer_id": calib["customer_id"].to_numpy(),
                          "expected": tm.conditional_expected_number_of_purchases_up_to_time(horizon, f, r, T),
                          "prob": tm.probability_of_purchase_within(horizon, f, r, T)})
-    return pred, f"{STACK}: uses {best} unchanged ({verdict}; the blend was {note})"
+    return pred, f"{STACK}: uses {best} unchanged ({verdict}; the blend: {note})"
 
 
 def metric_sums(expected: np.ndarray, prob: np.ndarray, y: np.ndarray) -> dict[str, float]:
@@ -340,8 +344,11 @@ def check_holdout(transactions: ir.Table, cutoff: dt.date, horizon_days: int) ->
 
 
 def backtest(transactions: ir.Table, cutoff: dt.date | str, horizon_days: int = 90,
-             models: tuple[str, ...] = (*TRANSACTION_MODELS, GBM)) -> BacktestResult:
+             models: tuple[str, ...] = DEFAULT_MODELS) -> BacktestResult:
     cutoff = _date(cutoff)
+    unknown = [m for m in models if m not in (*DEFAULT_MODELS, *ON_REQUEST)]
+    if unknown:
+        raise ValueError(f"unknown model {unknown[0]!r}; choose among {', '.join((*DEFAULT_MODELS, *ON_REQUEST))}")
     check_holdout(transactions, cutoff, horizon_days)
     notes: list[str] = []
     calib = features(transactions, cutoff)

@@ -304,6 +304,9 @@ def _settings(cfg: config.Config, horizon: int):
 def backtest(
     cutoff: Annotated[str, typer.Option("--cutoff", help="Fit on orders before this date (YYYY-MM-DD), score after it.")],
     horizon: Annotated[int, typer.Option("--horizon", help="Holdout length in days.")] = 90,
+    with_: Annotated[Optional[list[str]], typer.Option(
+        "--with", help="Also backtest a candidate shown for comparison, never analyze's choice (repeatable): "
+                       "paretonbd_seasonal, bgnbd_seasonal (month-of-year seasonality), btyd_stack.")] = None,
     db: DbOption = None,
     plots: Annotated[Optional[Path], typer.Option("--plots", help="Folder for the tracking and calibration plots "
                                                                 "(PNG and HTML; default: STORE-reports/ beside the store).")] = None,
@@ -316,6 +319,7 @@ def backtest(
     P(order in the holdout), and the error of the expected order value."""
     from loyalist import plots as charts
     from loyalist.analysis import run_backtest
+    from loyalist.backtest import DEFAULT_MODELS, ON_REQUEST
     from loyalist.store import open_store
 
     with _errors():
@@ -323,10 +327,14 @@ def backtest(
         cut = _as_date(cutoff, "--cutoff")
         if horizon < 1:
             raise LoyalistError("--horizon must be at least 1 day")
+        for name in with_ or []:
+            if name not in ON_REQUEST:
+                raise LoyalistError(f"--with {name!r}: choose {', '.join(ON_REQUEST)} (the classic models and "
+                                    f"rhythm_gbm always run)")
         store = open_store(_db(db, cfg), create=False)  # a mistyped --db: say so, do not create an empty store
         with err.status(f"backtesting at {cut} over {horizon} days"):
             try:
-                result = run_backtest(store, cut, horizon)
+                result = run_backtest(store, cut, horizon, (*DEFAULT_MODELS, *dict.fromkeys(with_ or [])))
             except ValueError as exc:
                 raise LoyalistError(str(exc)) from None
         store.close()
