@@ -168,7 +168,7 @@ def test_backtest_table_shows_the_spend_error_once(tmp_path, monkeypatch):
     per = pd.DataFrame({"customer_id": ["a", "b"], "frequency": [0, 2], "actual": [0.0, 1.0], "bgnbd": [0.1, 0.9],
                         "rhythm_gbm": [0.0, 1.0]})
     fake = BacktestResult(dt.date(2011, 1, 15), 14, metrics, tracking, "bgnbd", 2, per)
-    monkeypatch.setattr(analysis, "run_backtest", lambda store, cut, h: fake)
+    monkeypatch.setattr(analysis, "run_backtest", lambda store, cut, h, models: fake)
     store = open_store(tmp_path / "f.duckdb")
     store.close()
     res = CliRunner().invoke(app, ["backtest", "--db", str(tmp_path / "f.duckdb"), "--cutoff", "2011-01-15",
